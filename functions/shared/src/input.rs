@@ -1,0 +1,286 @@
+//! The MigrateInstance workflow's input: its exact shape, and the checks that refuse bad input
+//! before anything is changed. Every refusal names the field it concerns.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// What to do with the source instance once the new one is verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceAction {
+    #[default]
+    Keep,
+    Stop,
+    Terminate,
+}
+
+/// The input of MigrateInstance, exactly as operators, triggers and tests send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrateInput {
+    pub instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_availability_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default)]
+    pub no_reboot: bool,
+    #[serde(default)]
+    pub source_action: SourceAction,
+    #[serde(default)]
+    pub keep_image: bool,
+}
+
+impl MigrateInput {
+    /// Parses and checks raw workflow input. `region` is the region the run works in: a target AZ
+    /// of another region is refused here, before any call.
+    pub fn parse(raw: &Value, region: &str) -> Result<Self> {
+        let input: MigrateInput = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                first_unknown_or_missing(e.inner())
+            } else {
+                path
+            };
+            Error::invalid(field, e.inner().to_string())
+        })?;
+        input.check(region)?;
+        Ok(input)
+    }
+
+    fn check(&self, region: &str) -> Result<()> {
+        if !is_resource_id(&self.instance_id, "i-") {
+            return Err(Error::invalid(
+                "instanceId",
+                format!(
+                    "{:?} is not an instance id (i- and 8 or 17 hex digits)",
+                    self.instance_id
+                ),
+            ));
+        }
+        if let Some(subnet) = &self.target_subnet_id {
+            if !is_resource_id(subnet, "subnet-") {
+                return Err(Error::invalid(
+                    "targetSubnetId",
+                    format!("{subnet:?} is not a subnet id (subnet- and 8 or 17 hex digits)"),
+                ));
+            }
+        }
+        match &self.target_availability_zone {
+            Some(az) if !is_availability_zone(az) => {
+                return Err(Error::invalid(
+                    "targetAvailabilityZone",
+                    format!("{az:?} is not an Availability Zone name such as {region}a"),
+                ));
+            }
+            Some(az) if !az_in_region(az, region) => {
+                return Err(Error::invalid(
+                    "targetAvailabilityZone",
+                    format!("{az} is not in the region this run works in ({region})"),
+                ));
+            }
+            None if self.target_subnet_id.is_none() => {
+                return Err(Error::invalid(
+                    "targetAvailabilityZone",
+                    "give targetAvailabilityZone or targetSubnetId",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(t) = &self.instance_type {
+            if !is_instance_type(t) {
+                return Err(Error::invalid(
+                    "instanceType",
+                    format!("{t:?} is not an instance type such as t3.large"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde names a missing or unknown field only in its message; pull the name out of it.
+fn first_unknown_or_missing(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    text.split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "input".to_string())
+}
+
+/// `prefix` followed by 8 or 17 lowercase hex digits, as EC2 ids are.
+pub fn is_resource_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// `us-east-1b`, `us-gov-west-1a`, `us-west-2-lax-1a`: lowercase words and digits joined by
+/// hyphens, ending in a digit and a letter.
+pub fn is_availability_zone(az: &str) -> bool {
+    let bytes = az.as_bytes();
+    let n = bytes.len();
+    n >= 6
+        && n <= 32
+        && bytes[..2].iter().all(u8::is_ascii_lowercase)
+        && bytes[2] == b'-'
+        && bytes[n - 1].is_ascii_lowercase()
+        && bytes[n - 2].is_ascii_digit()
+        && az
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !az.contains("--")
+}
+
+/// An AZ belongs to the region its name starts with (`us-east-1b` and `us-east-1-bos-1a` are in
+/// `us-east-1`).
+pub fn az_in_region(az: &str, region: &str) -> bool {
+    az.strip_prefix(region)
+        .is_some_and(|rest| rest.len() == 1 || rest.starts_with('-'))
+}
+
+/// `family.size`, both parts lowercase letters, digits or hyphens.
+pub fn is_instance_type(t: &str) -> bool {
+    let mut parts = t.split('.');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none() && t.len() <= 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<MigrateInput> {
+        MigrateInput::parse(&v, "us-east-1")
+    }
+
+    fn field_of(r: Result<MigrateInput>) -> String {
+        match r {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_input_parses_with_its_values() {
+        let input = parse(json!({
+            "instanceId": "i-0123456789abcdef0",
+            "targetAvailabilityZone": "us-east-1b",
+            "targetSubnetId": "subnet-0123456789abcdef0",
+            "instanceType": "t3.large",
+            "noReboot": true,
+            "sourceAction": "terminate",
+            "keepImage": true
+        }))
+        .unwrap();
+        assert_eq!(input.source_action, SourceAction::Terminate);
+        assert!(input.no_reboot && input.keep_image);
+        assert_eq!(input.instance_type.as_deref(), Some("t3.large"));
+    }
+
+    #[test]
+    fn defaults_are_keep_reboot_and_remove_image() {
+        let input =
+            parse(json!({"instanceId": "i-01234567", "targetAvailabilityZone": "us-east-1c"}))
+                .unwrap();
+        assert_eq!(input.source_action, SourceAction::Keep);
+        assert!(!input.no_reboot && !input.keep_image);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(
+            field_of(parse(json!({"targetAvailabilityZone": "us-east-1b"}))),
+            "instanceId"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-xyz", "targetAvailabilityZone": "us-east-1b"})
+            )),
+            "instanceId"
+        );
+        assert_eq!(
+            field_of(parse(json!({"instanceId": "i-01234567"}))),
+            "targetAvailabilityZone"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "us-west-2a"})
+            )),
+            "targetAvailabilityZone"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "nowhere"})
+            )),
+            "targetAvailabilityZone"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetSubnetId": "sub-1"})
+            )),
+            "targetSubnetId"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "instanceType": "large"})
+            )),
+            "instanceType"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "sourceAction": "delete"})
+            )),
+            "sourceAction"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "noReboot": "yes"})
+            )),
+            "noReboot"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "colour": "red"})
+            )),
+            "colour"
+        );
+        assert_eq!(
+            field_of(parse(
+                json!({"instanceId": 7, "targetSubnetId": "subnet-01234567"})
+            )),
+            "instanceId"
+        );
+    }
+
+    #[test]
+    fn availability_zone_names() {
+        for good in [
+            "us-east-1b",
+            "us-gov-west-1a",
+            "us-west-2-lax-1a",
+            "ap-northeast-2c",
+        ] {
+            assert!(is_availability_zone(good), "{good}");
+        }
+        for bad in ["us-east-1", "US-EAST-1A", "us--east-1a", "x", "us-east-1b "] {
+            assert!(!is_availability_zone(bad), "{bad}");
+        }
+        assert!(az_in_region("us-east-1-bos-1a", "us-east-1"));
+        assert!(!az_in_region("us-east-11a", "us-east-1"));
+    }
+}

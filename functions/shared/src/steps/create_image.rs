@@ -1,0 +1,526 @@
+//! create-image: validates the run, captures the source's settings and makes the AMI, once per
+//! execution.
+
+use aws_sdk_ec2::types::{
+    Filter, InstanceAttributeName, LocationType, ResourceType, Subnet, TagSpecification,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::capture::{self, Attributes, Capture};
+use crate::error::{aws, Error, Result};
+use crate::input::{MigrateInput, SourceAction};
+use crate::settings::Settings;
+use crate::tags::{self, Tag};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateImageRequest {
+    pub execution: String,
+    /// The workflow input as the operator gave it; parsed and checked here.
+    pub input: Value,
+}
+
+/// Where the new instance goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub subnet_id: String,
+    pub availability_zone: String,
+    pub vpc_id: String,
+    pub instance_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateImageOutput {
+    pub image_id: String,
+    pub image_name: String,
+    /// False when an earlier attempt of this execution had already made the image.
+    pub created: bool,
+    pub capture: Capture,
+    pub target: Target,
+    /// How long the run waits for the AMI event before it polls instead.
+    pub event_wait_seconds: u64,
+}
+
+/// The subnet facts the checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub subnet_id: String,
+    pub vpc_id: String,
+    pub availability_zone: String,
+}
+
+impl From<&Subnet> for SubnetInfo {
+    fn from(s: &Subnet) -> Self {
+        SubnetInfo {
+            subnet_id: s.subnet_id().unwrap_or_default().to_string(),
+            vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+            availability_zone: s.availability_zone().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// Picks the one subnet of the source's VPC in the target AZ.
+pub fn choose_subnet(candidates: &[SubnetInfo], vpc_id: &str, az: &str) -> Result<SubnetInfo> {
+    let matching: Vec<&SubnetInfo> = candidates
+        .iter()
+        .filter(|s| s.vpc_id == vpc_id && s.availability_zone == az)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::SubnetNotFound(format!(
+            "no subnet of {vpc_id} in {az}; create one or give targetSubnetId"
+        ))),
+        many => Err(Error::SubnetAmbiguous(format!(
+            "{} subnets of {vpc_id} are in {az} ({}); give targetSubnetId",
+            many.len(),
+            many.iter()
+                .map(|s| s.subnet_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The target must be in the source's VPC, in the AZ asked for, and not where the source is.
+pub fn check_target(capture: &Capture, subnet: &SubnetInfo, wanted_az: Option<&str>) -> Result<()> {
+    if subnet.vpc_id != capture.vpc_id {
+        return Err(Error::TargetMismatch(format!(
+            "targetSubnetId: {} is in {}, but {} is in {}",
+            subnet.subnet_id, subnet.vpc_id, capture.instance_id, capture.vpc_id
+        )));
+    }
+    if let Some(az) = wanted_az {
+        if subnet.availability_zone != az {
+            return Err(Error::TargetMismatch(format!(
+                "targetSubnetId: {} is in {}, not in targetAvailabilityZone {az}",
+                subnet.subnet_id, subnet.availability_zone
+            )));
+        }
+    }
+    if subnet.availability_zone == capture.availability_zone {
+        return Err(Error::TargetMismatch(format!(
+            "targetAvailabilityZone: {} is already in {}",
+            capture.instance_id, capture.availability_zone
+        )));
+    }
+    Ok(())
+}
+
+/// A source action that the source's own protection would refuse is refused now, before the
+/// run makes anything, rather than after the new instance exists.
+pub fn check_source_action(capture: &Capture, action: SourceAction) -> Result<()> {
+    match action {
+        SourceAction::Terminate if capture.disable_api_termination => Err(Error::SourceProtected(format!(
+            "sourceAction: {} has termination protection (disableApiTermination); turn it off or choose keep or stop",
+            capture.instance_id
+        ))),
+        SourceAction::Stop | SourceAction::Terminate if capture.disable_api_stop => Err(Error::SourceProtected(format!(
+            "sourceAction: {} has stop protection (disableApiStop); turn it off or choose keep",
+            capture.instance_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// AMI names are unique per account and region; the execution name makes this one so.
+pub fn image_name(instance_id: &str, execution: &str) -> String {
+    let name = format!("amiflow-{instance_id}-{execution}");
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect()
+}
+
+fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+        .build()
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// The image this execution already made, if an earlier attempt made one.
+pub async fn find_own_image(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<String>> {
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(tag_filter(tags::EXECUTION, execution))
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))?;
+    Ok(images
+        .images()
+        .iter()
+        .filter(|i| i.state().is_none_or(|s| s.as_str() != "deregistered"))
+        .find_map(|i| i.image_id().map(str::to_string)))
+}
+
+async fn attribute(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+    name: InstanceAttributeName,
+) -> Result<aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput> {
+    ec2.describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(name)
+        .send()
+        .await
+        .map_err(aws("DescribeInstanceAttribute"))
+}
+
+/// Reads the source and everything a relaunch needs.
+pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Capture> {
+    let described = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))?;
+    let instance = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| {
+            Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist"))
+        })?;
+
+    let volume_ids: Vec<String> = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.volume_id().map(str::to_string))
+        .collect();
+    let volumes = if volume_ids.is_empty() {
+        Vec::new()
+    } else {
+        ec2.describe_volumes()
+            .set_volume_ids(Some(volume_ids))
+            .send()
+            .await
+            .map_err(aws("DescribeVolumes"))?
+            .volumes()
+            .to_vec()
+    };
+
+    let user_data = attribute(ec2, instance_id, InstanceAttributeName::UserData).await?;
+    let termination = attribute(
+        ec2,
+        instance_id,
+        InstanceAttributeName::DisableApiTermination,
+    )
+    .await?;
+    let stop = attribute(ec2, instance_id, InstanceAttributeName::DisableApiStop).await?;
+    let shutdown = attribute(
+        ec2,
+        instance_id,
+        InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+    )
+    .await?;
+    let attributes = Attributes {
+        user_data: user_data
+            .user_data()
+            .and_then(|v| v.value())
+            .map(str::to_string),
+        disable_api_termination: termination
+            .disable_api_termination()
+            .and_then(|v| v.value())
+            .unwrap_or(false),
+        disable_api_stop: stop
+            .disable_api_stop()
+            .and_then(|v| v.value())
+            .unwrap_or(false),
+        shutdown_behavior: shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value())
+            .map(str::to_string),
+    };
+
+    let addresses = ec2
+        .describe_addresses()
+        .filters(
+            Filter::builder()
+                .name("instance-id")
+                .values(instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeAddresses"))?;
+
+    let instance_type = instance
+        .instance_type()
+        .map(|t| t.as_str())
+        .unwrap_or_default();
+    let cpu_credits = if capture::is_burstable(instance_type) {
+        ec2.describe_instance_credit_specifications()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(aws("DescribeInstanceCreditSpecifications"))?
+            .instance_credit_specifications()
+            .first()
+            .and_then(|c| c.cpu_credits())
+            .map(str::to_string)
+    } else {
+        None
+    };
+
+    capture::capture(
+        instance,
+        &volumes,
+        attributes,
+        addresses.addresses().first(),
+        cpu_credits,
+    )
+}
+
+/// Finds the target subnet, by id or as the one subnet of the source's VPC in the target AZ.
+async fn resolve_subnet(
+    ec2: &aws_sdk_ec2::Client,
+    input: &MigrateInput,
+    capture: &Capture,
+) -> Result<SubnetInfo> {
+    if let Some(subnet_id) = &input.target_subnet_id {
+        let found = ec2
+            .describe_subnets()
+            .subnet_ids(subnet_id)
+            .send()
+            .await
+            .map_err(aws("DescribeSubnets"))?;
+        return found
+            .subnets()
+            .first()
+            .map(SubnetInfo::from)
+            .ok_or_else(|| {
+                Error::SubnetNotFound(format!("targetSubnetId: {subnet_id} does not exist"))
+            });
+    }
+    let az = input
+        .target_availability_zone
+        .as_deref()
+        .unwrap_or_default();
+    let found = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("vpc-id")
+                .values(&capture.vpc_id)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("availability-zone")
+                .values(az)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeSubnets"))?;
+    let candidates: Vec<SubnetInfo> = found.subnets().iter().map(SubnetInfo::from).collect();
+    choose_subnet(&candidates, &capture.vpc_id, az)
+}
+
+async fn check_offered(ec2: &aws_sdk_ec2::Client, instance_type: &str, az: &str) -> Result<()> {
+    let offers = ec2
+        .describe_instance_type_offerings()
+        .location_type(LocationType::AvailabilityZone)
+        .filters(Filter::builder().name("location").values(az).build())
+        .filters(
+            Filter::builder()
+                .name("instance-type")
+                .values(instance_type)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeInstanceTypeOfferings"))?;
+    let offered = offers.instance_type_offerings().iter().any(|o| {
+        o.instance_type()
+            .is_some_and(|t| t.as_str() == instance_type)
+    });
+    if offered {
+        Ok(())
+    } else {
+        Err(Error::InstanceTypeNotOffered(format!(
+            "instanceType: {instance_type} is not offered in {az}"
+        )))
+    }
+}
+
+pub async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    settings: &Settings,
+    region: &str,
+    request: CreateImageRequest,
+) -> Result<CreateImageOutput> {
+    let execution = request.execution.trim();
+    if execution.is_empty() {
+        return Err(Error::invalid("execution", "the execution name is empty"));
+    }
+    let input = MigrateInput::parse(&request.input, region)?;
+    let capture = read_source(ec2, &input.instance_id).await?;
+    check_source_action(&capture, input.source_action)?;
+    let subnet = resolve_subnet(ec2, &input, &capture).await?;
+    check_target(&capture, &subnet, input.target_availability_zone.as_deref())?;
+    let instance_type = input
+        .instance_type
+        .clone()
+        .unwrap_or_else(|| capture.instance_type.clone());
+    check_offered(ec2, &instance_type, &subnet.availability_zone).await?;
+
+    let target = Target {
+        subnet_id: subnet.subnet_id,
+        availability_zone: subnet.availability_zone,
+        vpc_id: subnet.vpc_id,
+        instance_type,
+    };
+    let image_name = image_name(&input.instance_id, execution);
+    let output = |image_id: String, created: bool| CreateImageOutput {
+        image_id,
+        image_name: image_name.clone(),
+        created,
+        capture: capture.clone(),
+        target: target.clone(),
+        event_wait_seconds: settings.event_wait_seconds,
+    };
+
+    if let Some(existing) = find_own_image(ec2, execution).await? {
+        tracing::info!(image_id = %existing, execution, "image of this execution exists already");
+        return Ok(output(existing, false));
+    }
+
+    let own_tags = [
+        Tag::new(tags::EXECUTION, execution),
+        Tag::new(tags::SOURCE_INSTANCE, &input.instance_id),
+    ];
+    let created = ec2
+        .create_image()
+        .instance_id(&input.instance_id)
+        .name(&image_name)
+        .description(format!(
+            "amiflow: {} to {}, execution {execution}",
+            input.instance_id, target.availability_zone
+        ))
+        .no_reboot(input.no_reboot)
+        .tag_specifications(tag_spec(ResourceType::Image, &own_tags))
+        .tag_specifications(tag_spec(ResourceType::Snapshot, &own_tags))
+        .send()
+        .await
+        .map_err(aws("CreateImage"))?;
+    let image_id = created
+        .image_id()
+        .ok_or_else(|| Error::AwsApi("CreateImage: the answer has no ImageId".into()))?
+        .to_string();
+    tracing::info!(image_id = %image_id, instance_id = %input.instance_id, execution, "image requested");
+    Ok(output(image_id, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::tests::sample_capture;
+
+    fn subnet(id: &str, vpc: &str, az: &str) -> SubnetInfo {
+        SubnetInfo {
+            subnet_id: id.into(),
+            vpc_id: vpc.into(),
+            availability_zone: az.into(),
+        }
+    }
+
+    #[test]
+    fn chooses_the_single_subnet_and_names_the_ambiguity() {
+        let all = [
+            subnet("subnet-1", "vpc-01234567", "us-east-1b"),
+            subnet("subnet-2", "vpc-other", "us-east-1b"),
+            subnet("subnet-3", "vpc-01234567", "us-east-1c"),
+        ];
+        assert_eq!(
+            choose_subnet(&all, "vpc-01234567", "us-east-1b")
+                .unwrap()
+                .subnet_id,
+            "subnet-1"
+        );
+        assert_eq!(
+            choose_subnet(&all, "vpc-01234567", "us-east-1d")
+                .unwrap_err()
+                .name(),
+            "SubnetNotFound"
+        );
+        let twice = [subnet("subnet-1", "v", "z"), subnet("subnet-9", "v", "z")];
+        let e = choose_subnet(&twice, "v", "z").unwrap_err();
+        assert_eq!(e.name(), "SubnetAmbiguous");
+        assert!(e.to_string().contains("subnet-1, subnet-9"), "{e}");
+    }
+
+    #[test]
+    fn target_checks() {
+        let c = sample_capture();
+        assert!(check_target(
+            &c,
+            &subnet("subnet-1", "vpc-01234567", "us-east-1b"),
+            Some("us-east-1b")
+        )
+        .is_ok());
+        let other_vpc =
+            check_target(&c, &subnet("subnet-1", "vpc-other", "us-east-1b"), None).unwrap_err();
+        assert!(
+            other_vpc.to_string().starts_with("targetSubnetId"),
+            "{other_vpc}"
+        );
+        let wrong_az = check_target(
+            &c,
+            &subnet("subnet-1", "vpc-01234567", "us-east-1c"),
+            Some("us-east-1b"),
+        )
+        .unwrap_err();
+        assert_eq!(wrong_az.name(), "TargetMismatch");
+        let same_az =
+            check_target(&c, &subnet("subnet-1", "vpc-01234567", "us-east-1a"), None).unwrap_err();
+        assert!(
+            same_az.to_string().contains("already in us-east-1a"),
+            "{same_az}"
+        );
+    }
+
+    #[test]
+    fn protection_refuses_the_source_action_up_front() {
+        let c = sample_capture(); // termination protection on, stop protection off
+        assert!(check_source_action(&c, SourceAction::Keep).is_ok());
+        assert!(check_source_action(&c, SourceAction::Stop).is_ok());
+        assert_eq!(
+            check_source_action(&c, SourceAction::Terminate)
+                .unwrap_err()
+                .name(),
+            "SourceProtected"
+        );
+        let mut stop_protected = c.clone();
+        stop_protected.disable_api_termination = false;
+        stop_protected.disable_api_stop = true;
+        assert!(check_source_action(&stop_protected, SourceAction::Stop).is_err());
+    }
+
+    #[test]
+    fn image_names_are_legal_and_bounded() {
+        assert_eq!(
+            image_name("i-01234567", "run:1"),
+            "amiflow-i-01234567-run-1"
+        );
+        assert_eq!(image_name("i-01234567", &"x".repeat(200)).len(), 128);
+    }
+}

@@ -1,0 +1,453 @@
+//! launch: RunInstances from the AMI in the target subnet with the captured settings, once per
+//! execution.
+
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, CreditSpecificationRequest, EbsBlockDevice, Filter, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceType, Placement,
+    ResourceType, ShutdownBehavior, TagSpecification, Tenancy, VolumeType,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::capture::{is_burstable, MetadataSpec};
+use crate::error::{aws, Error, Result};
+use crate::settings::Settings;
+use crate::steps::create_image::CreateImageOutput;
+use crate::tags::{self, Tag};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchRequest {
+    pub execution: String,
+    pub image: CreateImageOutput,
+}
+
+/// The new instance as the run follows it: launch makes it, verify-instance advances it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceProgress {
+    pub instance_id: String,
+    pub state: String,
+    /// Running, both status checks passed, and the settings RunInstances cannot take applied.
+    pub ready: bool,
+    pub attempt: u32,
+    /// The Wait before the next check.
+    pub wait_seconds: u64,
+    #[serde(default)]
+    pub elastic_ip: Option<String>,
+}
+
+/// One block device mapping of the AMI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDevice {
+    pub device_name: String,
+    pub snapshot_id: Option<String>,
+    pub size_gib: Option<i32>,
+}
+
+/// A block device of the new instance. Every volume is deleted on termination until the run
+/// succeeds, so that a rollback leaves no volume behind; the captured setting is applied at the
+/// end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDevice {
+    pub device_name: String,
+    pub snapshot_id: Option<String>,
+    pub size_gib: i32,
+    pub volume_type: Option<String>,
+    pub iops: Option<i32>,
+    pub throughput: Option<i32>,
+}
+
+/// Everything RunInstances is called with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub image_id: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile_arn: Option<String>,
+    pub user_data: Option<String>,
+    pub block_devices: Vec<BlockDevice>,
+    pub metadata: Option<MetadataSpec>,
+    pub detailed_monitoring: bool,
+    pub ebs_optimized: bool,
+    pub cpu_credits: Option<String>,
+    pub tenancy: Option<String>,
+    pub shutdown_behavior: Option<String>,
+    pub instance_tags: Vec<Tag>,
+    pub volume_tags: Vec<Tag>,
+    pub client_token: String,
+}
+
+/// A ClientToken (at most 64 ASCII characters) that is the same for every attempt of one
+/// execution's step and differs between executions.
+pub fn client_token(execution: &str, step: &str) -> String {
+    let digest = Sha256::digest(format!("{execution}/{step}").as_bytes());
+    let hex: String = digest.iter().take(24).map(|b| format!("{b:02x}")).collect();
+    format!("amiflow-{hex}")
+}
+
+/// Provisioned IOPS apply to io1, io2 and gp3 only; throughput to gp3 only. gp2 reports a
+/// baseline IOPS figure that RunInstances would refuse.
+fn iops_for(volume_type: Option<&str>, iops: Option<i32>) -> Option<i32> {
+    matches!(volume_type, Some("io1" | "io2" | "gp3"))
+        .then_some(iops)
+        .flatten()
+}
+
+fn throughput_for(volume_type: Option<&str>, throughput: Option<i32>) -> Option<i32> {
+    matches!(volume_type, Some("gp3"))
+        .then_some(throughput)
+        .flatten()
+}
+
+/// The RunInstances call for this run. Pure.
+pub fn plan(
+    image: &CreateImageOutput,
+    image_devices: &[ImageDevice],
+    execution: &str,
+) -> LaunchPlan {
+    let capture = &image.capture;
+    let block_devices = image_devices
+        .iter()
+        .map(|device| {
+            let captured = capture
+                .volumes
+                .iter()
+                .find(|v| v.device_name == device.device_name);
+            let volume_type = captured.and_then(|v| v.volume_type.clone());
+            BlockDevice {
+                device_name: device.device_name.clone(),
+                snapshot_id: device.snapshot_id.clone(),
+                size_gib: captured
+                    .map(|v| v.size_gib)
+                    .unwrap_or_default()
+                    .max(device.size_gib.unwrap_or_default()),
+                iops: iops_for(volume_type.as_deref(), captured.and_then(|v| v.iops)),
+                throughput: throughput_for(
+                    volume_type.as_deref(),
+                    captured.and_then(|v| v.throughput),
+                ),
+                volume_type,
+            }
+        })
+        .collect();
+    let own = [
+        Tag::new(tags::EXECUTION, execution),
+        Tag::new(tags::SOURCE_INSTANCE, &capture.instance_id),
+    ];
+    LaunchPlan {
+        image_id: image.image_id.clone(),
+        instance_type: image.target.instance_type.clone(),
+        subnet_id: image.target.subnet_id.clone(),
+        security_group_ids: capture.security_group_ids.clone(),
+        key_name: capture.key_name.clone(),
+        iam_instance_profile_arn: capture.iam_instance_profile_arn.clone(),
+        user_data: capture.user_data.clone(),
+        block_devices,
+        metadata: capture.metadata.clone(),
+        detailed_monitoring: capture.detailed_monitoring,
+        ebs_optimized: capture.ebs_optimized,
+        cpu_credits: capture
+            .cpu_credits
+            .clone()
+            .filter(|_| is_burstable(&image.target.instance_type)),
+        tenancy: capture.tenancy.clone().filter(|t| t != "default"),
+        shutdown_behavior: capture.shutdown_behavior.clone(),
+        instance_tags: tags::carried_with(&capture.tags, &own),
+        volume_tags: vec![Tag::new(tags::EXECUTION, execution)],
+        client_token: client_token(execution, "launch"),
+    }
+}
+
+fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+        .build()
+}
+
+fn metadata_request(m: &MetadataSpec) -> InstanceMetadataOptionsRequest {
+    InstanceMetadataOptionsRequest::builder()
+        .set_http_tokens(m.http_tokens.as_deref().map(HttpTokensState::from))
+        .set_http_put_response_hop_limit(m.http_put_response_hop_limit)
+        .set_http_endpoint(
+            m.http_endpoint
+                .as_deref()
+                .map(InstanceMetadataEndpointState::from),
+        )
+        .set_instance_metadata_tags(
+            m.instance_metadata_tags
+                .as_deref()
+                .map(InstanceMetadataTagsState::from),
+        )
+        .set_http_protocol_ipv6(
+            m.http_protocol_ipv6
+                .as_deref()
+                .map(InstanceMetadataProtocolState::from),
+        )
+        .build()
+}
+
+/// The instance an earlier attempt of this execution launched, if any is still alive.
+pub async fn find_own_instance(
+    ec2: &aws_sdk_ec2::Client,
+    execution: &str,
+) -> Result<Option<(String, String)>> {
+    let found = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{}", tags::EXECUTION))
+                .values(execution)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["pending", "running", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))?;
+    Ok(found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| {
+            Some((
+                i.instance_id()?.to_string(),
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+            ))
+        }))
+}
+
+async fn image_devices(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<ImageDevice>> {
+    let images = ec2
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))?;
+    let image = images.images().first().ok_or_else(|| {
+        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible yet"))
+    })?;
+    Ok(image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| {
+            let ebs = m.ebs()?;
+            Some(ImageDevice {
+                device_name: m.device_name()?.to_string(),
+                snapshot_id: ebs.snapshot_id().map(str::to_string),
+                size_gib: ebs.volume_size(),
+            })
+        })
+        .collect())
+}
+
+pub async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    settings: &Settings,
+    request: LaunchRequest,
+) -> Result<InstanceProgress> {
+    let execution = request.execution.as_str();
+    let progress = |instance_id: String, state: String| InstanceProgress {
+        instance_id,
+        state,
+        ready: false,
+        attempt: 0,
+        wait_seconds: settings.instance_poll.interval(0),
+        elastic_ip: None,
+    };
+    if let Some((instance_id, state)) = find_own_instance(ec2, execution).await? {
+        tracing::info!(instance_id = %instance_id, execution, "instance of this execution exists already");
+        return Ok(progress(instance_id, state));
+    }
+    let devices = image_devices(ec2, &request.image.image_id).await?;
+    let plan = plan(&request.image, &devices, execution);
+
+    let mappings: Vec<BlockDeviceMapping> = plan
+        .block_devices
+        .iter()
+        .map(|d| {
+            BlockDeviceMapping::builder()
+                .device_name(&d.device_name)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .set_snapshot_id(d.snapshot_id.clone())
+                        .volume_size(d.size_gib)
+                        .set_volume_type(d.volume_type.as_deref().map(VolumeType::from))
+                        .set_iops(d.iops)
+                        .set_throughput(d.throughput)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build()
+        })
+        .collect();
+    let mut call = ec2
+        .run_instances()
+        .image_id(&plan.image_id)
+        .instance_type(InstanceType::from(plan.instance_type.as_str()))
+        .subnet_id(&plan.subnet_id)
+        .min_count(1)
+        .max_count(1)
+        .client_token(&plan.client_token)
+        .set_security_group_ids(Some(plan.security_group_ids.clone()))
+        .set_key_name(plan.key_name.clone())
+        .set_user_data(plan.user_data.clone())
+        .set_block_device_mappings(Some(mappings))
+        .monitoring(
+            aws_sdk_ec2::types::RunInstancesMonitoringEnabled::builder()
+                .enabled(plan.detailed_monitoring)
+                .build(),
+        )
+        .ebs_optimized(plan.ebs_optimized)
+        .set_instance_initiated_shutdown_behavior(
+            plan.shutdown_behavior
+                .as_deref()
+                .map(ShutdownBehavior::from),
+        )
+        .tag_specifications(tag_spec(ResourceType::Instance, &plan.instance_tags))
+        .tag_specifications(tag_spec(ResourceType::Volume, &plan.volume_tags));
+    if let Some(arn) = &plan.iam_instance_profile_arn {
+        call =
+            call.iam_instance_profile(IamInstanceProfileSpecification::builder().arn(arn).build());
+    }
+    if let Some(m) = &plan.metadata {
+        call = call.metadata_options(metadata_request(m));
+    }
+    if let Some(credits) = &plan.cpu_credits {
+        call = call.credit_specification(
+            CreditSpecificationRequest::builder()
+                .cpu_credits(credits)
+                .build(),
+        );
+    }
+    if let Some(tenancy) = &plan.tenancy {
+        call = call.placement(
+            Placement::builder()
+                .tenancy(Tenancy::from(tenancy.as_str()))
+                .build(),
+        );
+    }
+    let launched = call.send().await.map_err(aws("RunInstances"))?;
+    let instance = launched
+        .instances()
+        .first()
+        .ok_or_else(|| Error::AwsApi("RunInstances: the answer has no instance".into()))?;
+    let instance_id = instance.instance_id().unwrap_or_default().to_string();
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_else(|| "pending".into());
+    tracing::info!(instance_id = %instance_id, image_id = %plan.image_id, subnet_id = %plan.subnet_id, execution, "instance launched");
+    Ok(progress(instance_id, state))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::capture::tests::sample_capture;
+    use crate::steps::create_image::Target;
+
+    pub fn sample_image() -> CreateImageOutput {
+        CreateImageOutput {
+            image_id: "ami-0123456789abcdef0".into(),
+            image_name: "amiflow-i-0123456789abcdef0-run-1".into(),
+            created: true,
+            capture: sample_capture(),
+            target: Target {
+                subnet_id: "subnet-0bbbbbbb".into(),
+                availability_zone: "us-east-1b".into(),
+                vpc_id: "vpc-01234567".into(),
+                instance_type: "t3.micro".into(),
+            },
+            event_wait_seconds: 5,
+        }
+    }
+
+    fn devices() -> Vec<ImageDevice> {
+        vec![
+            ImageDevice {
+                device_name: "/dev/xvda".into(),
+                snapshot_id: Some("snap-root".into()),
+                size_gib: Some(8),
+            },
+            ImageDevice {
+                device_name: "/dev/sdf".into(),
+                snapshot_id: Some("snap-data".into()),
+                size_gib: Some(20),
+            },
+        ]
+    }
+
+    #[test]
+    fn plan_carries_the_captured_settings_into_the_target() {
+        let p = plan(&sample_image(), &devices(), "run-1");
+        assert_eq!(p.subnet_id, "subnet-0bbbbbbb");
+        assert_eq!(p.instance_type, "t3.micro");
+        assert_eq!(p.security_group_ids, ["sg-01234567"]);
+        assert_eq!(p.key_name.as_deref(), Some("ops-key"));
+        assert_eq!(p.user_data.as_deref(), Some("IyEvYmluL3NoCg=="));
+        assert_eq!(p.cpu_credits.as_deref(), Some("unlimited"));
+        assert_eq!(p.tenancy, None, "default tenancy is not passed");
+        assert!(p.detailed_monitoring && p.ebs_optimized);
+        assert_eq!(
+            p.instance_tags,
+            [
+                Tag::new("Name", "web"),
+                Tag::new(tags::EXECUTION, "run-1"),
+                Tag::new(tags::SOURCE_INSTANCE, "i-0123456789abcdef0")
+            ]
+        );
+        let root = &p.block_devices[0];
+        assert_eq!(
+            (
+                root.snapshot_id.as_deref(),
+                root.size_gib,
+                root.volume_type.as_deref(),
+                root.iops,
+                root.throughput
+            ),
+            (Some("snap-root"), 8, Some("gp3"), Some(3000), Some(125))
+        );
+        let data = &p.block_devices[1];
+        assert_eq!(
+            (data.volume_type.as_deref(), data.iops, data.throughput),
+            (Some("io2"), Some(4000), None)
+        );
+    }
+
+    #[test]
+    fn gp2_iops_and_credits_for_non_burstable_overrides_are_dropped() {
+        let mut image = sample_image();
+        image.capture.volumes[0].volume_type = Some("gp2".into());
+        image.capture.volumes[0].iops = Some(100);
+        image.target.instance_type = "m5.large".into();
+        let p = plan(&image, &devices(), "run-1");
+        assert_eq!(p.block_devices[0].iops, None);
+        assert_eq!(p.block_devices[0].throughput, None);
+        assert_eq!(p.cpu_credits, None);
+    }
+
+    #[test]
+    fn client_token_is_stable_per_execution_and_fits_the_limit() {
+        let a = client_token("run-1", "launch");
+        assert_eq!(a, client_token("run-1", "launch"));
+        assert_ne!(a, client_token("run-2", "launch"));
+        assert!(a.len() <= 64 && a.is_ascii());
+    }
+}

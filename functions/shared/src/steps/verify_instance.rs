@@ -1,0 +1,317 @@
+//! verify-instance: one check of the new instance per call (the state machine waits between
+//! calls). Once the instance runs and passes both status checks, it applies what RunInstances
+//! cannot take — per-volume tags, the source/destination check — and moves the Elastic IP.
+
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
+use serde::Deserialize;
+
+use crate::error::{aws, Error, Result};
+use crate::settings::{PollPolicy, Settings};
+use crate::steps::create_image::CreateImageOutput;
+use crate::steps::launch::InstanceProgress;
+use crate::tags::{self, Tag};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRequest {
+    pub execution: String,
+    pub image: CreateImageOutput,
+    pub instance: InstanceProgress,
+}
+
+/// What one look at the instance says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assessment {
+    Ready,
+    Waiting,
+    Failed(Error),
+}
+
+/// The instance's state and status checks, read as a verdict. Pure.
+pub fn assess(
+    instance_id: &str,
+    state: &str,
+    reason_code: Option<&str>,
+    reason_message: Option<&str>,
+    system_status: Option<&str>,
+    instance_status: Option<&str>,
+) -> Assessment {
+    match state {
+        "pending" => Assessment::Waiting,
+        "running" => match (system_status, instance_status) {
+            (Some("ok"), Some("ok")) => Assessment::Ready,
+            (Some("impaired"), _) | (_, Some("impaired")) => Assessment::Failed(Error::StatusCheckFailed(format!(
+                "{instance_id} is running but its status checks are impaired (system: {}, instance: {})",
+                system_status.unwrap_or("unknown"),
+                instance_status.unwrap_or("unknown")
+            ))),
+            _ => Assessment::Waiting,
+        },
+        other => Assessment::Failed(Error::LaunchFailed(format!(
+            "{instance_id} went {other} during launch: {}: {}",
+            reason_code.unwrap_or("no state reason"),
+            reason_message.unwrap_or("")
+        ))),
+    }
+}
+
+/// The next check's progress, or a time-out once the policy's limit is spent.
+pub fn next_check(
+    progress: &InstanceProgress,
+    state: &str,
+    policy: &PollPolicy,
+) -> Result<InstanceProgress> {
+    let attempt = progress.attempt + 1;
+    let wait = policy.next_wait(attempt).ok_or_else(|| {
+        Error::InstanceWaitTimedOut(format!(
+            "{} was not running with both status checks passed after {} s (last state {state})",
+            progress.instance_id,
+            policy.waited_before(attempt)
+        ))
+    })?;
+    Ok(InstanceProgress {
+        state: state.to_string(),
+        attempt,
+        wait_seconds: wait,
+        ..progress.clone()
+    })
+}
+
+/// Tags each new volume as its source volume was tagged, matched by device name.
+fn volume_tag_plan(
+    image: &CreateImageOutput,
+    new_volumes: &[(String, String)],
+    execution: &str,
+) -> Vec<(String, Vec<Tag>)> {
+    let own = [Tag::new(tags::EXECUTION, execution)];
+    new_volumes
+        .iter()
+        .filter_map(|(device, volume_id)| {
+            let source = image
+                .capture
+                .volumes
+                .iter()
+                .find(|v| &v.device_name == device)?;
+            (!source.tags.is_empty())
+                .then(|| (volume_id.clone(), tags::carried_with(&source.tags, &own)))
+        })
+        .collect()
+}
+
+async fn finalize(
+    ec2: &aws_sdk_ec2::Client,
+    request: &VerifyRequest,
+    instance: &aws_sdk_ec2::types::Instance,
+) -> Result<Option<String>> {
+    let instance_id = request.instance.instance_id.as_str();
+    let capture = &request.image.capture;
+    let new_volumes: Vec<(String, String)> = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m.device_name()?.to_string(),
+                m.ebs()?.volume_id()?.to_string(),
+            ))
+        })
+        .collect();
+    for (volume_id, tags) in volume_tag_plan(&request.image, &new_volumes, &request.execution) {
+        ec2.create_tags()
+            .resources(&volume_id)
+            .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+            .send()
+            .await
+            .map_err(aws("CreateTags"))?;
+    }
+    if !capture.source_dest_check {
+        ec2.modify_instance_attribute()
+            .instance_id(instance_id)
+            .source_dest_check(AttributeBooleanValue::builder().value(false).build())
+            .send()
+            .await
+            .map_err(aws("ModifyInstanceAttribute"))?;
+    }
+    let Some(eip) = &capture.elastic_ip else {
+        return Ok(None);
+    };
+    ec2.associate_address()
+        .allocation_id(&eip.allocation_id)
+        .instance_id(instance_id)
+        .allow_reassociation(true)
+        .send()
+        .await
+        .map_err(aws("AssociateAddress"))?;
+    tracing::info!(instance_id, public_ip = %eip.public_ip, "elastic IP moved to the new instance");
+    Ok(Some(eip.public_ip.clone()))
+}
+
+pub async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    settings: &Settings,
+    request: VerifyRequest,
+) -> Result<InstanceProgress> {
+    let instance_id = request.instance.instance_id.as_str();
+    let described = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))?;
+    let instance = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| {
+            Error::InstanceNotFound(format!("the new instance {instance_id} is not visible"))
+        })?;
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str())
+        .unwrap_or("pending");
+    let (system, checks) = if state == "running" {
+        let status = ec2
+            .describe_instance_status()
+            .instance_ids(instance_id)
+            .include_all_instances(true)
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws("DescribeInstanceStatus"))?;
+        let s = status.instance_statuses().first();
+        (
+            s.and_then(|s| s.system_status())
+                .and_then(|x| x.status())
+                .map(|x| x.as_str().to_string()),
+            s.and_then(|s| s.instance_status())
+                .and_then(|x| x.status())
+                .map(|x| x.as_str().to_string()),
+        )
+    } else {
+        (None, None)
+    };
+    let reason = instance.state_reason();
+    match assess(
+        instance_id,
+        state,
+        reason.and_then(|r| r.code()),
+        reason.and_then(|r| r.message()),
+        system.as_deref(),
+        checks.as_deref(),
+    ) {
+        Assessment::Failed(e) => Err(e),
+        Assessment::Waiting => {
+            tracing::info!(instance_id, state, system = ?system, instance = ?checks, "not ready yet");
+            next_check(&request.instance, state, &settings.instance_poll)
+        }
+        Assessment::Ready => {
+            let elastic_ip = finalize(ec2, &request, instance).await?;
+            tracing::info!(instance_id, "instance verified");
+            Ok(InstanceProgress {
+                state: state.to_string(),
+                ready: true,
+                wait_seconds: 0,
+                elastic_ip,
+                ..request.instance.clone()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::DEFAULT_INSTANCE_POLL;
+    use crate::steps::launch::tests::sample_image;
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(
+            assess("i-1", "pending", None, None, None, None),
+            Assessment::Waiting
+        );
+        assert_eq!(
+            assess(
+                "i-1",
+                "running",
+                None,
+                None,
+                Some("initializing"),
+                Some("ok")
+            ),
+            Assessment::Waiting
+        );
+        assert_eq!(
+            assess("i-1", "running", None, None, Some("ok"), Some("ok")),
+            Assessment::Ready
+        );
+        let Assessment::Failed(e) =
+            assess("i-1", "running", None, None, Some("ok"), Some("impaired"))
+        else {
+            panic!()
+        };
+        assert_eq!(e.name(), "StatusCheckFailed");
+        let Assessment::Failed(e) = assess(
+            "i-1",
+            "terminated",
+            Some("Client.InvalidKMSKey.InvalidState"),
+            Some("The KMS key provided is in an incorrect state"),
+            None,
+            None,
+        ) else {
+            panic!()
+        };
+        assert_eq!(e.name(), "LaunchFailed");
+        assert!(
+            e.to_string().contains("Client.InvalidKMSKey.InvalidState"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn checks_back_off_and_time_out() {
+        let p = InstanceProgress {
+            instance_id: "i-1".into(),
+            state: "pending".into(),
+            ready: false,
+            attempt: 0,
+            wait_seconds: 10,
+            elastic_ip: None,
+        };
+        let next = next_check(&p, "pending", &DEFAULT_INSTANCE_POLL).unwrap();
+        assert_eq!((next.attempt, next.wait_seconds), (1, 20));
+        let late = InstanceProgress { attempt: 200, ..p };
+        assert_eq!(
+            next_check(&late, "running", &DEFAULT_INSTANCE_POLL)
+                .unwrap_err()
+                .name(),
+            "InstanceWaitTimedOut"
+        );
+    }
+
+    #[test]
+    fn volume_tags_follow_the_device() {
+        let image = sample_image();
+        let plan = volume_tag_plan(
+            &image,
+            &[
+                ("/dev/xvda".into(), "vol-new-root".into()),
+                ("/dev/sdf".into(), "vol-new-data".into()),
+            ],
+            "run-1",
+        );
+        assert_eq!(
+            plan,
+            [(
+                "vol-new-data".to_string(),
+                vec![Tag::new("role", "data"), Tag::new(tags::EXECUTION, "run-1")]
+            )]
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The tags amiflow writes, and which of a source's tags are carried to what it makes.
+
+use serde::{Deserialize, Serialize};
+
+/// On everything amiflow creates: the name of the execution that made it.
+pub const EXECUTION: &str = "amiflow:execution";
+/// On the new instance and the AMI: the instance they came from.
+pub const SOURCE_INSTANCE: &str = "amiflow:source-instance";
+
+/// A tag as it travels between steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl Tag {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Tag {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn to_sdk(&self) -> aws_sdk_ec2::types::Tag {
+        aws_sdk_ec2::types::Tag::builder()
+            .key(&self.key)
+            .value(&self.value)
+            .build()
+    }
+}
+
+/// Converts SDK tags, dropping any without a key.
+pub fn from_sdk(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<Tag> {
+    tags.iter()
+        .filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default())))
+        .collect()
+}
+
+/// Whether a source tag is carried over: `aws:` tags are reserved to AWS, and `amiflow:` tags are
+/// requests and records of runs, which must not start another run on the copy.
+pub fn is_carried(key: &str) -> bool {
+    !key.starts_with("aws:") && !key.starts_with("amiflow:")
+}
+
+/// The carried tags of a source, followed by amiflow's own.
+pub fn carried_with(source: &[Tag], own: &[Tag]) -> Vec<Tag> {
+    source
+        .iter()
+        .filter(|t| is_carried(&t.key))
+        .chain(own.iter())
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_and_request_tags_are_not_carried() {
+        let source = vec![
+            Tag::new("Name", "web"),
+            Tag::new("aws:cloudformation:stack-name", "s"),
+            Tag::new("amiflow:migrate-to", "us-east-1b"),
+            Tag::new("team", "ops"),
+        ];
+        let out = carried_with(&source, &[Tag::new(EXECUTION, "run-1")]);
+        let keys: Vec<&str> = out.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["Name", "team", EXECUTION]);
+    }
+}
