@@ -7,6 +7,9 @@ pub const EXECUTION: &str = "amiflow:execution";
 /// On the new instance and the AMI: the instance they came from.
 pub const SOURCE_INSTANCE: &str = "amiflow:source-instance";
 
+/// On a source whose `sourceAction` is stop or terminate: the instance that replaced it.
+pub const MIGRATED_TO: &str = "amiflow:migrated-to";
+
 /// A tag as it travels between steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tag {

@@ -253,25 +253,30 @@ pub async fn complete(
         remove_image(ec2, &request.image.image_id).await?
     };
 
-    // Last, so that nothing after it can fail and roll back the only copy left running.
-    match request.input.source_action {
-        SourceAction::Keep => {}
+    // Last, so that nothing after it can fail and roll back the only copy left running. The
+    // source is first stamped with where it went: an operator sees it, and IAM allows stopping
+    // and terminating only instances so stamped.
+    let source_state = match request.input.source_action {
+        SourceAction::Keep => match instance_state(ec2, source_id).await {
+            Ok(state) => state,
+            Err(_) => capture.state.clone(),
+        },
         SourceAction::Stop => {
-            ec2.stop_instances()
-                .instance_ids(source_id)
-                .send()
-                .await
-                .map_err(aws("StopInstances"))?;
+            stamp_source(ec2, source_id, new_id).await?;
+            let stopped = ec2.stop_instances().instance_ids(source_id).send().await.map_err(aws("StopInstances"))?;
+            changed_state(stopped.stopping_instances(), "stopping")
         }
         SourceAction::Terminate => {
-            ec2.terminate_instances()
+            stamp_source(ec2, source_id, new_id).await?;
+            let terminated = ec2
+                .terminate_instances()
                 .instance_ids(source_id)
                 .send()
                 .await
                 .map_err(aws("TerminateInstances"))?;
+            changed_state(terminated.terminating_instances(), "shutting-down")
         }
-    }
-    let source_state = instance_state(ec2, source_id).await?;
+    };
     tracing::info!(new_instance_id = new_id, source_instance_id = source_id, source_state = %source_state, "migration complete");
 
     Ok(MigrateOutput {
@@ -288,6 +293,24 @@ pub async fn complete(
         source_state,
         not_carried: capture.not_carried.clone(),
     })
+}
+
+/// The state a Stop/TerminateInstances answer reports.
+fn changed_state(changes: &[aws_sdk_ec2::types::InstanceStateChange], fallback: &str) -> String {
+    changes
+        .first()
+        .and_then(|c| c.current_state()?.name().map(|n| n.as_str().to_string()))
+        .unwrap_or_else(|| fallback.to_string())
+}
+
+async fn stamp_source(ec2: &aws_sdk_ec2::Client, source_id: &str, new_id: &str) -> Result<()> {
+    ec2.create_tags()
+        .resources(source_id)
+        .tags(aws_sdk_ec2::types::Tag::builder().key(tags::MIGRATED_TO).value(new_id).build())
+        .send()
+        .await
+        .map_err(aws("CreateTags"))?;
+    Ok(())
 }
 
 /// Puts the Elastic IP back on the source if this run moved it to `new_id`.

@@ -1,0 +1,138 @@
+"""Runs the project's Lambda binaries, unchanged, under cargo-lambda's emulation of the Lambda
+runtime API, and invokes them the way the Lambda service does."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode} before it listened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+class FunctionHost:
+    """cargo-lambda's runtime API on a loopback port, and one process per function binary."""
+
+    def __init__(self, cargo_lambda: str, workspace: Path, binaries: Path, log_dir: Path, base_env: dict[str, str]):
+        self.cargo_lambda = cargo_lambda
+        self.workspace = workspace
+        self.binaries = binaries
+        self.log_dir = log_dir
+        self.base_env = base_env
+        self.port = free_port()
+        self.emulator: subprocess.Popen | None = None
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.environments: dict[str, dict[str, str]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, functions: dict[str, dict[str, str]]) -> None:
+        """functions: binary name -> its environment from template.yaml."""
+        missing = [name for name in functions if not (self.binaries / name).is_file()]
+        if missing:
+            raise RuntimeError(
+                f"function binaries not built: {', '.join(missing)} (in {self.binaries}); run `cargo build --bins`"
+            )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.emulator = subprocess.Popen(
+            [self.cargo_lambda, "lambda", "watch", "--only-lambda-apis",
+             "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port)],
+            stdout=open(self.log_dir / "cargo-lambda.log", "ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workspace,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(self.port, 60, "cargo lambda watch", self.emulator)
+        except RuntimeError as error:
+            log = (self.log_dir / "cargo-lambda.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{error}; its log ends:\n{log}") from None
+        for name, env in functions.items():
+            self.environments[name] = env
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        env = dict(self.base_env)
+        env.update(self.environments[name])
+        env.update({
+            "AWS_LAMBDA_FUNCTION_NAME": name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+            "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt/{name}",
+        })
+        self.processes[name] = subprocess.Popen(
+            [str(self.binaries / name)],
+            env=env,
+            stdout=open(self.log_dir / f"{name}.log", "ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def names(self) -> set[str]:
+        return set(self.environments)
+
+    def invoke(self, name: str, payload: bytes, timeout: float = 900) -> tuple[int, bytes]:
+        """Invokes a function; returns (status, body) as cargo-lambda answers: 200, or 500 with
+        {errorType, errorMessage}. A function whose process died is started again first, as
+        Lambda starts a new execution environment."""
+        with self.lock:
+            process = self.processes[name]
+            if process.poll() is not None:
+                self._spawn(name)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/2015-03-31/functions/{name}/invocations",
+            data=payload or b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def stop(self) -> None:
+        for process in [*self.processes.values(), self.emulator]:
+            if process and process.poll() is None:
+                process.terminate()
+        for process in [*self.processes.values(), self.emulator]:
+            if process:
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def lambda_error_body(body: bytes) -> bytes:
+    """cargo-lambda's error answer is already Lambda's {errorType, errorMessage}; make sure."""
+    try:
+        parsed = json.loads(body or b"{}")
+        if isinstance(parsed, dict) and "errorType" in parsed:
+            return body
+    except ValueError:
+        pass
+    return json.dumps({"errorType": "Runtime.Unknown", "errorMessage": body.decode("utf-8", "replace")}).encode()

@@ -1,0 +1,201 @@
+"""The local AWS stack: `python -m amiflow_local.server` (what `make local` runs).
+
+moto on 127.0.0.1 with its Step Functions interpreter executing definitions, the fidelity layer
+installed, Lambda Invoke calls for the project's functions routed to the real binaries, and the
+table, functions and state machines of template.yaml created. Runs until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Shorter waits than on AWS, where images and instances take minutes; --parameter overrides.
+LOCAL_PARAMETERS = {"EventWaitSeconds": "10", "ImagePollSeconds": "1", "InstancePollSeconds": "1"}
+ACCOUNT = "123456789012"
+INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
+
+
+def cargo_target_dir() -> Path:
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return Path(os.environ["CARGO_TARGET_DIR"]).resolve()
+    meta = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return Path(json.loads(meta.stdout)["target_directory"])
+
+
+class InvokeRouter:
+    """WSGI middleware: Lambda Invoke for a project function goes to its binary; all else to moto.
+
+    cargo-lambda answers a handler error with HTTP 500 and {errorType, errorMessage}; the Lambda
+    service answers 200 with X-Amz-Function-Error: Unhandled. The translation is what lets the
+    state machines' Retry and Catch see the function's own error name.
+    """
+
+    def __init__(self, moto_app, host):
+        self.moto_app = moto_app
+        self.host = host
+
+    def _function(self, path: str) -> str | None:
+        match = INVOKE_PATH.match(path)
+        if not match:
+            return None
+        name = match.group(1).split(":function:")[-1].split(":")[0]
+        return name if name in self.host.names() else None
+
+    def __call__(self, environ, start_response):
+        name = self._function(environ.get("PATH_INFO", ""))
+        if name is None or environ.get("REQUEST_METHOD") != "POST":
+            return self.moto_app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        payload = environ["wsgi.input"].read(length) if length else b"{}"
+        if environ.get("HTTP_X_AMZ_INVOCATION_TYPE") == "Event":
+            threading.Thread(target=self.host.invoke, args=(name, payload), daemon=True).start()
+            start_response("202 Accepted", [("Content-Length", "0")])
+            return [b""]
+        status, body = self.host.invoke(name, payload)
+        headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
+        if status != 200:
+            from .functions import lambda_error_body
+            body = lambda_error_body(body)
+            headers.append(("X-Amz-Function-Error", "Unhandled"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+
+def bootstrap(endpoint: str, region: str, template) -> None:
+    """Creates the stack's resources as template.yaml describes them."""
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region)
+    iam = session.client("iam", endpoint_url=endpoint)
+    role = iam.create_role(
+        RoleName="amiflow-local-execution",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+            "Action": "sts:AssumeRole"}]}),
+    )["Role"]["Arn"]
+
+    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+    for table in template.tables():
+        props = table.properties
+        dynamodb.create_table(
+            TableName=table.name,
+            AttributeDefinitions=props["AttributeDefinitions"],
+            KeySchema=props["KeySchema"],
+            BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+        )
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            dynamodb.update_time_to_live(TableName=table.name, TimeToLiveSpecification=ttl)
+
+    # The functions exist in moto too, so that ListFunctions, GetFunction and event targets see
+    # them; their code is the binary the router sends invocations to.
+    lam = session.client("lambda", endpoint_url=endpoint)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("bootstrap", "served by the amiflow local stack\n")
+    for function in template.functions():
+        lam.create_function(
+            FunctionName=function.binary,
+            Runtime="provided.al2023",
+            Role=role,
+            Handler="bootstrap",
+            Code={"ZipFile": archive.getvalue()},
+            Environment={"Variables": function.environment},
+        )
+
+    sfn = session.client("stepfunctions", endpoint_url=endpoint)
+    for machine in template.state_machines():
+        sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="amiflow-local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("AMIFLOW_LOCAL_PORT", "4566")))
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION") or "us-east-1")
+    parser.add_argument("--log-dir", type=Path, default=Path(os.environ.get("AMIFLOW_LOCAL_LOG_DIR", ROOT / "target" / "local-logs")))
+    parser.add_argument(
+        "--parameter", action="append", default=[], metavar="NAME=VALUE",
+        help="override a template.yaml parameter (e.g. EventWaitSeconds=5)",
+    )
+    args = parser.parse_args(argv)
+
+    # moto reads these at import and at call time: its own port (the Step Functions interpreter
+    # calls Lambda at localhost:MOTO_PORT) and whether state machines really run.
+    os.environ["MOTO_PORT"] = str(args.port)
+    os.environ.setdefault("AWS_DEFAULT_REGION", args.region)
+    from moto.core.config import default_user_config
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from . import layer
+    from .functions import FunctionHost
+    from .template import Template
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    layer.install()
+
+    parameters = dict(LOCAL_PARAMETERS)
+    parameters.update(p.split("=", 1) for p in args.parameter)
+    template = Template(ROOT, ACCOUNT, args.region, parameters)
+    endpoint = f"http://127.0.0.1:{args.port}"
+    cargo_lambda = shutil.which("cargo-lambda", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if not cargo_lambda:
+        print("cargo-lambda is not installed; run `make local-deps`", file=sys.stderr)
+        return 2
+    host = FunctionHost(
+        cargo_lambda,
+        ROOT,
+        cargo_target_dir() / "debug",
+        args.log_dir,
+        {
+            "PATH": os.environ.get("PATH", ""),
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": args.region,
+            "AWS_DEFAULT_REGION": args.region,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+            "RUST_BACKTRACE": "1",
+        },
+    )
+    app = InvokeRouter(DomainDispatcherApplication(create_backend_app), host)
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *_args, **_kwargs) -> None:  # one line per AWS call is noise here
+            pass
+
+    server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=QuietHandler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    try:
+        host.start({f.binary: f.environment for f in template.functions()})
+        serving.start()
+        bootstrap(endpoint, args.region, template)
+        print(f"amiflow local stack ready on {endpoint} (region {args.region}, logs in {args.log_dir})", flush=True)
+        stopping.wait()
+    finally:
+        server.shutdown()
+        host.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Reads template.yaml, the one description of the deployable stack, so that the local stack
+creates the same functions, table and state machines with the same substitutions."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form intrinsic functions."""
+
+
+def _intrinsic(name: str):
+    def construct(loader: yaml.Loader, node: yaml.Node) -> dict:
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+            if name == "Fn::GetAtt":
+                value = value.split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return {name: value}
+
+    return construct
+
+
+for _short, _long in {
+    "!Ref": "Ref",
+    "!GetAtt": "Fn::GetAtt",
+    "!Sub": "Fn::Sub",
+    "!Join": "Fn::Join",
+    "!If": "Fn::If",
+    "!Equals": "Fn::Equals",
+    "!Select": "Fn::Select",
+}.items():
+    _CfnLoader.add_constructor(_short, _intrinsic(_long))
+
+
+@dataclass
+class Function:
+    logical_id: str
+    binary: str
+    environment: dict[str, str]
+    events: dict[str, Any]
+
+
+@dataclass
+class StateMachine:
+    logical_id: str
+    name: str
+    definition: str
+    role_policies: list = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    logical_id: str
+    name: str
+    properties: dict[str, Any]
+
+
+class Template:
+    def __init__(self, root: Path, account: str, region: str, parameters: dict[str, str] | None = None):
+        self.root = root
+        self.account = account
+        self.region = region
+        self.doc = yaml.load((root / "template.yaml").read_text(), Loader=_CfnLoader)
+        self.resources: dict[str, dict] = self.doc["Resources"]
+        self.parameters = {
+            name: str(spec.get("Default", "")) for name, spec in self.doc.get("Parameters", {}).items()
+        }
+        for name, value in (parameters or {}).items():
+            if name not in self.parameters:
+                raise KeyError(f"template.yaml has no parameter {name}")
+            self.parameters[name] = str(value)
+
+    # Names the local stack gives to resources: a function is named by its binary, the table by
+    # its logical id, a state machine by its Name property.
+    def function_name(self, logical_id: str) -> str:
+        return self.resources[logical_id]["Metadata"]["BuildProperties"]["Binary"]
+
+    def function_arn(self, logical_id: str) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account}:function:{self.function_name(logical_id)}"
+
+    def ref(self, name: str) -> str:
+        pseudo = {
+            "AWS::AccountId": self.account,
+            "AWS::Region": self.region,
+            "AWS::Partition": "aws",
+            "AWS::StackName": "amiflow-local",
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        resource = self.resources[name]
+        kind = resource["Type"]
+        if kind == "AWS::Serverless::Function":
+            return self.function_name(name)
+        if kind == "AWS::DynamoDB::Table":
+            return name
+        if kind == "AWS::Serverless::StateMachine":
+            return self.state_machine_arn(name)
+        raise ValueError(f"Ref to {kind} {name} is not supported locally")
+
+    def get_att(self, logical_id: str, attribute: str) -> str:
+        kind = self.resources[logical_id]["Type"]
+        if kind == "AWS::Serverless::Function" and attribute == "Arn":
+            return self.function_arn(logical_id)
+        if kind == "AWS::DynamoDB::Table" and attribute == "Arn":
+            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{logical_id}"
+        raise ValueError(f"GetAtt {logical_id}.{attribute} is not supported locally")
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                return self.get_att(*arg)
+            if key == "Fn::Sub":
+                return re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub_var(m.group(1)), arg)
+            if key == "Fn::Join":
+                sep, parts = arg
+                return sep.join(str(self.resolve(p)) for p in parts)
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        return value
+
+    def _sub_var(self, name: str) -> str:
+        if "." in name:
+            logical_id, attribute = name.split(".", 1)
+            return self.get_att(logical_id, attribute)
+        return str(self.ref(name))
+
+    def functions(self) -> list[Function]:
+        global_env = self.doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+        out = []
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] != "AWS::Serverless::Function":
+                continue
+            props = resource.get("Properties", {})
+            env = dict(global_env)
+            env.update(props.get("Environment", {}).get("Variables", {}))
+            out.append(
+                Function(
+                    logical_id=logical_id,
+                    binary=self.function_name(logical_id),
+                    environment={k: str(self.resolve(v)) for k, v in env.items()},
+                    events=props.get("Events", {}),
+                )
+            )
+        return out
+
+    def tables(self) -> list[Table]:
+        return [
+            Table(logical_id=lid, name=lid, properties=r.get("Properties", {}))
+            for lid, r in self.resources.items()
+            if r["Type"] == "AWS::DynamoDB::Table"
+        ]
+
+    def state_machine_arn(self, logical_id: str) -> str:
+        name = self.resolve(self.resources[logical_id]["Properties"]["Name"])
+        return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
+
+    def state_machines(self) -> list[StateMachine]:
+        out = []
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] != "AWS::Serverless::StateMachine":
+                continue
+            props = resource["Properties"]
+            definition = (self.root / props["DefinitionUri"]).read_text()
+            substitutions = {k: str(self.resolve(v)) for k, v in props.get("DefinitionSubstitutions", {}).items()}
+            for key, value in substitutions.items():
+                definition = definition.replace("${" + key + "}", value)
+            left = re.findall(r"\$\{[A-Za-z0-9]+\}", definition)
+            if left:
+                raise ValueError(f"{props['DefinitionUri']}: no substitution for {sorted(set(left))}")
+            json.loads(definition)
+            out.append(StateMachine(logical_id=logical_id, name=self.resolve(props["Name"]), definition=definition))
+        return out
