@@ -127,8 +127,7 @@ pub fn is_resource_id(id: &str, prefix: &str) -> bool {
 pub fn is_availability_zone(az: &str) -> bool {
     let bytes = az.as_bytes();
     let n = bytes.len();
-    n >= 6
-        && n <= 32
+    (6..=32).contains(&n)
         && bytes[..2].iter().all(u8::is_ascii_lowercase)
         && bytes[2] == b'-'
         && bytes[n - 1].is_ascii_lowercase()

@@ -74,7 +74,7 @@ pub struct RunState {
 #[serde(tag = "action", rename_all = "camelCase")]
 pub enum CleanupRequest {
     Complete(Box<CompleteRequest>),
-    Rollback(RollbackRequest),
+    Rollback(Box<RollbackRequest>),
 }
 
 /// What cleanup answers, by action.
@@ -90,7 +90,7 @@ pub async fn run(ec2: &aws_sdk_ec2::Client, request: CleanupRequest) -> Result<C
         CleanupRequest::Complete(r) => {
             Ok(CleanupOutput::Complete(Box::new(complete(ec2, *r).await?)))
         }
-        CleanupRequest::Rollback(r) => Ok(CleanupOutput::Rollback(rollback(ec2, r).await?)),
+        CleanupRequest::Rollback(r) => Ok(CleanupOutput::Rollback(rollback(ec2, *r).await?)),
     }
 }
 
@@ -263,7 +263,12 @@ pub async fn complete(
         },
         SourceAction::Stop => {
             stamp_source(ec2, source_id, new_id).await?;
-            let stopped = ec2.stop_instances().instance_ids(source_id).send().await.map_err(aws("StopInstances"))?;
+            let stopped = ec2
+                .stop_instances()
+                .instance_ids(source_id)
+                .send()
+                .await
+                .map_err(aws("StopInstances"))?;
             changed_state(stopped.stopping_instances(), "stopping")
         }
         SourceAction::Terminate => {
@@ -306,7 +311,12 @@ fn changed_state(changes: &[aws_sdk_ec2::types::InstanceStateChange], fallback: 
 async fn stamp_source(ec2: &aws_sdk_ec2::Client, source_id: &str, new_id: &str) -> Result<()> {
     ec2.create_tags()
         .resources(source_id)
-        .tags(aws_sdk_ec2::types::Tag::builder().key(tags::MIGRATED_TO).value(new_id).build())
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(tags::MIGRATED_TO)
+                .value(new_id)
+                .build(),
+        )
         .send()
         .await
         .map_err(aws("CreateTags"))?;

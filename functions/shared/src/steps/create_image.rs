@@ -190,7 +190,13 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
         .instance_ids(instance_id)
         .send()
         .await
-        .map_err(aws("DescribeInstances"))?;
+        .map_err(aws("DescribeInstances"))
+        .map_err(|e| match e {
+            Error::InstanceNotFound(m) => {
+                Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist ({m})"))
+            }
+            other => other,
+        })?;
     let instance = described
         .reservations()
         .iter()
@@ -301,7 +307,13 @@ async fn resolve_subnet(
             .subnet_ids(subnet_id)
             .send()
             .await
-            .map_err(aws("DescribeSubnets"))?;
+            .map_err(aws("DescribeSubnets"))
+            .map_err(|e| match e {
+                Error::SubnetNotFound(m) => Error::SubnetNotFound(format!(
+                    "targetSubnetId: {subnet_id} does not exist ({m})"
+                )),
+                other => other,
+            })?;
         return found
             .subnets()
             .first()

@@ -1,0 +1,62 @@
+# amiflow. Two commands do all the set-up on a fresh machine with Rust and Python:
+#   make demo   runs the main job (an AZ migration) on the local AWS stack
+#   make test   runs every test
+# Python tools go into .venv, Node tools into local/node_modules, both at pinned versions.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_BIN := local/node_modules/.bin
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: demo test local local-deps bins lint fmt-check clippy template-lint unit e2e build clean
+
+$(VENV)/.installed: local/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r local/requirements.txt
+	touch $@
+
+local/node_modules/.installed: local/package.json local/package-lock.json
+	cd local && npm ci --silent --no-audit --no-fund
+	touch $@
+
+local-deps: $(VENV)/.installed local/node_modules/.installed
+
+bins:
+	cargo build --workspace --bins
+
+## The local AWS stack in the foreground on 127.0.0.1:$${AMIFLOW_LOCAL_PORT:-4566}.
+local: local-deps bins
+	cd local && ../$(PY) -m amiflow_local.server
+
+demo: local-deps bins
+	$(PY) local/demo.py
+
+test: local-deps lint unit e2e
+
+lint: fmt-check clippy template-lint
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+template-lint: local-deps
+	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/sam validate --lint --template template.yaml
+	for f in statemachine/*.asl.json; do $(NODE_BIN)/asl-validator --json-path $$f || exit 1; done
+
+unit:
+	cargo test --workspace
+
+e2e: local-deps bins
+	$(PY) -m pytest -q
+
+## Deployable artefacts: sam build with cargo-lambda (release, arm64). Not part of `make test`.
+build: local-deps
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r local/requirements-build.txt
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/sam build --template template.yaml
+
+clean:
+	rm -rf $(VENV) local/node_modules .aws-sam

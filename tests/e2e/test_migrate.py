@@ -1,0 +1,194 @@
+"""MigrateInstance, end to end on the local stack: the real functions under the real Step
+Functions interpreter, asserting the resources a user would look at afterwards."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from amiflow_local.seed import seed
+
+from workflow import instance, message, run, tagged
+
+
+@pytest.fixture
+def world(ec2):
+    return seed(ec2, "us-east-1", name=f"web-{uuid.uuid4().hex[:6]}")
+
+
+def volumes_by_device(ec2, described: dict) -> dict[str, dict]:
+    ids = {m["Ebs"]["VolumeId"]: m for m in described["BlockDeviceMappings"]}
+    volumes = ec2.describe_volumes(VolumeIds=list(ids))["Volumes"]
+    out = {}
+    for volume in volumes:
+        mapping = ids[volume["VolumeId"]]
+        volume["DeleteOnTermination"] = mapping["Ebs"]["DeleteOnTermination"]
+        out[mapping["DeviceName"]] = volume
+    return out
+
+
+def tags_of(resource: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def test_migrates_to_the_target_az_with_every_setting(ec2, sfn, world):
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    out = result.output
+    assert out["availabilityZone"] == "us-east-1b"
+    assert out["subnetId"] == world.subnets["us-east-1b"]
+    assert out["sourceInstanceId"] == world.instance_id
+    assert out["elasticIp"] == world.public_ip
+    assert out["imageKept"] is False
+
+    new = instance(ec2, out["newInstanceId"])
+    source = instance(ec2, world.instance_id)
+    assert new["Placement"]["AvailabilityZone"] == "us-east-1b"
+    assert new["SubnetId"] == world.subnets["us-east-1b"]
+    assert new["ImageId"] == out["imageId"]
+    assert new["InstanceType"] == source["InstanceType"] == "t3.micro"
+    assert [g["GroupId"] for g in new["SecurityGroups"]] == [world.security_group_id]
+    assert new["KeyName"] == world.key_name
+    assert new["MetadataOptions"]["HttpTokens"] == "required"
+    new_tags = tags_of(new)
+    assert new_tags["Name"] == tags_of(source)["Name"]
+    assert new_tags["team"] == "web"
+    assert new_tags["amiflow:execution"] == result.name
+    assert new_tags["amiflow:source-instance"] == world.instance_id
+    user_data = ec2.describe_instance_attribute(InstanceId=out["newInstanceId"], Attribute="userData")
+    assert "amiflow demo" in __import__("base64").b64decode(user_data["UserData"]["Value"]).decode()
+
+    volumes = volumes_by_device(ec2, new)
+    assert sorted(volumes) == ["/dev/sdf", "/dev/xvda"]
+    assert volumes["/dev/xvda"]["Size"] == 8 and volumes["/dev/sdf"]["Size"] == 20
+    assert tags_of(volumes["/dev/sdf"])["role"] == "data"
+    assert volumes["/dev/sdf"]["DeleteOnTermination"] is False, "the source's data volume outlives its instance; so must the copy"
+    assert volumes["/dev/xvda"]["DeleteOnTermination"] is True
+
+    address = ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]
+    assert address["InstanceId"] == out["newInstanceId"]
+
+    # The AMI and its snapshots are gone, the source is untouched.
+    assert ec2.describe_images(Filters=[{"Name": "image-id", "Values": [out["imageId"]]}])["Images"] == []
+    assert len(out["deletedSnapshotIds"]) == 2
+    left = ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": out["deletedSnapshotIds"]}])["Snapshots"]
+    assert left == []
+    assert source["State"]["Name"] == "running"
+    assert out["sourceState"] == "running"
+    assert "amiflow:migrated-to" not in tags_of(source)
+    assert result.states[:3] == ["Start", "CreateImage", "WaitForImage"]
+    assert result.states[-1] == "Complete"
+
+
+def test_terminates_the_source_and_keeps_the_image_when_asked(ec2, sfn, world):
+    result = run(
+        sfn,
+        "MigrateInstance",
+        {"instanceId": world.instance_id, "targetSubnetId": world.subnets["us-east-1c"], "sourceAction": "terminate", "keepImage": True},
+    )
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    out = result.output
+    assert out["availabilityZone"] == "us-east-1c"
+    assert out["sourceState"] in ("shutting-down", "terminated")
+    source = instance(ec2, world.instance_id)
+    assert source["State"]["Name"] in ("shutting-down", "terminated")
+    assert tags_of(source)["amiflow:migrated-to"] == out["newInstanceId"]
+    image = ec2.describe_images(ImageIds=[out["imageId"]])["Images"][0]
+    assert image["State"] == "available"
+    assert tags_of(image)["amiflow:execution"] == result.name
+    snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
+    assert len(snapshots) == 2
+    described = ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]
+    assert all(tags_of(s)["amiflow:execution"] == result.name for s in described)
+    assert instance(ec2, out["newInstanceId"])["State"]["Name"] == "running"
+
+
+def test_stops_the_source_when_asked(ec2, sfn, world):
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1c", "sourceAction": "stop"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.output["sourceState"] in ("stopping", "stopped")
+    assert instance(ec2, world.instance_id)["State"]["Name"] in ("stopping", "stopped")
+
+
+def test_an_instance_type_not_offered_in_the_target_az_fails_and_leaves_nothing(ec2, sfn, world):
+    # vt1.3xlarge is offered in us-east-1a but not in us-east-1b.
+    result = run(
+        sfn,
+        "MigrateInstance",
+        {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "instanceType": "vt1.3xlarge", "sourceAction": "terminate"},
+    )
+    assert result.status == "FAILED"
+    assert result.error == "InstanceTypeNotOffered"
+    assert message(result) == "instanceType: vt1.3xlarge is not offered in us-east-1b"
+    assert "Rollback" in result.states
+    assert tagged(ec2, result.name) == {"instances": [], "images": [], "snapshots": []}
+    source = instance(ec2, world.instance_id)
+    assert source["State"]["Name"] == "running"
+    address = ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]
+    assert address["InstanceId"] == world.instance_id
+
+
+@pytest.mark.parametrize(
+    "payload, error, field",
+    [
+        ({"instanceId": "i-123", "targetAvailabilityZone": "us-east-1b"}, "InvalidInput", "instanceId"),
+        ({"instanceId": "i-0123456789abcdef0"}, "InvalidInput", "targetAvailabilityZone"),
+        ({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "eu-west-1a"}, "InvalidInput", "targetAvailabilityZone"),
+        ({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "sourceAction": "delete"}, "InvalidInput", "sourceAction"),
+        ({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b"}, "InstanceNotFound", "instanceId"),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_named_before_anything_is_made(ec2, sfn, payload, error, field):
+    images_before = len(ec2.describe_images(Owners=["self"])["Images"])
+    result = run(sfn, "MigrateInstance", payload)
+    assert result.status == "FAILED"
+    assert result.error == error
+    assert message(result).startswith(f"{field}:"), result.cause
+    assert "Launch" not in result.states
+    assert len(ec2.describe_images(Owners=["self"])["Images"]) == images_before
+
+
+def test_the_subnet_must_be_in_the_sources_vpc(ec2, sfn, world):
+    other_vpc = ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    foreign = ec2.create_subnet(VpcId=other_vpc, CidrBlock="10.99.1.0/24", AvailabilityZone="us-east-1b")["Subnet"]["SubnetId"]
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetSubnetId": foreign})
+    assert result.status == "FAILED"
+    assert result.error == "TargetMismatch"
+    assert message(result).startswith("targetSubnetId:")
+    assert tagged(ec2, result.name) == {"instances": [], "images": [], "snapshots": []}
+
+
+def test_rollback_removes_what_the_run_made_and_moves_the_elastic_ip_back(ec2, sfn, lambda_, world):
+    kept = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "keepImage": True})
+    assert kept.status == "SUCCEEDED", (kept.error, kept.cause)
+    assert tagged(ec2, kept.name)["instances"] == [kept.output["newInstanceId"]]
+    # The source carrying the execution's tag must not make the rollback touch it.
+    ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:execution", "Value": kept.name}])
+    history = sfn.get_execution_history(
+        executionArn=sfn.describe_execution(executionArn=_arn(sfn, kept.name))["executionArn"], maxResults=1000
+    )["events"]
+    image_state = next(
+        json.loads(e["stateExitedEventDetails"]["output"])["image"]
+        for e in history
+        if e.get("stateExitedEventDetails", {}).get("name") == "CreateImage"
+    )
+    answer = lambda_.invoke(
+        FunctionName="cleanup",
+        Payload=json.dumps({"action": "rollback", "execution": kept.name, "state": {"input": {"instanceId": world.instance_id}, "image": image_state}}),
+    )
+    assert "FunctionError" not in answer, answer["Payload"].read()
+    removed = json.loads(answer["Payload"].read())
+    assert removed["terminatedInstanceIds"] == [kept.output["newInstanceId"]]
+    assert removed["deregisteredImageIds"] == [kept.output["imageId"]]
+    assert len(removed["deletedSnapshotIds"]) == 2
+    assert removed["elasticIpRestoredTo"] == world.instance_id
+    assert ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]["InstanceId"] == world.instance_id
+    assert instance(ec2, world.instance_id)["State"]["Name"] == "running"
+    assert tagged(ec2, kept.name) == {"instances": [world.instance_id], "images": [], "snapshots": []}
+
+
+def _arn(sfn, name: str) -> str:
+    from workflow import state_machine_arn
+
+    return state_machine_arn(sfn, "MigrateInstance").replace(":stateMachine:", ":execution:") + ":" + name

@@ -1,0 +1,77 @@
+"""Helpers the end-to-end tests share: start a workflow and follow it to its end."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Run:
+    name: str
+    status: str
+    output: dict | None
+    error: str | None
+    cause: str | None
+    states: list[str] = field(default_factory=list)
+
+
+def state_machine_arn(sfn, name: str) -> str:
+    for machine in sfn.list_state_machines()["stateMachines"]:
+        if machine["name"] == name:
+            return machine["stateMachineArn"]
+    raise AssertionError(f"no state machine named {name}")
+
+
+def entered_states(sfn, execution_arn: str) -> list[str]:
+    events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e2e") -> Run:
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    started = sfn.start_execution(stateMachineArn=state_machine_arn(sfn, machine), name=name, input=json.dumps(payload))
+    deadline = time.monotonic() + timeout
+    while True:
+        described = sfn.describe_execution(executionArn=started["executionArn"])
+        if described["status"] != "RUNNING":
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} still running after {timeout} s: {entered_states(sfn, started['executionArn'])}")
+        time.sleep(0.25)
+    output = described.get("output")
+    return Run(
+        name=name,
+        status=described["status"],
+        output=json.loads(output) if output else None,
+        error=described.get("error"),
+        cause=described.get("cause"),
+        states=entered_states(sfn, started["executionArn"]),
+    )
+
+
+def tagged(ec2, execution: str) -> dict[str, list[str]]:
+    """Everything in the account that carries the execution's tag and still exists."""
+    tag = [{"Name": "tag:amiflow:execution", "Values": [execution]}]
+    instances = [
+        i["InstanceId"]
+        for r in ec2.describe_instances(Filters=tag)["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] not in ("terminated", "shutting-down")
+    ]
+    images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=tag)["Images"]]
+    snapshots = [s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=tag)["Snapshots"]]
+    return {"instances": instances, "images": images, "snapshots": snapshots}
+
+
+def instance(ec2, instance_id: str) -> dict:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def message(result: Run) -> str:
+    """A failed run's cause is the function's error as Lambda reports it: {errorType, errorMessage}."""
+    cause = json.loads(result.cause)
+    assert cause["errorType"] == result.error
+    return cause["errorMessage"]
