@@ -8,6 +8,8 @@ pub mod input;
 pub mod settings;
 pub mod steps;
 pub mod tags;
+#[cfg(test)]
+mod test_support;
 
 pub use deps::Deps;
 pub use error::{Error, Result};

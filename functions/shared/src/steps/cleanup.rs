@@ -484,3 +484,290 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::steps::launch::tests::sample_image;
+    use crate::test_support::{image, images, instance_in, reservation};
+    use aws_sdk_ec2::operation::associate_address::AssociateAddressOutput;
+    use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
+    use aws_sdk_ec2::operation::delete_snapshot::DeleteSnapshotOutput;
+    use aws_sdk_ec2::operation::deregister_image::DeregisterImageOutput;
+    use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
+    use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
+    use aws_sdk_ec2::operation::modify_instance_attribute::ModifyInstanceAttributeOutput;
+    use aws_sdk_ec2::operation::stop_instances::StopInstancesOutput;
+    use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesOutput;
+    use aws_sdk_ec2::types::{
+        Address, ImageState, InstanceState, InstanceStateChange, InstanceStateName, Snapshot,
+    };
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use serde_json::json;
+
+    fn complete_request(action: SourceAction, keep_image: bool) -> CompleteRequest {
+        CompleteRequest {
+            execution: "run-1".into(),
+            input: MigrateInput {
+                instance_id: "i-0123456789abcdef0".into(),
+                target_availability_zone: Some("us-east-1b".into()),
+                target_subnet_id: None,
+                instance_type: None,
+                no_reboot: false,
+                source_action: action,
+                keep_image,
+            },
+            image: sample_image(),
+            instance: InstanceProgress {
+                instance_id: "i-0new".into(),
+                state: "running".into(),
+                ready: true,
+                attempt: 1,
+                wait_seconds: 0,
+                elastic_ip: Some("198.51.100.7".into()),
+            },
+        }
+    }
+
+    fn change(state: InstanceStateName) -> InstanceStateChange {
+        InstanceStateChange::builder()
+            .instance_id("i-0123456789abcdef0")
+            .current_state(InstanceState::builder().name(state).build())
+            .build()
+    }
+
+    struct Calls {
+        modify: Rule,
+        describe_images: Rule,
+        deregister: Rule,
+        delete_snapshot: Rule,
+        describe_instances: Rule,
+        stamp: Rule,
+        stop: Rule,
+        terminate: Rule,
+    }
+
+    fn calls() -> Calls {
+        Calls {
+            modify: mock!(Client::modify_instance_attribute)
+                .match_requests(|req| req.instance_id() == Some("i-0new"))
+                .then_output(|| ModifyInstanceAttributeOutput::builder().build()),
+            describe_images: mock!(Client::describe_images).then_output(|| {
+                images(vec![image(
+                    "ami-0123456789abcdef0",
+                    ImageState::Available,
+                    &[("/dev/xvda", "snap-root"), ("/dev/sdf", "snap-data")],
+                )])
+            }),
+            deregister: mock!(Client::deregister_image)
+                .then_output(|| DeregisterImageOutput::builder().build()),
+            delete_snapshot: mock!(Client::delete_snapshot)
+                .then_output(|| DeleteSnapshotOutput::builder().build()),
+            describe_instances: mock!(Client::describe_instances).then_output(|| {
+                reservation(vec![instance_in(
+                    "i-0123456789abcdef0",
+                    InstanceStateName::Running,
+                )])
+            }),
+            stamp: mock!(Client::create_tags)
+                .match_requests(|req| {
+                    req.resources() == ["i-0123456789abcdef0"]
+                        && req.tags()[0].key() == Some(tags::MIGRATED_TO)
+                        && req.tags()[0].value() == Some("i-0new")
+                })
+                .then_output(|| CreateTagsOutput::builder().build()),
+            stop: mock!(Client::stop_instances).then_output(|| {
+                StopInstancesOutput::builder()
+                    .stopping_instances(change(InstanceStateName::Stopping))
+                    .build()
+            }),
+            terminate: mock!(Client::terminate_instances).then_output(|| {
+                TerminateInstancesOutput::builder()
+                    .terminating_instances(change(InstanceStateName::ShuttingDown))
+                    .build()
+            }),
+        }
+    }
+
+    fn client(c: &Calls) -> Client {
+        mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [
+                &c.modify,
+                &c.describe_images,
+                &c.deregister,
+                &c.delete_snapshot,
+                &c.describe_instances,
+                &c.stamp,
+                &c.stop,
+                &c.terminate
+            ]
+        )
+    }
+
+    #[tokio::test]
+    async fn complete_keeps_the_source_and_removes_the_image() {
+        let c = calls();
+        let out = complete(&client(&c), complete_request(SourceAction::Keep, false))
+            .await
+            .unwrap();
+        assert_eq!(out.source_state, "running");
+        assert_eq!(out.deleted_snapshot_ids, ["snap-root", "snap-data"]);
+        assert!(!out.image_kept);
+        assert_eq!(out.elastic_ip.as_deref(), Some("198.51.100.7"));
+        // delete-on-termination restored for /dev/sdf, and termination protection (the sample has it).
+        assert_eq!(c.modify.num_calls(), 2);
+        assert_eq!(
+            [c.deregister.num_calls(), c.delete_snapshot.num_calls()],
+            [1, 2]
+        );
+        assert_eq!(
+            [
+                c.stamp.num_calls(),
+                c.stop.num_calls(),
+                c.terminate.num_calls()
+            ],
+            [0, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn complete_stamps_then_stops_or_terminates_the_source_and_can_keep_the_image() {
+        let c = calls();
+        let out = complete(&client(&c), complete_request(SourceAction::Stop, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.source_state.as_str(), out.image_kept),
+            ("stopping", true)
+        );
+        assert_eq!(
+            [
+                c.stamp.num_calls(),
+                c.stop.num_calls(),
+                c.deregister.num_calls()
+            ],
+            [1, 1, 0]
+        );
+
+        let c = calls();
+        let out = complete(
+            &client(&c),
+            complete_request(SourceAction::Terminate, false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.source_state, "shutting-down");
+        assert_eq!([c.stamp.num_calls(), c.terminate.num_calls()], [1, 1]);
+    }
+
+    #[tokio::test]
+    async fn complete_never_treats_the_source_as_the_new_instance() {
+        let c = calls();
+        let mut request = complete_request(SourceAction::Terminate, false);
+        request.instance.instance_id = "i-0123456789abcdef0".into();
+        assert!(complete(&client(&c), request).await.is_err());
+        assert_eq!(c.terminate.num_calls(), 0);
+    }
+
+    fn rollback_request(with_image: bool) -> RollbackRequest {
+        RollbackRequest {
+            execution: "run-1".into(),
+            state: RunState {
+                input: json!({"instanceId": "i-0123456789abcdef0"}),
+                image: with_image.then(sample_image),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn rollback_removes_the_runs_resources_and_never_the_source() {
+        let describe = mock!(Client::describe_instances).then_output(|| {
+            let mut new = instance_in("i-0new", InstanceStateName::Running);
+            new.block_device_mappings = Some(vec![
+                aws_sdk_ec2::types::InstanceBlockDeviceMapping::builder()
+                    .device_name("/dev/sdf")
+                    .build(),
+            ]);
+            reservation(vec![
+                new,
+                instance_in("i-0123456789abcdef0", InstanceStateName::Running),
+            ])
+        });
+        let addresses = mock!(Client::describe_addresses).then_output(|| {
+            DescribeAddressesOutput::builder()
+                .addresses(
+                    Address::builder()
+                        .allocation_id("eipalloc-01234567")
+                        .instance_id("i-0new")
+                        .build(),
+                )
+                .build()
+        });
+        let associate = mock!(Client::associate_address)
+            .match_requests(|req| req.instance_id() == Some("i-0123456789abcdef0"))
+            .then_output(|| AssociateAddressOutput::builder().build());
+        let modify = mock!(Client::modify_instance_attribute)
+            .match_requests(|req| req.instance_id() == Some("i-0new"))
+            .then_output(|| ModifyInstanceAttributeOutput::builder().build());
+        let terminate = mock!(Client::terminate_instances)
+            .match_requests(|req| req.instance_ids() == ["i-0new"])
+            .then_output(|| TerminateInstancesOutput::builder().build());
+        let c = calls();
+        let snapshots = mock!(Client::describe_snapshots).then_output(|| {
+            DescribeSnapshotsOutput::builder()
+                .snapshots(Snapshot::builder().snapshot_id("snap-root").build())
+                .snapshots(Snapshot::builder().snapshot_id("snap-orphan").build())
+                .build()
+        });
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [
+                &describe,
+                &addresses,
+                &associate,
+                &modify,
+                &terminate,
+                &c.describe_images,
+                &c.deregister,
+                &c.delete_snapshot,
+                &snapshots
+            ]
+        );
+        let out = rollback(&ec2, rollback_request(true)).await.unwrap();
+        assert_eq!(out.terminated_instance_ids, ["i-0new"]);
+        assert_eq!(
+            out.elastic_ip_restored_to.as_deref(),
+            Some("i-0123456789abcdef0")
+        );
+        assert_eq!(out.deregistered_image_ids, ["ami-0123456789abcdef0"]);
+        assert_eq!(
+            out.deleted_snapshot_ids,
+            ["snap-root", "snap-data", "snap-orphan"]
+        );
+        assert_eq!(terminate.num_calls(), 1);
+        // delete-on-termination for every volume, then termination protection off.
+        assert_eq!(modify.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn rollback_of_a_run_that_made_nothing_changes_nothing() {
+        let describe = mock!(Client::describe_instances).then_output(|| reservation(vec![]));
+        let no_images = mock!(Client::describe_images).then_output(|| images(vec![]));
+        let no_snapshots = mock!(Client::describe_snapshots)
+            .then_output(|| DescribeSnapshotsOutput::builder().build());
+        let terminate = mock!(Client::terminate_instances)
+            .then_output(|| TerminateInstancesOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&describe, &no_images, &no_snapshots, &terminate]
+        );
+        let out = rollback(&ec2, rollback_request(false)).await.unwrap();
+        assert_eq!(out, RollbackOutput::default());
+        assert_eq!(terminate.num_calls(), 0);
+    }
+}

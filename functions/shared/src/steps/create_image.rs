@@ -536,3 +536,282 @@ mod tests {
         assert_eq!(image_name("i-01234567", &"x".repeat(200)).len(), 128);
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::capture::tests::{source_instance, source_volumes};
+    use crate::settings::Settings;
+    use crate::test_support::{images, meta, no_instances, reservation};
+    use aws_sdk_ec2::operation::create_image::CreateImageOutput as SdkCreateImage;
+    use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
+    use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
+    use aws_sdk_ec2::operation::describe_instance_credit_specifications::DescribeInstanceCreditSpecificationsOutput;
+    use aws_sdk_ec2::operation::describe_instance_type_offerings::DescribeInstanceTypeOfferingsOutput;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+    use aws_sdk_ec2::operation::describe_subnets::DescribeSubnetsOutput;
+    use aws_sdk_ec2::operation::describe_volumes::DescribeVolumesOutput;
+    use aws_sdk_ec2::types::{
+        Address, AttributeBooleanValue, AttributeValue, Image, InstanceCreditSpecification,
+        InstanceStateName, InstanceTypeOffering,
+    };
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings::from_vars(|_| None).unwrap()
+    }
+
+    fn request(input: serde_json::Value) -> CreateImageRequest {
+        CreateImageRequest {
+            execution: "run-1".into(),
+            input,
+        }
+    }
+
+    fn default_input() -> serde_json::Value {
+        json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b"})
+    }
+
+    /// Every read the step makes, answering for the sample source in us-east-1a.
+    fn reads(offered: bool, existing: Option<&'static str>) -> Vec<Rule> {
+        vec![
+            mock!(Client::describe_instances)
+                .then_output(|| reservation(vec![source_instance(InstanceStateName::Running)])),
+            mock!(Client::describe_volumes).then_output(|| {
+                DescribeVolumesOutput::builder()
+                    .set_volumes(Some(source_volumes()))
+                    .build()
+            }),
+            mock!(Client::describe_instance_attribute).then_compute_output(|req| {
+                let out = DescribeInstanceAttributeOutput::builder();
+                match req.attribute().map(|a| a.as_str()) {
+                    Some("userData") => {
+                        out.user_data(AttributeValue::builder().value("IyEvYmluL3NoCg==").build())
+                    }
+                    Some("disableApiTermination") => out.disable_api_termination(
+                        AttributeBooleanValue::builder().value(false).build(),
+                    ),
+                    Some("disableApiStop") => {
+                        out.disable_api_stop(AttributeBooleanValue::builder().value(false).build())
+                    }
+                    _ => out.instance_initiated_shutdown_behavior(
+                        AttributeValue::builder().value("stop").build(),
+                    ),
+                }
+                .build()
+            }),
+            mock!(Client::describe_addresses).then_output(|| {
+                DescribeAddressesOutput::builder()
+                    .addresses(
+                        Address::builder()
+                            .allocation_id("eipalloc-01234567")
+                            .public_ip("198.51.100.7")
+                            .build(),
+                    )
+                    .build()
+            }),
+            mock!(Client::describe_instance_credit_specifications).then_output(|| {
+                DescribeInstanceCreditSpecificationsOutput::builder()
+                    .instance_credit_specifications(
+                        InstanceCreditSpecification::builder()
+                            .cpu_credits("unlimited")
+                            .build(),
+                    )
+                    .build()
+            }),
+            mock!(Client::describe_subnets).then_output(|| {
+                DescribeSubnetsOutput::builder()
+                    .subnets(
+                        aws_sdk_ec2::types::Subnet::builder()
+                            .subnet_id("subnet-0bbbbbbb")
+                            .vpc_id("vpc-01234567")
+                            .availability_zone("us-east-1b")
+                            .build(),
+                    )
+                    .build()
+            }),
+            mock!(Client::describe_instance_type_offerings).then_output(move || {
+                let out = DescribeInstanceTypeOfferingsOutput::builder();
+                if offered {
+                    out.instance_type_offerings(
+                        InstanceTypeOffering::builder()
+                            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                            .location("us-east-1b")
+                            .build(),
+                    )
+                    .build()
+                } else {
+                    out.build()
+                }
+            }),
+            mock!(Client::describe_images).then_output(move || {
+                images(
+                    existing
+                        .map(|id| vec![Image::builder().image_id(id).build()])
+                        .unwrap_or_default(),
+                )
+            }),
+        ]
+    }
+
+    fn create() -> Rule {
+        mock!(Client::create_image)
+            .match_requests(|req| {
+                let specs = req.tag_specifications();
+                req.instance_id() == Some("i-0123456789abcdef0")
+                    && req.no_reboot() == Some(false)
+                    && specs.len() == 2
+                    && specs.iter().all(|s| {
+                        s.tags()
+                            .iter()
+                            .any(|t| t.key() == Some(tags::EXECUTION) && t.value() == Some("run-1"))
+                    })
+            })
+            .then_output(|| SdkCreateImage::builder().image_id("ami-0new").build())
+    }
+
+    fn client(rules: &[Rule]) -> Client {
+        let refs: Vec<&Rule> = rules.iter().collect();
+        mock_client!(aws_sdk_ec2, RuleMode::MatchAny, refs)
+    }
+
+    #[tokio::test]
+    async fn captures_checks_and_creates_the_tagged_image() {
+        let mut rules = reads(true, None);
+        rules.push(create());
+        let ec2 = client(&rules);
+        let out = run(&ec2, &settings(), "us-east-1", request(default_input()))
+            .await
+            .unwrap();
+        assert_eq!(out.image_id, "ami-0new");
+        assert!(out.created);
+        assert_eq!(out.target.subnet_id, "subnet-0bbbbbbb");
+        assert_eq!(out.target.instance_type, "t3.micro");
+        assert_eq!(
+            out.capture.elastic_ip.as_ref().unwrap().public_ip,
+            "198.51.100.7"
+        );
+        assert_eq!(out.event_wait_seconds, 1800);
+        assert_eq!(rules.last().unwrap().num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_attempt_finds_the_image_instead_of_making_another() {
+        let mut rules = reads(true, Some("ami-0earlier"));
+        rules.push(create());
+        let ec2 = client(&rules);
+        let out = run(&ec2, &settings(), "us-east-1", request(default_input()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.image_id.as_str(), out.created),
+            ("ami-0earlier", false)
+        );
+        assert_eq!(rules.last().unwrap().num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unoffered_type_is_refused_before_the_image() {
+        let mut rules = reads(false, None);
+        rules.push(create());
+        let ec2 = client(&rules);
+        let err = run(&ec2, &settings(), "us-east-1", request(default_input()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::InstanceTypeNotOffered(
+                "instanceType: t3.micro is not offered in us-east-1b".into()
+            )
+        );
+        assert_eq!(rules.last().unwrap().num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn termination_protection_refuses_terminate_before_the_image() {
+        let mut rules = reads(true, None);
+        rules[2] = mock!(Client::describe_instance_attribute).then_output(|| {
+            DescribeInstanceAttributeOutput::builder()
+                .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
+                .build()
+        });
+        rules.push(create());
+        let ec2 = client(&rules);
+        let input = json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "sourceAction": "terminate"});
+        let err = run(&ec2, &settings(), "us-east-1", request(input))
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), "SourceProtected");
+        assert_eq!(rules.last().unwrap().num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_instance_names_the_field() {
+        let rules = [mock!(Client::describe_instances).then_output(no_instances)];
+        let err = run(
+            &client(&rules),
+            &settings(),
+            "us-east-1",
+            request(default_input()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Error::InstanceNotFound("instanceId: i-0123456789abcdef0 does not exist".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_is_reported_as_throttled_with_the_code() {
+        let rules = [mock!(Client::describe_instances)
+            .then_error(|| DescribeInstancesError::generic(meta("RequestLimitExceeded")))];
+        let err = run(
+            &client(&rules),
+            &settings(),
+            "us-east-1",
+            request(default_input()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "Throttled");
+        assert!(
+            err.to_string()
+                .contains("DescribeInstances: RequestLimitExceeded"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_makes_no_call_at_all() {
+        let rules = [mock!(Client::describe_instances).then_output(no_instances)];
+        let err = run(
+            &client(&rules),
+            &settings(),
+            "us-east-1",
+            request(json!({"instanceId": "i-0123456789abcdef0"})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidInput");
+        assert_eq!(rules[0].num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_subnet_id_names_the_field() {
+        let mut rules = reads(true, None);
+        rules[5] = mock!(Client::describe_subnets)
+            .then_output(|| DescribeSubnetsOutput::builder().build());
+        let input =
+            json!({"instanceId": "i-0123456789abcdef0", "targetSubnetId": "subnet-0ccccccc"});
+        let err = run(&client(&rules), &settings(), "us-east-1", request(input))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::SubnetNotFound("targetSubnetId: subnet-0ccccccc does not exist".into())
+        );
+    }
+}

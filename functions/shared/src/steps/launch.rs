@@ -451,3 +451,122 @@ pub(crate) mod tests {
         assert!(a.len() <= 64 && a.is_ascii());
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::tests::sample_image;
+    use super::*;
+    use crate::test_support::{image, images, instance_in, meta, no_instances, reservation};
+    use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
+    use aws_sdk_ec2::types::{ImageState, InstanceStateName};
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    fn request() -> LaunchRequest {
+        LaunchRequest {
+            execution: "run-1".into(),
+            image: sample_image(),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings::from_vars(|_| None).unwrap()
+    }
+
+    fn the_image() -> Rule {
+        mock!(Client::describe_images).then_output(|| {
+            images(vec![image(
+                "ami-0123456789abcdef0",
+                ImageState::Available,
+                &[("/dev/xvda", "snap-root"), ("/dev/sdf", "snap-data")],
+            )])
+        })
+    }
+
+    fn run_instances() -> Rule {
+        mock!(Client::run_instances)
+            .match_requests(|req| {
+                let devices = req.block_device_mappings();
+                req.client_token() == Some(client_token("run-1", "launch").as_str())
+                    && req.subnet_id() == Some("subnet-0bbbbbbb")
+                    && req.image_id() == Some("ami-0123456789abcdef0")
+                    && devices.len() == 2
+                    && devices
+                        .iter()
+                        .all(|d| d.ebs().and_then(|e| e.delete_on_termination()) == Some(true))
+                    && req.tag_specifications().len() == 2
+            })
+            .then_output(|| {
+                RunInstancesOutput::builder()
+                    .instances(instance_in("i-0new", InstanceStateName::Pending))
+                    .build()
+            })
+    }
+
+    #[tokio::test]
+    async fn launches_once_with_the_token_and_every_volume_deleted_on_termination() {
+        let rules = [
+            mock!(Client::describe_instances).then_output(no_instances),
+            the_image(),
+            run_instances(),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let out = run(&ec2, &settings(), request()).await.unwrap();
+        assert_eq!(
+            (
+                out.instance_id.as_str(),
+                out.state.as_str(),
+                out.ready,
+                out.wait_seconds
+            ),
+            ("i-0new", "pending", false, 10)
+        );
+        assert_eq!(rules[2].num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_crash_finds_the_instance_it_launched() {
+        let rules = [
+            mock!(Client::describe_instances).then_output(|| {
+                reservation(vec![instance_in("i-0earlier", InstanceStateName::Running)])
+            }),
+            the_image(),
+            run_instances(),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let out = run(&ec2, &settings(), request()).await.unwrap();
+        assert_eq!(out.instance_id, "i-0earlier");
+        assert_eq!(rules[2].num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_image_not_yet_visible_is_retryable() {
+        let rules = [
+            mock!(Client::describe_instances).then_output(no_instances),
+            mock!(Client::describe_images).then_output(|| images(vec![])),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        assert_eq!(
+            run(&ec2, &settings(), request()).await.unwrap_err().name(),
+            "ImageNotFound"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_capacity_in_the_target_az_has_its_own_name() {
+        let rules = [
+            mock!(Client::describe_instances).then_output(no_instances),
+            the_image(),
+            mock!(Client::run_instances)
+                .then_error(|| RunInstancesError::generic(meta("InsufficientInstanceCapacity"))),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let err = run(&ec2, &settings(), request()).await.unwrap_err();
+        assert_eq!(err.name(), "InsufficientCapacity");
+        assert!(
+            err.to_string()
+                .starts_with("RunInstances: InsufficientInstanceCapacity"),
+            "{err}"
+        );
+    }
+}

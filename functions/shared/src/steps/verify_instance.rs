@@ -315,3 +315,177 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::steps::launch::tests::sample_image;
+    use crate::test_support::{instance_in, reservation};
+    use aws_sdk_ec2::operation::associate_address::AssociateAddressOutput;
+    use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
+    use aws_sdk_ec2::operation::describe_instance_status::DescribeInstanceStatusOutput;
+    use aws_sdk_ec2::operation::modify_instance_attribute::ModifyInstanceAttributeOutput;
+    use aws_sdk_ec2::types::{
+        EbsInstanceBlockDevice, InstanceBlockDeviceMapping, InstanceStateName, InstanceStatus,
+        InstanceStatusSummary, StateReason, SummaryStatus,
+    };
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    fn request() -> VerifyRequest {
+        VerifyRequest {
+            execution: "run-1".into(),
+            image: sample_image(),
+            instance: InstanceProgress {
+                instance_id: "i-0new".into(),
+                state: "pending".into(),
+                ready: false,
+                attempt: 0,
+                wait_seconds: 10,
+                elastic_ip: None,
+            },
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings::from_vars(|_| None).unwrap()
+    }
+
+    fn running_with_volumes() -> aws_sdk_ec2::types::Instance {
+        let mut i = instance_in("i-0new", InstanceStateName::Running);
+        i.block_device_mappings = Some(
+            [("/dev/xvda", "vol-new-root"), ("/dev/sdf", "vol-new-data")]
+                .iter()
+                .map(|(d, v)| {
+                    InstanceBlockDeviceMapping::builder()
+                        .device_name(*d)
+                        .ebs(EbsInstanceBlockDevice::builder().volume_id(*v).build())
+                        .build()
+                })
+                .collect(),
+        );
+        i
+    }
+
+    fn status(system: SummaryStatus, instance: SummaryStatus) -> Rule {
+        mock!(Client::describe_instance_status).then_output(move || {
+            DescribeInstanceStatusOutput::builder()
+                .instance_statuses(
+                    InstanceStatus::builder()
+                        .system_status(
+                            InstanceStatusSummary::builder()
+                                .status(system.clone())
+                                .build(),
+                        )
+                        .instance_status(
+                            InstanceStatusSummary::builder()
+                                .status(instance.clone())
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        })
+    }
+
+    #[tokio::test]
+    async fn pending_waits_longer_next_time() {
+        let rules = [mock!(Client::describe_instances)
+            .then_output(|| reservation(vec![instance_in("i-0new", InstanceStateName::Pending)]))];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let out = run(&ec2, &settings(), request()).await.unwrap();
+        assert_eq!((out.ready, out.attempt, out.wait_seconds), (false, 1, 20));
+    }
+
+    #[tokio::test]
+    async fn initializing_checks_keep_waiting() {
+        let rules = [
+            mock!(Client::describe_instances)
+                .then_output(|| reservation(vec![running_with_volumes()])),
+            status(SummaryStatus::Initializing, SummaryStatus::Ok),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        assert!(!run(&ec2, &settings(), request()).await.unwrap().ready);
+    }
+
+    #[tokio::test]
+    async fn healthy_instance_gets_volume_tags_source_dest_check_and_the_elastic_ip() {
+        let tags = mock!(Client::create_tags)
+            .match_requests(|req| {
+                req.resources() == ["vol-new-data"]
+                    && req.tags().iter().any(|t| t.key() == Some("role"))
+            })
+            .then_output(|| CreateTagsOutput::builder().build());
+        let modify = mock!(Client::modify_instance_attribute)
+            .match_requests(|req| req.source_dest_check().and_then(|v| v.value()) == Some(false))
+            .then_output(|| ModifyInstanceAttributeOutput::builder().build());
+        let associate = mock!(Client::associate_address)
+            .match_requests(|req| {
+                req.allocation_id() == Some("eipalloc-01234567")
+                    && req.instance_id() == Some("i-0new")
+                    && req.allow_reassociation() == Some(true)
+            })
+            .then_output(|| {
+                AssociateAddressOutput::builder()
+                    .association_id("eipassoc-1")
+                    .build()
+            });
+        let rules = [
+            mock!(Client::describe_instances)
+                .then_output(|| reservation(vec![running_with_volumes()])),
+            status(SummaryStatus::Ok, SummaryStatus::Ok),
+            tags,
+            modify,
+            associate,
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let out = run(&ec2, &settings(), request()).await.unwrap();
+        assert!(out.ready);
+        assert_eq!(out.elastic_ip.as_deref(), Some("198.51.100.7"));
+        assert_eq!(
+            [
+                rules[2].num_calls(),
+                rules[3].num_calls(),
+                rules[4].num_calls()
+            ],
+            [1, 1, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_terminated_launch_reports_its_state_reason() {
+        let rules = [mock!(Client::describe_instances).then_output(|| {
+            let mut i = instance_in("i-0new", InstanceStateName::Terminated);
+            i.state_reason = Some(
+                StateReason::builder()
+                    .code("Client.InvalidKMSKey.InvalidState")
+                    .message("The KMS key provided is in an incorrect state")
+                    .build(),
+            );
+            reservation(vec![i])
+        })];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let err = run(&ec2, &settings(), request()).await.unwrap_err();
+        assert_eq!(err.name(), "LaunchFailed");
+        assert!(
+            err.to_string().contains(
+                "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state"
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn impaired_checks_fail_the_run() {
+        let rules = [
+            mock!(Client::describe_instances)
+                .then_output(|| reservation(vec![running_with_volumes()])),
+            status(SummaryStatus::Ok, SummaryStatus::Impaired),
+        ];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        assert_eq!(
+            run(&ec2, &settings(), request()).await.unwrap_err().name(),
+            "StatusCheckFailed"
+        );
+    }
+}

@@ -456,3 +456,237 @@ mod tests {
         assert!(!token_closed(Some("ThrottlingException")) && !token_closed(None));
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::test_support::{image, images, meta};
+    use aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput;
+    use aws_sdk_dynamodb::operation::put_item::PutItemOutput;
+    use aws_sdk_dynamodb::operation::query::QueryOutput;
+    use aws_sdk_ec2::types::{ImageState, StateReason};
+    use aws_sdk_sfn::operation::send_task_failure::SendTaskFailureOutput;
+    use aws_sdk_sfn::operation::send_task_success::{SendTaskSuccessError, SendTaskSuccessOutput};
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use std::collections::HashMap;
+
+    fn settings() -> Settings {
+        Settings::from_vars(|k| (k == "AMIFLOW_TASK_TABLE").then(|| "tokens".to_string())).unwrap()
+    }
+
+    fn ec2_with(state: ImageState) -> (aws_sdk_ec2::Client, Rule) {
+        let rule = mock!(aws_sdk_ec2::Client::describe_images).then_output(move || {
+            let mut i = image("ami-1", state.clone(), &[]);
+            i.state_reason = Some(
+                StateReason::builder()
+                    .code("Server.InternalError")
+                    .message("snapshot copy failed")
+                    .build(),
+            );
+            images(vec![i])
+        });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        (client, rule)
+    }
+
+    fn item(token: &str, execution: &str) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("imageId".to_string(), AttributeValue::S("ami-1".into())),
+            ("tokenKey".to_string(), AttributeValue::S(token_key(token))),
+            ("taskToken".to_string(), AttributeValue::S(token.into())),
+            ("execution".to_string(), AttributeValue::S(execution.into())),
+        ])
+    }
+
+    struct Table {
+        put: Rule,
+        query: Rule,
+        delete: Rule,
+    }
+
+    fn table(waiting: Vec<(&'static str, &'static str)>) -> (aws_sdk_dynamodb::Client, Table) {
+        let t = Table {
+            put: mock!(aws_sdk_dynamodb::Client::put_item)
+                .match_requests(|req| {
+                    req.table_name() == Some("tokens")
+                        && req.item().is_some_and(|i| i.contains_key("expiresAt"))
+                })
+                .then_output(|| PutItemOutput::builder().build()),
+            query: mock!(aws_sdk_dynamodb::Client::query).then_output(move || {
+                QueryOutput::builder()
+                    .set_items(Some(waiting.iter().map(|(t, e)| item(t, e)).collect()))
+                    .build()
+            }),
+            delete: mock!(aws_sdk_dynamodb::Client::delete_item)
+                .then_output(|| DeleteItemOutput::builder().build()),
+        };
+        let client = mock_client!(
+            aws_sdk_dynamodb,
+            RuleMode::MatchAny,
+            [&t.put, &t.query, &t.delete]
+        );
+        (client, t)
+    }
+
+    fn register() -> WaitImageRequest {
+        WaitImageRequest::Register(RegisterRequest {
+            task_token: "tok-1".into(),
+            image_id: "ami-1".into(),
+            execution: "run-1".into(),
+        })
+    }
+
+    fn event(state: &str) -> WaitImageRequest {
+        WaitImageRequest::from_value(json!({
+            "version": "0", "id": "e", "detail-type": "EC2 AMI State Change", "source": "aws.ec2", "account": "123456789012",
+            "time": "2026-11-28T12:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": {"RequestId": "r", "ImageId": "ami-1", "State": state, "ErrorMessage": "copy failed"}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_image_already_available_is_answered_at_registration() {
+        let (ec2, _) = ec2_with(ImageState::Available);
+        let (ddb, t) = table(vec![("tok-1", "run-1")]);
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .match_requests(|req| {
+                req.task_token() == Some("tok-1")
+                    && req.output().is_some_and(|o| o.contains("available"))
+            })
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&success]);
+        let out = run(&ec2, &sfn, &ddb, &settings(), register())
+            .await
+            .unwrap();
+        assert!(out.ready);
+        assert_eq!(out.answered, 1);
+        assert_eq!(
+            [t.put.num_calls(), success.num_calls(), t.delete.num_calls()],
+            [1, 1, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_image_leaves_the_token_waiting() {
+        let (ec2, _) = ec2_with(ImageState::Pending);
+        let (ddb, t) = table(vec![("tok-1", "run-1")]);
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&success]);
+        let out = run(&ec2, &sfn, &ddb, &settings(), register())
+            .await
+            .unwrap();
+        assert!(!out.ready);
+        assert_eq!(
+            [t.put.num_calls(), success.num_calls(), t.delete.num_calls()],
+            [1, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_event_fails_every_waiting_run_with_the_reason() {
+        let (ec2, _) = ec2_with(ImageState::Pending);
+        let (ddb, t) = table(vec![("tok-1", "run-1"), ("tok-2", "run-2")]);
+        let failure = mock!(aws_sdk_sfn::Client::send_task_failure)
+            .match_requests(|req| {
+                req.error() == Some("ImageFailed")
+                    && req.cause().is_some_and(|c| c.contains("copy failed"))
+            })
+            .then_output(|| SendTaskFailureOutput::builder().build());
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&failure]);
+        let out = run(&ec2, &sfn, &ddb, &settings(), event("failed"))
+            .await
+            .unwrap();
+        assert_eq!(out.answered, 2);
+        assert_eq!([failure.num_calls(), t.delete.num_calls()], [2, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_token_that_timed_out_is_forgotten_without_error() {
+        let (ec2, _) = ec2_with(ImageState::Pending);
+        let (ddb, t) = table(vec![("tok-1", "run-1")]);
+        let closed = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_error(|| SendTaskSuccessError::generic(meta("TaskTimedOut")));
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&closed]);
+        let out = run(&ec2, &sfn, &ddb, &settings(), event("available"))
+            .await
+            .unwrap();
+        assert_eq!(out.answered, 0);
+        assert_eq!(t.delete.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn throttled_answers_are_retried_by_the_state_machine_not_dropped() {
+        let (ec2, _) = ec2_with(ImageState::Pending);
+        let (ddb, t) = table(vec![("tok-1", "run-1")]);
+        let throttled = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_error(|| SendTaskSuccessError::generic(meta("ThrottlingException")));
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&throttled]);
+        let err = run(&ec2, &sfn, &ddb, &settings(), event("available"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), "Throttled");
+        assert_eq!(
+            t.delete.num_calls(),
+            0,
+            "the token stays until it is answered"
+        );
+    }
+
+    #[tokio::test]
+    async fn polling_reports_pending_ready_and_failed() {
+        let (ddb, t) = table(vec![("tok-1", "run-1"), ("tok-9", "other-run")]);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, Vec::<&Rule>::new());
+        let poll = |attempt| {
+            WaitImageRequest::Poll(PollRequest {
+                image_id: "ami-1".into(),
+                execution: "run-1".into(),
+                attempt,
+            })
+        };
+
+        let (ec2, _) = ec2_with(ImageState::Pending);
+        let out = run(&ec2, &sfn, &ddb, &settings(), poll(2)).await.unwrap();
+        assert_eq!((out.ready, out.attempt, out.wait_seconds), (false, 3, 240));
+
+        let (ec2, _) = ec2_with(ImageState::Available);
+        assert!(
+            run(&ec2, &sfn, &ddb, &settings(), poll(3))
+                .await
+                .unwrap()
+                .ready
+        );
+        assert_eq!(
+            t.delete.num_calls(),
+            1,
+            "only this run's dead token is removed"
+        );
+
+        let (ec2, _) = ec2_with(ImageState::Failed);
+        let err = run(&ec2, &sfn, &ddb, &settings(), poll(0))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::ImageFailed("ami-1 is failed: snapshot copy failed".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn registering_without_a_table_is_a_configuration_error() {
+        let (ec2, _) = ec2_with(ImageState::Available);
+        let (ddb, _) = table(vec![]);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, Vec::<&Rule>::new());
+        let err = run(
+            &ec2,
+            &sfn,
+            &ddb,
+            &Settings::from_vars(|_| None).unwrap(),
+            register(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "Configuration");
+    }
+}
