@@ -119,6 +119,15 @@ def bootstrap(endpoint: str, region: str, template) -> None:
             Environment={"Variables": function.environment},
         )
 
+    events = session.client("events", endpoint_url=endpoint)
+    for function in template.functions():
+        for event_name, event in function.events.items():
+            if event.get("Type") != "EventBridgeRule":
+                continue
+            rule = f"{function.binary}-{event_name}"
+            events.put_rule(Name=rule, EventPattern=json.dumps(event["Properties"]["Pattern"]))
+            events.put_targets(Rule=rule, Targets=[{"Id": function.binary, "Arn": template.function_arn(function.logical_id)}])
+
     sfn = session.client("stepfunctions", endpoint_url=endpoint)
     for machine in template.state_machines():
         sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD")

@@ -1,0 +1,127 @@
+//! The state machines, the event fixtures and the README must agree with the Rust types.
+
+use amiflow::error::ERROR_NAMES;
+use amiflow::input::MigrateInput;
+use amiflow::parse_request;
+use amiflow::steps::{cleanup, create_image, launch, verify_instance, wait_image};
+use amiflow_contracts::{error_names, files, json, workspace};
+
+/// Names that Step Functions or Lambda raise themselves rather than a function of ours.
+fn is_service_name(name: &str) -> bool {
+    name.starts_with("States.") || name.starts_with("Lambda.")
+}
+
+#[test]
+fn every_error_name_in_retry_and_catch_is_one_the_functions_raise() {
+    let machines = files("statemachine", ".asl.json");
+    assert!(!machines.is_empty(), "no state machine found");
+    for path in machines {
+        let names = error_names(&json(&path));
+        assert!(
+            !names.is_empty(),
+            "{}: no Retry or Catch at all",
+            path.display()
+        );
+        for (state, name) in names {
+            assert!(
+                is_service_name(&name) || ERROR_NAMES.contains(&name.as_str()),
+                "{}: state {state} matches {name:?}, which no function raises (known: {ERROR_NAMES:?})",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_task_retries_the_lambda_service_errors_and_catches_into_the_rollback() {
+    for path in files("statemachine", ".asl.json") {
+        let definition = json(&path);
+        for (name, state) in definition["States"].as_object().unwrap() {
+            if state["Type"] != "Task" {
+                continue;
+            }
+            let retried: Vec<&str> = state["Retry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r["ErrorEquals"].as_array().unwrap())
+                .filter_map(|e| e.as_str())
+                .collect();
+            for needed in [
+                "Lambda.ServiceException",
+                "Lambda.AWSLambdaException",
+                "Lambda.SdkClientException",
+                "Throttled",
+                "ServiceUnavailable",
+            ] {
+                assert!(
+                    retried.contains(&needed),
+                    "{}: task {name} does not retry {needed}",
+                    path.display()
+                );
+            }
+            let catches_all = state["Catch"].as_array().into_iter().flatten().any(|c| {
+                c["ErrorEquals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e == "States.ALL")
+            });
+            assert!(
+                catches_all,
+                "{}: task {name} has no States.ALL catch",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
+    let fixtures = files("events", ".json");
+    assert!(
+        fixtures.len() >= 10,
+        "expected the event fixtures, found {}",
+        fixtures.len()
+    );
+    for path in fixtures {
+        let value = json(&path);
+        let function = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let parsed = match function.as_str() {
+            "create-image" => parse_request::<create_image::CreateImageRequest>(value).map(|_| ()),
+            "wait-image" => wait_image::WaitImageRequest::from_value(value).map(|_| ()),
+            "launch" => parse_request::<launch::LaunchRequest>(value).map(|_| ()),
+            "verify-instance" => parse_request::<verify_instance::VerifyRequest>(value).map(|_| ()),
+            "cleanup" => parse_request::<cleanup::CleanupRequest>(value).map(|_| ()),
+            "workflows" => MigrateInput::parse(&value, "us-east-1").map(|_| ()),
+            other => panic!("{}: no function named {other}", path.display()),
+        };
+        if let Err(e) = parsed {
+            panic!("{}: {e}", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_create_image_fixture_holds_a_valid_workflow_input() {
+    let fixture = json(&workspace().join("events/create-image/create-image.json"));
+    let request: create_image::CreateImageRequest = parse_request(fixture).unwrap();
+    MigrateInput::parse(&request.input, "us-east-1").unwrap();
+}
+
+#[test]
+fn the_readme_lists_every_error_name() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
+    for name in ERROR_NAMES.iter().chain(["RollbackFailed"].iter()) {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README.md's error table has no row for {name}"
+        );
+    }
+}
