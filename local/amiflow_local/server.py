@@ -66,7 +66,16 @@ class InvokeRouter:
             threading.Thread(target=self.host.invoke, args=(name, payload), daemon=True).start()
             start_response("202 Accepted", [("Content-Length", "0")])
             return [b""]
+        from .layer.state import faults
+
         status, body = self.host.invoke(name, payload)
+        if status == 200 and faults.crashes(name):
+            # The function did its work, then its runtime died: Lambda reports an unhandled error,
+            # which Step Functions names Lambda.Unknown.
+            status, body = 500, json.dumps({
+                "errorType": "Lambda.Unknown",
+                "errorMessage": f"{name}: the runtime exited after the handler's side effects (injected fault)",
+            }).encode()
         headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
         if status != 200:
             from .functions import lambda_error_body
@@ -139,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", default=os.environ.get("AWS_REGION") or "us-east-1")
     parser.add_argument("--log-dir", type=Path, default=Path(os.environ.get("AMIFLOW_LOCAL_LOG_DIR", ROOT / "target" / "local-logs")))
     parser.add_argument(
+        "--image-delay", type=float, default=float(os.environ.get("AMIFLOW_LOCAL_IMAGE_DELAY", "1")),
+        help="seconds a new image stays pending (0 allowed)",
+    )
+    parser.add_argument(
+        "--status-check-delay", type=float, default=float(os.environ.get("AMIFLOW_LOCAL_STATUS_CHECK_DELAY", "1")),
+        help="seconds a new instance's status checks stay initializing",
+    )
+    parser.add_argument(
         "--parameter", action="append", default=[], metavar="NAME=VALUE",
         help="override a template.yaml parameter (e.g. EventWaitSeconds=5)",
     )
@@ -158,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     layer.install()
+    layer.config.image_delay_seconds = args.image_delay
+    layer.config.status_check_delay_seconds = args.status_check_delay
 
     parameters = dict(LOCAL_PARAMETERS)
     parameters.update(p.split("=", 1) for p in args.parameter)
@@ -183,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             "RUST_BACKTRACE": "1",
         },
     )
-    app = InvokeRouter(DomainDispatcherApplication(create_backend_app), host)
+    layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
+    app = layer.FaultInjector(InvokeRouter(DomainDispatcherApplication(create_backend_app), host))
     class QuietHandler(WSGIRequestHandler):
         def log_request(self, *_args, **_kwargs) -> None:  # one line per AWS call is noise here
             pass

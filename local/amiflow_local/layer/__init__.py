@@ -1,9 +1,16 @@
 """The fidelity layer: changes to the pinned moto's backends, made from the launcher, where moto
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
-says which AWS behaviour it follows (local/README.md lists them)."""
+says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import images
+from . import events, images, instances, kms
+from .control import FaultInjector
+from .state import config, faults
+
+__all__ = ["FaultInjector", "config", "faults", "install"]
 
 
 def install() -> None:
     images.install()
+    instances.install()
+    events.install()
+    kms.install()

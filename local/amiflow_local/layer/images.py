@@ -1,4 +1,6 @@
-"""CreateImage records the instance's real volumes.
+"""Images: real volumes, and a lifecycle with pending, available, failed and deregistered.
+
+CreateImage records the instance's real volumes.
 
 AWS: "Amazon EC2 creates a snapshot of each EBS volume attached to the instance" and the AMI's
 block device mapping lists each of them with its size, type, IOPS, throughput and encryption
@@ -6,16 +8,30 @@ block device mapping lists each of them with its size, type, IOPS, throughput an
 ResourceType=snapshot go on every snapshot the call creates.
 
 moto 5.2.5 makes one made-up 15 GiB snapshot and fails (HTTP 500) on a snapshot TagSpecification.
+
+Lifecycle. AWS: a new image (CreateImage, CopyImage) is `pending`, and so are its snapshots, until
+it is `available` (snapshots `completed`), or `failed` with a StateReason; DeregisterImage makes
+it `deregistered` (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Image.html,
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitor-ami-events.html). Each change to
+available, failed and deregistered sends an EC2 AMI State Change event (events.py).
+moto 5.2.5 makes images available at once and sends no event.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import threading
+
 from moto.ec2.exceptions import InvalidTaggableResourceType
 from moto.ec2.models.amis import Ami, AmiBackend
 
+from . import events
+from .state import config, faults
+
 _original_create_image = AmiBackend.create_image
+_original_copy_image = AmiBackend.copy_image
+_original_deregister_image = AmiBackend.deregister_image
 _original_mappings = Ami.block_device_mappings
 
 
@@ -65,9 +81,59 @@ def create_image(self, instance_id: str, name: str, description: str, tag_specif
     ami.amiflow_mappings = mappings
     ami.root_device_name = instance.root_device_name
     ami.root_device_type = "ebs"
+    start_lifecycle(self, ami)
     return ami
+
+
+def snapshots_of(backend, ami: Ami) -> list:
+    ids = [m["Ebs"]["SnapshotId"] for m in ami.block_device_mappings if m.get("Ebs", {}).get("SnapshotId")]
+    return [backend.snapshots[i] for i in ids if i in backend.snapshots]
+
+
+def start_lifecycle(backend, ami: Ami) -> None:
+    """The image and its snapshots are pending until the configured delay has passed."""
+    ami.state = "pending"
+    for snapshot in snapshots_of(backend, ami):
+        snapshot.status = "pending"
+    timer = threading.Timer(config.image_delay_seconds, settle, args=(backend, ami.id))
+    timer.daemon = True
+    timer.start()
+
+
+def settle(backend, image_id: str) -> None:
+    ami = backend.amis.get(image_id)
+    if ami is None or ami.state != "pending":
+        return
+    reason = faults.image_failure(image_id)
+    if reason:
+        code, _, message = reason.partition(": ")
+        ami.state = "failed"
+        ami.state_reason = {"Code": code, "Message": message or reason}
+        for snapshot in snapshots_of(backend, ami):
+            snapshot.status = "error"
+        events.emit_ami_state(ami.owner_id, backend.region_name, image_id, "failed", message or reason)
+        return
+    ami.state = "available"
+    for snapshot in snapshots_of(backend, ami):
+        snapshot.status = "completed"
+    events.emit_ami_state(ami.owner_id, backend.region_name, image_id, "available")
+
+
+def copy_image(self, source_image_id: str, source_region: str, name: str | None = None, description: str | None = None) -> Ami:
+    ami = _original_copy_image(self, source_image_id, source_region, name, description)
+    start_lifecycle(self, ami)
+    return ami
+
+
+def deregister_image(self, ami_id: str) -> None:
+    ami = self.amis.get(ami_id)
+    _original_deregister_image(self, ami_id)
+    if ami is not None:
+        events.emit_ami_state(ami.owner_id, self.region_name, ami_id, "deregistered")
 
 
 def install() -> None:
     AmiBackend.create_image = create_image
+    AmiBackend.copy_image = copy_image
+    AmiBackend.deregister_image = deregister_image
     Ami.block_device_mappings = property(_mappings)

@@ -1,0 +1,153 @@
+"""EC2 AMI State Change events, and EventBridge delivery to Lambda and to other accounts' buses.
+
+AWS: EC2 sends `EC2 AMI State Change` (source `aws.ec2`) to the default event bus of the account
+that owns the image when it becomes available, failed, deregistered or disabled, with detail
+{RequestId, ImageId, State, ErrorMessage}
+(https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitor-ami-events.html). Rules deliver
+matching events to their targets; a Lambda target is invoked asynchronously with the event
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-targets.html), and an event bus in
+another account receives the event unchanged, where that bus's rules apply, if its resource
+policy lets the sending account put events
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-cross-account.html).
+
+moto 5.2.5 emits no EC2 events and fails PutEvents (HTTP 500) when a rule has a Lambda target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from moto.events.models import Rule, events_backends
+from moto.utilities.arns import parse_arn
+
+from .state import faults
+
+log = logging.getLogger("amiflow.layer.events")
+
+# Set by the launcher: invokes a function by name with a payload, asynchronously.
+lambda_invoker: Callable[[str, bytes], None] | None = None
+# Every event the layer put on a bus, for tests: (account, bus, event).
+delivered: list[tuple[str, str, dict[str, Any]]] = []
+
+_original_send_to_targets = Rule.send_to_targets
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ami_event(account: str, region: str, image_id: str, state: str, error_message: str = "") -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "EC2 AMI State Change",
+        "source": "aws.ec2",
+        "account": account,
+        "time": _now(),
+        "region": region,
+        "resources": [f"arn:aws:ec2:{region}::image/{image_id}"],
+        "detail": {
+            "RequestId": str(uuid.uuid4()),
+            "ImageId": image_id,
+            "State": state,
+            "ErrorMessage": error_message,
+        },
+    }
+
+
+def emit_ami_state(account: str, region: str, image_id: str, state: str, error_message: str = "") -> None:
+    """Puts the event on the owning account's default bus, unless a fault drops it."""
+    if faults.event_dropped(image_id, state):
+        log.info("dropped the %s event of %s (fault)", state, image_id)
+        return
+    deliver(account, region, "default", ami_event(account, region, image_id, state, error_message))
+
+
+def _bus_allows(bus: Any, sender: str) -> bool:
+    """Whether a bus's resource policy lets `sender` put events on it."""
+    if bus.account_id == sender:
+        return True
+    policy = getattr(bus, "policy", None)
+    if not policy:
+        return False
+    document = json.loads(policy) if isinstance(policy, str) else policy
+    for statement in document.get("Statement", []):
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if not any(a in ("events:PutEvents", "events:*") for a in actions):
+            continue
+        principal = statement.get("Principal", {})
+        principals = principal.get("AWS", []) if isinstance(principal, dict) else [principal]
+        principals = [principals] if isinstance(principals, str) else principals
+        for p in principals:
+            if p == sender or p == f"arn:aws:iam::{sender}:root":
+                return True
+            if p == "*":
+                from .organizations import condition_allows
+
+                if condition_allows(statement.get("Condition", {}), sender):
+                    return True
+    return False
+
+
+def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sender: str | None = None) -> None:
+    """Runs an event through a bus's rules, as EventBridge does."""
+    backend = events_backends[account][region]
+    try:
+        bus = backend.describe_event_bus(bus_name)
+    except Exception:  # noqa: BLE001 - a missing bus drops the event, as on AWS
+        log.info("no event bus %s in %s", bus_name, account)
+        return
+    if sender and not _bus_allows(bus, sender):
+        log.info("bus %s of %s refuses events from %s", bus_name, account, sender)
+        return
+    delivered.append((account, bus_name, event))
+    for rule in list(bus.rules.values()):
+        if rule.state != "ENABLED" or not rule.event_pattern.matches_event(event):
+            continue
+        for target in rule.targets:
+            _send(rule, target, event)
+
+
+def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
+    arn = parse_arn(target["Arn"])
+    if arn.service == "lambda":
+        name = arn.resource_id.split(":")[0]
+        payload = json.dumps(event).encode()
+        if lambda_invoker is None:
+            log.warning("no Lambda invoker for %s", name)
+            return
+        threading.Thread(target=lambda_invoker, args=(name, payload), daemon=True).start()
+    elif arn.service == "events" and arn.resource_type == "event-bus":
+        deliver(arn.account, arn.region, arn.resource_id, dict(event), sender=rule.account_id)
+    else:
+        # Other targets (SQS, CloudWatch Logs, archives) as moto delivers them.
+        legacy = dict(event)
+        legacy["time"] = datetime.now(timezone.utc).timestamp()
+        single = Rule.__new__(Rule)
+        single.__dict__.update(rule.__dict__)
+        single.targets = [target]
+        _original_send_to_targets(single, legacy)
+
+
+def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
+    """PutEvents through moto: Lambda and cross-account bus targets the layer's way."""
+    if not self.event_pattern.matches_event(original_event):
+        return
+    event = dict(original_event)
+    if isinstance(event.get("time"), (int, float)):
+        event["time"] = datetime.fromtimestamp(event["time"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event.pop("ingestion-time", None)
+    for target in self.targets:
+        _send(self, target, event)
+
+
+def install() -> None:
+    Rule.send_to_targets = _send_to_targets

@@ -1,0 +1,173 @@
+"""Instances: launch from an image's real mappings, image visibility, capacity faults, status
+checks, and the KMS check EC2 makes when it creates the volumes.
+
+AWS:
+- RunInstances creates the volumes of the AMI's block device mapping, with any mapping given in
+  the request applied over it; a volume from an encrypted snapshot is encrypted with the
+  snapshot's key unless the request names another
+  (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
+  https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html).
+- An image id the caller cannot see is refused with InvalidAMIID.NotFound, a malformed one with
+  InvalidAMIID.Malformed (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+- No capacity in an AZ is InsufficientInstanceCapacity (same page).
+- A new instance's system and instance status checks are `initializing` before they are `ok`, or
+  `impaired` (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-system-instance-status-check.html).
+- A launch whose principal may not use the KMS key of an encrypted volume returns success; the
+  instance then goes from pending to terminated with StateReason Client.InvalidKMSKey.InvalidState
+  (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html).
+moto 5.2.5 ignores the image's mappings, never checks the image id, reports status `ok` at once,
+and knows no KMS.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, MalformedAMIIdError
+from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
+from moto.ec2.responses.instances import InstanceResponse
+
+from . import kms, sharing
+from .state import config, faults
+
+_original_run_instances = InstanceBackend.run_instances
+_original_parse_mappings = InstanceResponse._parse_block_device_mapping
+
+
+class InsufficientInstanceCapacity(EC2ClientError):
+    def __init__(self, az: str, instance_type: str):
+        super().__init__(
+            "InsufficientInstanceCapacity",
+            f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you requested "
+            f"({az}). Our system will be working on provisioning additional capacity.",
+        )
+
+
+def merge_mappings(image_mappings: list[dict[str, Any]], requested: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image's EBS mappings with the request's applied over them, by device. Pure."""
+    by_device: dict[str, dict[str, Any]] = {}
+    for mapping in image_mappings:
+        if mapping.get("Ebs"):
+            by_device[mapping["DeviceName"]] = copy.deepcopy(mapping)
+    for mapping in requested:
+        device = mapping["DeviceName"]
+        if mapping.get("NoDevice") is not None:
+            by_device.pop(device, None)
+            continue
+        base = by_device.setdefault(device, {"DeviceName": device, "Ebs": {}})
+        for key, value in (mapping.get("Ebs") or {}).items():
+            if value is None or (key == "Encrypted" and value is False):
+                continue
+            base["Ebs"][key] = value
+    return list(by_device.values())
+
+
+def _parse_mappings(self: InstanceResponse) -> list[dict[str, Any]]:
+    mappings = _original_parse_mappings(self)
+    raw = self._get_param("BlockDeviceMappings", [])
+    for parsed, given in zip(mappings, raw):
+        parsed["Ebs"]["Throughput"] = (given.get("Ebs") or {}).get("Throughput")
+        if not (given.get("Ebs") or {}).get("Encrypted"):
+            parsed["Ebs"]["Encrypted"] = None
+    return mappings
+
+
+def _target_az(backend, kwargs: dict[str, Any]) -> str:
+    if kwargs.get("subnet_id"):
+        return backend.get_subnet(kwargs["subnet_id"]).availability_zone
+    return kwargs.get("placement") or f"{backend.region_name}a"
+
+
+def run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
+    if not image_id or not image_id.startswith("ami-"):
+        raise MalformedAMIIdError([image_id])
+    image = sharing.visible_image(self.account_id, self.region_name, image_id)
+    if image is None:
+        raise InvalidAMIIdError([image_id])
+    az = _target_az(self, kwargs)
+    if faults.capacity_refused(az):
+        raise InsufficientInstanceCapacity(az, kwargs.get("instance_type", "m1.small"))
+
+    owner_backend = sharing.backend_of(image)
+    merged = merge_mappings(image.block_device_mappings, kwargs.get("block_device_mappings") or [])
+    # Volumes are created without a snapshot of another account (moto looks snapshots up in the
+    # caller's account); the snapshot's size and encryption are applied below instead.
+    plan = []
+    for mapping in merged:
+        ebs = mapping["Ebs"]
+        snapshot = owner_backend.snapshots.get(ebs.get("SnapshotId") or "")
+        encrypted = bool(ebs.get("Encrypted")) or bool(snapshot and snapshot.encrypted)
+        key = ebs.get("KmsKeyId") or (snapshot.kms_key_id if snapshot and snapshot.encrypted else None)
+        if encrypted and not key:
+            key = kms.default_ebs_key(self.account_id, self.region_name)
+        size = ebs.get("VolumeSize") or (snapshot.volume.size if snapshot else 8)
+        plan.append((mapping["DeviceName"], ebs, snapshot, encrypted, key, size))
+    kwargs["block_device_mappings"] = [
+        {
+            "DeviceName": device,
+            "Ebs": {
+                "VolumeSize": size,
+                "VolumeType": ebs.get("VolumeType") or "gp2",
+                "DeleteOnTermination": bool(ebs.get("DeleteOnTermination")),
+                "Encrypted": False,
+            },
+        }
+        for device, ebs, _snapshot, _encrypted, _key, size in plan
+    ]
+    reservation = _original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    for instance in reservation.instances:
+        keys = set()
+        for device, ebs, snapshot, encrypted, key, _size in plan:
+            block = instance.block_device_mapping.get(device)
+            if block is None:
+                continue
+            volume = self.get_volume(block.volume_id)
+            volume.snapshot_id = snapshot.id if snapshot else None
+            volume.encrypted = encrypted
+            volume.kms_key_id = key
+            volume.iops = ebs.get("Iops")
+            volume.throughput = ebs.get("Throughput")
+            if encrypted and key:
+                keys.add(key)
+        instance.amiflow_checks_at = time.monotonic() + config.status_check_delay_seconds
+        faults.claim_impairment(instance.id)
+        refused = [k for k in sorted(keys) if not kms.ec2_may_use(self.account_id, self.region_name, k, "launch")]
+        if refused:
+            _fail_for_kms(instance)
+    return reservation
+
+
+def _fail_for_kms(instance: Instance) -> None:
+    instance._state.name = "pending"
+    instance._state.code = 0
+
+    def terminate() -> None:
+        instance.terminate()
+        instance.state_reason = StateReason(
+            "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state",
+            "Client.InvalidKMSKey.InvalidState",
+        )
+
+    timer = threading.Timer(config.kms_failure_delay_seconds, terminate)
+    timer.daemon = True
+    timer.start()
+
+
+def _status(self: Instance) -> dict[str, Any]:
+    if self.state_code != 16:
+        return {"Status": "not-applicable"}
+    if faults.impaired(self.id):
+        return {"Status": "impaired", "Details": [{"Name": "reachability", "Status": "failed"}]}
+    if time.monotonic() < getattr(self, "amiflow_checks_at", 0):
+        return {"Status": "initializing", "Details": [{"Name": "reachability", "Status": "initializing"}]}
+    return {"Status": "ok", "Details": [{"Name": "reachability", "Status": "passed"}]}
+
+
+def install() -> None:
+    InstanceBackend.run_instances = run_instances
+    InstanceResponse._parse_block_device_mapping = _parse_mappings
+    Instance.instance_status = property(_status)
+    Instance.system_status = property(_status)

@@ -1,0 +1,52 @@
+"""Which images an account can see and launch: its own, and other accounts' images whose launch
+permissions name it, its organization or one of its OUs, or everyone.
+
+AWS: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/sharingamis-explicit.html and
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/share-amis-with-organizations-and-OUs.html.
+moto 5.2.5 looks images up in the caller's own account only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.ec2.models import ec2_backends
+
+from .organizations import in_organization, in_ou
+
+
+def may_launch(ami: Any, account: str) -> bool:
+    if ami.owner_id == account:
+        return True
+    for permission in ami.launch_permissions:
+        if permission.get("Group") == "all" or permission.get("UserId") == account:
+            return True
+        if permission.get("OrganizationArn") and in_organization(account, permission["OrganizationArn"]):
+            return True
+        if permission.get("OrganizationalUnitArn") and in_ou(account, permission["OrganizationalUnitArn"]):
+            return True
+    return False
+
+
+def find_image(region: str, image_id: str) -> Any | None:
+    """The image with this id in any account of the region."""
+    for account, regions in list(ec2_backends.items()):
+        backend = regions.get(region) if hasattr(regions, "get") else None
+        if backend is None:
+            continue
+        ami = backend.amis.get(image_id)
+        if ami is not None:
+            return ami
+    return None
+
+
+def visible_image(account: str, region: str, image_id: str) -> Any | None:
+    own = ec2_backends[account][region].amis.get(image_id)
+    if own is not None:
+        return own
+    ami = find_image(region, image_id)
+    return ami if ami is not None and may_launch(ami, account) else None
+
+
+def backend_of(ami: Any) -> Any:
+    return ami.ec2_backend
