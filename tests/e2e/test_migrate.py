@@ -192,3 +192,46 @@ def _arn(sfn, name: str) -> str:
     from workflow import state_machine_arn
 
     return state_machine_arn(sfn, "MigrateInstance").replace(":stateMachine:", ":execution:") + ":" + name
+
+
+def state_durations(sfn, name: str) -> dict[str, float]:
+    """Seconds from each state's entry to the next state's entry, from the execution history."""
+    events = sfn.get_execution_history(executionArn=_arn(sfn, name), maxResults=1000)["events"]
+    entered = [(e["stateEnteredEventDetails"]["name"], e["timestamp"]) for e in events if "stateEnteredEventDetails" in e]
+    return {a: (t2 - t1).total_seconds() for (a, t1), (_, t2) in zip(entered, entered[1:])}
+
+
+@pytest.mark.parametrize("delay", [0, 4])
+def test_the_run_waits_for_the_pending_image_and_is_woken_by_its_event(stack, ec2, sfn, world, delay):
+    stack.control("config", {"imageDelaySeconds": delay})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert "StartPolling" not in result.states, "the event (or the first look) ended the wait, not polling"
+    image_id = result.output["imageId"]
+    states = [d["event"]["detail"]["State"] for d in stack.control("events") if d["event"]["detail"].get("ImageId") == image_id]
+    assert states[0] == "available"
+    if delay:
+        waited = state_durations(sfn, result.name)["WaitForImage"]
+        assert delay - 0.5 <= waited < delay + 2.5, waited
+
+
+def test_a_lost_ami_event_is_made_up_for_by_polling(stack, ec2, sfn, world):
+    # The image stays pending longer than the run waits for its event (EventWaitSeconds=6 here),
+    # and the event is dropped: the run must time out of the wait and poll until it is available.
+    stack.control("config", {"imageDelaySeconds": 7})
+    stack.control("faults", {"kind": "drop-event"})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert {"StartPolling", "PollImage", "WaitBeforePoll"} <= set(result.states)
+    assert [f["kind"] for f in stack.control("faults")["fired"]] == ["drop-event"]
+    assert tagged(ec2, result.name)["images"] == []
+
+
+def test_a_failed_image_fails_the_run_with_its_reason_and_leaves_nothing(stack, ec2, sfn, world):
+    stack.control("faults", {"kind": "fail-image", "reason": "Server.InternalError: snapshot creation failed"})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "FAILED"
+    assert result.error == "ImageFailed"
+    assert "snapshot creation failed" in result.cause, result
+    assert tagged(ec2, result.name) == {"instances": [], "images": [], "snapshots": []}
+    assert instance(ec2, world.instance_id)["State"]["Name"] == "running"

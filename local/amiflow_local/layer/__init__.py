@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import events, images, instances, kms
+from . import events, images, instances, kms, stepfunctions
 from .control import FaultInjector
 from .state import config, faults
 
@@ -14,3 +14,4 @@ def install() -> None:
     instances.install()
     events.install()
     kms.install()
+    stepfunctions.install()

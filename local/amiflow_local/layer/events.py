@@ -127,10 +127,16 @@ def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
         threading.Thread(target=lambda_invoker, args=(name, payload), daemon=True).start()
     elif arn.service == "events" and arn.resource_type == "event-bus":
         deliver(arn.account, arn.region, arn.resource_id, dict(event), sender=rule.account_id)
+    elif arn.service == "sqs" and not target.get("InputTransformer") and not target.get("SqsParameters"):
+        # The whole event, as EventBridge sends it (moto's default template drops `account`).
+        from moto.sqs.models import sqs_backends
+
+        sqs_backends[arn.account][arn.region].send_message(queue_name=arn.resource_id, message_body=json.dumps(event))
     else:
         # Other targets (SQS, CloudWatch Logs, archives) as moto delivers them.
         legacy = dict(event)
         legacy["time"] = datetime.now(timezone.utc).timestamp()
+        legacy["ingestion-time"] = legacy["time"]
         single = Rule.__new__(Rule)
         single.__dict__.update(rule.__dict__)
         single.targets = [target]

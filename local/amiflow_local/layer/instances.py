@@ -110,7 +110,9 @@ def run_instances(self, image_id: str, count: int, user_data, security_group_nam
             "DeviceName": device,
             "Ebs": {
                 "VolumeSize": size,
-                "VolumeType": ebs.get("VolumeType") or "gp2",
+                # The real type, IOPS and throughput are set on the volume below: moto's
+                # create_volume would want IOPS it is not given.
+                "VolumeType": "gp2",
                 "DeleteOnTermination": bool(ebs.get("DeleteOnTermination")),
                 "Encrypted": False,
             },
@@ -128,6 +130,7 @@ def run_instances(self, image_id: str, count: int, user_data, security_group_nam
             volume.snapshot_id = snapshot.id if snapshot else None
             volume.encrypted = encrypted
             volume.kms_key_id = key
+            volume.volume_type = ebs.get("VolumeType") or (snapshot.volume.volume_type if snapshot else "gp2")
             volume.iops = ebs.get("Iops")
             volume.throughput = ebs.get("Throughput")
             if encrypted and key:

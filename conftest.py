@@ -1,0 +1,90 @@
+"""Starts the local AWS stack once for the test session (end-to-end and layer tests), on a free
+loopback port, and stops it at the end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "local"))
+
+from amiflow_local.harness import RunningStack  # noqa: E402
+
+REGION = "us-east-1"
+
+
+class Stack:
+    def __init__(self, endpoint: str, log_dir: Path):
+        self.endpoint = endpoint
+        self.log_dir = log_dir
+        self.session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
+        )
+
+    def client(self, service: str, **config):
+        options = {"config": Config(**config)} if config else {}
+        return self.session.client(service, endpoint_url=self.endpoint, **options)
+
+    def account(self, account_id: str) -> boto3.session.Session:
+        """A session whose calls belong to another account (credentials from STS AssumeRole)."""
+        sts = self.client("sts")
+        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/amiflow-test", RoleSessionName="test")["Credentials"]
+        return boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=REGION,
+        )
+
+    def control(self, path: str, body=None, method: str | None = None):
+        """Calls the layer's control endpoint: faults, config, events."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.endpoint}/_amiflow/{path}", data=data, method=method or ("POST" if data else "GET"),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("stack-logs")
+    try:
+        # A short wait for the AMI event, so that the lost-event test reaches the fallback quickly.
+        running = RunningStack(log_dir, parameters={"EventWaitSeconds": "6"})
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield Stack(running.endpoint, log_dir)
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_faults(stack):
+    """Every test starts and ends with no fault armed and the default delays."""
+    stack.control("faults", method="DELETE")
+    stack.control("config", {"imageDelaySeconds": 1, "statusCheckDelaySeconds": 1})
+    yield
+    stack.control("faults", method="DELETE")
+
+
+@pytest.fixture
+def ec2(stack):
+    return stack.client("ec2")
+
+
+@pytest.fixture
+def sfn(stack):
+    return stack.client("stepfunctions")
+
+
+@pytest.fixture
+def lambda_(stack):
+    return stack.client("lambda")

@@ -1,0 +1,295 @@
+"""Each behaviour of the fidelity layer, tested on the running local stack. Each test fails
+without the behaviour it names (moto alone does otherwise; local/README.md says what)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+from amiflow_local.seed import base_image, seed
+
+B = "210987654321"
+
+
+def wait_for(check, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def world(ec2):
+    return seed(ec2, "us-east-1", name=f"layer-{uuid.uuid4().hex[:6]}")
+
+
+def image_state(ec2, image_id: str) -> str:
+    return ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"]
+
+
+def ami_events(stack, image_id: str) -> list[dict]:
+    return [d["event"] for d in stack.control("events") if d["event"]["detail"].get("ImageId") == image_id]
+
+
+# 1. Image lifecycle -------------------------------------------------------------------------
+
+def test_a_new_image_and_its_snapshots_are_pending_then_available(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 1.5})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert image["State"] == "pending"
+    snapshot_ids = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
+    assert {s["State"] for s in ec2.describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]} == {"pending"}
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    assert {s["State"] for s in ec2.describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]} == {"completed"}
+
+
+def test_a_zero_delay_makes_images_available_at_once(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", timeout=1, what="available")
+
+
+def test_an_injected_failure_fails_the_image_with_a_reason(stack, ec2, world):
+    stack.control("faults", {"kind": "fail-image", "reason": "Client.SnapshotLimitExceeded: too many snapshots"})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "failed", what="failed")
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert image["StateReason"] == {"Code": "Client.SnapshotLimitExceeded", "Message": "too many snapshots"}
+    event = wait_for(lambda: [e for e in ami_events(stack, image_id) if e["detail"]["State"] == "failed"], what="event")[0]
+    assert event["detail"]["ErrorMessage"] == "too many snapshots"
+
+
+def test_deregistering_sends_the_deregistered_event(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ec2.deregister_image(ImageId=image_id)
+    states = [e["detail"]["State"] for e in ami_events(stack, image_id)]
+    assert states == ["available", "deregistered"]
+
+
+# 2. AMI events ------------------------------------------------------------------------------
+
+def test_the_ami_event_has_the_real_shape(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    event = wait_for(lambda: ami_events(stack, image_id), what="event")[0]
+    assert event["source"] == "aws.ec2"
+    assert event["detail-type"] == "EC2 AMI State Change"
+    assert event["account"] == "123456789012"
+    assert event["region"] == "us-east-1"
+    assert event["resources"] == [f"arn:aws:ec2:us-east-1::image/{image_id}"]
+    assert set(event["detail"]) == {"RequestId", "ImageId", "State", "ErrorMessage"}
+    assert event["detail"]["State"] == "available"
+    time.strptime(event["time"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_the_rule_delivers_the_event_to_wait_image(stack, ec2, world):
+    dynamodb = stack.client("dynamodb")
+    stack.control("config", {"imageDelaySeconds": 1})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    # A token waiting on the image: wait-image answers it when the event arrives (the token is not
+    # one Step Functions knows, so the answer is "closed" and the token is forgotten).
+    key = {"imageId": {"S": image_id}, "tokenKey": {"S": "k1"}}
+    dynamodb.put_item(TableName="TaskTokenTable", Item={**key, "taskToken": {"S": "not-a-real-token"}, "execution": {"S": "x"}})
+    wait_for(lambda: "Item" not in dynamodb.get_item(TableName="TaskTokenTable", Key=key), what="token answered by the event")
+
+
+def test_a_dropped_event_is_not_delivered(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    stack.control("faults", {"kind": "drop-event"})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    time.sleep(0.3)
+    assert ami_events(stack, image_id) == []
+    assert stack.control("faults")["fired"][0]["kind"] == "drop-event"
+
+
+def test_an_event_bus_target_forwards_to_another_accounts_bus(stack):
+    # Account B forwards AMI events to A's default bus; A's bus accepts B; A's rule sends to SQS.
+    a_events, sqs = stack.client("events"), stack.client("sqs")
+    queue = sqs.create_queue(QueueName=f"ami-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = f"from-b-{uuid.uuid4().hex[:6]}"
+    a_events.put_rule(Name=rule, EventPattern=json.dumps({"source": ["aws.ec2"], "account": [B]}))
+    a_events.put_targets(Rule=rule, Targets=[{"Id": "q", "Arn": queue_arn}])
+    a_events.put_permission(Action="events:PutEvents", Principal=B, StatementId=f"b-{uuid.uuid4().hex[:6]}")
+
+    b = stack.account(B)
+    b_events = b.client("events", endpoint_url=stack.endpoint)
+    b_events.put_rule(Name="to-source", EventPattern=json.dumps({"source": ["aws.ec2"], "detail-type": ["EC2 AMI State Change"]}))
+    b_events.put_targets(Rule="to-source", Targets=[{"Id": "a", "Arn": "arn:aws:events:us-east-1:123456789012:event-bus/default"}])
+    b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
+    b_world = seed(b_ec2, "us-east-1", name=f"b-{uuid.uuid4().hex[:6]}")
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = b_ec2.create_image(InstanceId=b_world.instance_id, Name="b-image")["ImageId"]
+    message = wait_for(lambda: sqs.receive_message(QueueUrl=queue).get("Messages"), what="forwarded event")[0]
+    event = json.loads(message["Body"])
+    assert event["account"] == B and event["detail"]["ImageId"] == image_id
+
+
+# 3. Images carry the instance's real volumes --------------------------------------------------
+
+def test_create_image_records_each_volume_and_tags_each_snapshot(stack, ec2, world):
+    image_id = ec2.create_image(
+        InstanceId=world.instance_id,
+        Name=f"img-{uuid.uuid4().hex[:6]}",
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": "run", "Value": "r1"}]}],
+    )["ImageId"]
+    mappings = {m["DeviceName"]: m["Ebs"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]}
+    assert set(mappings) == {"/dev/xvda", "/dev/sdf"}
+    assert (mappings["/dev/xvda"]["VolumeSize"], mappings["/dev/sdf"]["VolumeSize"]) == (8, 20)
+    assert mappings["/dev/sdf"]["VolumeType"] == "gp3"
+    snapshots = ec2.describe_snapshots(SnapshotIds=[m["SnapshotId"] for m in mappings.values()])["Snapshots"]
+    assert all({"Key": "run", "Value": "r1"} in s["Tags"] for s in snapshots)
+
+
+def test_run_instances_builds_volumes_from_the_image_with_overrides(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    launched = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 30, "VolumeType": "io2", "Iops": 5000}}],
+    )["Instances"][0]
+    described = ec2.describe_instances(InstanceIds=[launched["InstanceId"]])["Reservations"][0]["Instances"][0]
+    volumes = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"]}
+    assert set(volumes) == {"/dev/xvda", "/dev/sdf"}
+    data = ec2.describe_volumes(VolumeIds=[volumes["/dev/sdf"]])["Volumes"][0]
+    root = ec2.describe_volumes(VolumeIds=[volumes["/dev/xvda"]])["Volumes"][0]
+    assert (data["Size"], data["VolumeType"], data["Iops"]) == (30, "io2", 5000)
+    assert root["Size"] == 8 and root["SnapshotId"].startswith("snap-")
+
+
+@pytest.mark.parametrize("image_id, code", [("ami-00000000000000000", "InvalidAMIID.NotFound"), ("img-123", "InvalidAMIID.Malformed")])
+def test_run_instances_refuses_an_image_it_cannot_see(ec2, world, image_id, code):
+    with pytest.raises(ClientError) as refused:
+        ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"])
+    assert refused.value.response["Error"]["Code"] == code
+
+
+# 7. Status checks ---------------------------------------------------------------------------
+
+def statuses(ec2, instance_id: str) -> tuple[str, str]:
+    s = ec2.describe_instance_status(InstanceIds=[instance_id])["InstanceStatuses"][0]
+    return s["SystemStatus"]["Status"], s["InstanceStatus"]["Status"]
+
+
+def test_status_checks_initialize_then_pass(stack, ec2, world):
+    stack.control("config", {"statusCheckDelaySeconds": 1})
+    instance_id = ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"])["Instances"][0]["InstanceId"]
+    assert statuses(ec2, instance_id) == ("initializing", "initializing")
+    wait_for(lambda: statuses(ec2, instance_id) == ("ok", "ok"), what="ok")
+
+
+def test_an_impaired_fault_shows_in_the_status_checks(stack, ec2, world):
+    stack.control("config", {"statusCheckDelaySeconds": 0})
+    stack.control("faults", {"kind": "impaired"})
+    instance_id = ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"])["Instances"][0]["InstanceId"]
+    assert statuses(ec2, instance_id) == ("impaired", "impaired")
+
+
+# 8. Fault injection -------------------------------------------------------------------------
+
+def test_throttling_an_action_for_a_count(stack):
+    ec2 = stack.client("ec2", retries={"total_max_attempts": 1, "mode": "standard"})
+    stack.control("faults", {"kind": "throttle", "action": "DescribeVpcs", "count": 2})
+    for _ in range(2):
+        with pytest.raises(ClientError) as refused:
+            ec2.describe_vpcs()
+        assert refused.value.response["Error"]["Code"] == "RequestLimitExceeded"
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    ec2.describe_vpcs()
+
+
+def test_throttling_a_json_action(stack):
+    kms = stack.client("kms", retries={"total_max_attempts": 1, "mode": "standard"})
+    stack.control("faults", {"kind": "throttle", "action": "ListKeys", "count": 1})
+    with pytest.raises(ClientError) as refused:
+        kms.list_keys()
+    assert refused.value.response["Error"]["Code"] == "ThrottlingException"
+    kms.list_keys()
+
+
+def test_a_server_error_for_an_action(stack):
+    ec2 = stack.client("ec2", retries={"total_max_attempts": 1, "mode": "standard"})
+    stack.control("faults", {"kind": "server-error", "action": "DescribeSubnets", "status": 503})
+    with pytest.raises(ClientError) as refused:
+        ec2.describe_subnets()
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+
+def test_no_capacity_in_an_availability_zone(stack, ec2, world):
+    stack.control("faults", {"kind": "insufficient-capacity", "availabilityZone": "us-east-1c"})
+    with pytest.raises(ClientError) as refused:
+        ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1c"])
+    assert refused.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1c"])
+
+
+def test_a_function_crashes_after_its_side_effect(stack, lambda_):
+    payload = json.dumps({"action": "rollback", "execution": "nothing-made", "state": {"input": {}}})
+    assert "FunctionError" not in lambda_.invoke(FunctionName="cleanup", Payload=payload)
+    stack.control("faults", {"kind": "crash-after-side-effect", "function": "cleanup"})
+    answer = lambda_.invoke(FunctionName="cleanup", Payload=payload)
+    assert answer.get("FunctionError") == "Unhandled"
+    # The handler ran to success, but the crash replaces its answer, as Step Functions reports a
+    # runtime that died.
+    assert json.loads(answer["Payload"].read())["errorType"] == "Lambda.Unknown"
+    assert "FunctionError" not in lambda_.invoke(FunctionName="cleanup", Payload=payload)
+
+
+def test_unknown_faults_are_refused_with_the_reason(stack):
+    with pytest.raises(Exception) as refused:
+        stack.control("faults", {"kind": "meteor"})
+    assert "400" in str(refused.value)
+
+
+# 5 and 6. Cross-account images and keys ---------------------------------------------------------
+
+def test_a_shared_image_is_visible_to_and_launchable_by_the_receiver(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    b_world = seed(b_ec2, "us-east-1", name=f"recv-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(ClientError):
+        b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
+    launched = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]
+    assert launched["ImageId"] == image_id
+
+
+def test_launching_without_access_to_the_key_terminates_with_invalid_kms_key(stack, ec2, world):
+    kms = stack.client("kms")
+    key = kms.create_key(Description="owner's CMK")["KeyMetadata"]["Arn"]
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, KmsKeyId=key)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdg")
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    b_world = seed(b_ec2, "us-east-1", name=f"nokey-{uuid.uuid4().hex[:6]}")
+    launched = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]
+
+    def state():
+        return b_ec2.describe_instances(InstanceIds=[launched["InstanceId"]])["Reservations"][0]["Instances"][0]
+
+    assert state()["State"]["Name"] == "pending"
+    ended = wait_for(lambda: (s := state())["State"]["Name"] == "terminated" and s, what="terminated")
+    assert ended["StateReason"]["Code"] == "Client.InvalidKMSKey.InvalidState"
+
+    # With a grant for B, the same launch runs.
+    kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom", "GenerateDataKeyWithoutPlaintext"])
+    again = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]
+    time.sleep(1)
+    assert b_ec2.describe_instances(InstanceIds=[again["InstanceId"]])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
