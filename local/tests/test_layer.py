@@ -293,3 +293,180 @@ def test_launching_without_access_to_the_key_terminates_with_invalid_kms_key(sta
     again = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]
     time.sleep(1)
     assert b_ec2.describe_instances(InstanceIds=[again["InstanceId"]])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+
+
+# 4 and 5. CopyImage and shared images across accounts ------------------------------------------
+
+@pytest.fixture
+def shared_image(stack, ec2, world):
+    """An available image of account A with an encrypted data volume (A's CMK), shared with B."""
+    kms = stack.client("kms")
+    key = kms.create_key(Description="A's CMK")["KeyMetadata"]["Arn"]
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, KmsKeyId=key)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdh")
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}",
+                                TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "app", "Value": "web"}]}])["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
+    snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]]
+    return {"image_id": image_id, "key": key, "snapshots": snapshots}
+
+
+def test_the_receiver_sees_a_shared_image_by_id_executable_users_and_owner(stack, shared_image):
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    image_id = shared_image["image_id"]
+    assert b_ec2.describe_images(ImageIds=[image_id])["Images"][0]["OwnerId"] == "123456789012"
+    assert image_id in [i["ImageId"] for i in b_ec2.describe_images(ExecutableUsers=["self"])["Images"]]
+    assert image_id in [i["ImageId"] for i in b_ec2.describe_images(Owners=["123456789012"])["Images"]]
+    c_ec2 = stack.account("333333333333").client("ec2", endpoint_url=stack.endpoint)
+    with pytest.raises(ClientError) as refused:
+        c_ec2.describe_images(ImageIds=[image_id])
+    assert refused.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+
+
+def test_copying_another_accounts_image_needs_snapshot_permission(stack, ec2, shared_image):
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    with pytest.raises(ClientError) as refused:
+        b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy")
+    assert refused.value.response["Error"]["Message"] == "You do not have permission to access the storage of this ami"
+
+
+def test_a_cross_account_copy_belongs_to_the_caller_untagged_and_re_encrypted(stack, ec2, shared_image):
+    for snapshot in shared_image["snapshots"]:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    stack.client("kms").create_grant(
+        KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
+        Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom", "GenerateDataKeyWithoutPlaintext"],
+    )
+    b = stack.account(B)
+    b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
+    b_key = b.client("kms", endpoint_url=stack.endpoint).create_key(Description="B's CMK")["KeyMetadata"]["Arn"]
+    copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy",
+                               Encrypted=True, KmsKeyId=b_key)["ImageId"]
+    copy = b_ec2.describe_images(ImageIds=[copy_id])["Images"][0]
+    assert copy["OwnerId"] == B
+    assert copy.get("Tags", []) == []
+    wait_for(lambda: image_state(b_ec2, copy_id) == "available", what="copy available")
+    snapshots = b_ec2.describe_snapshots(SnapshotIds=[m["Ebs"]["SnapshotId"] for m in copy["BlockDeviceMappings"]])["Snapshots"]
+    assert {s["OwnerId"] for s in snapshots} == {B}
+    assert {s.get("KmsKeyId") for s in snapshots} == {b_key}
+
+
+def test_a_copy_without_the_source_key_fails(stack, ec2, shared_image):
+    for snapshot in shared_image["snapshots"]:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy")["ImageId"]
+    wait_for(lambda: image_state(b_ec2, copy_id) == "failed", what="copy failed")
+    reason = b_ec2.describe_images(ImageIds=[copy_id])["Images"][0]["StateReason"]
+    assert reason["Code"] == "Client.InvalidKMSKey.InvalidState"
+
+
+def test_copy_image_with_an_unknown_key_fails(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+    copy_id = ec2.copy_image(SourceImageId=image_id, SourceRegion="us-east-1", Name="copy", Encrypted=True, KmsKeyId=missing)["ImageId"]
+    wait_for(lambda: image_state(ec2, copy_id) == "failed", what="copy failed")
+
+
+def test_a_same_account_copy_keeps_the_source_key(stack, ec2, shared_image):
+    copy_id = ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="same")["ImageId"]
+    copy = ec2.describe_images(ImageIds=[copy_id])["Images"][0]
+    keys = {m["Ebs"].get("KmsKeyId") for m in copy["BlockDeviceMappings"] if m["Ebs"].get("Encrypted")}
+    assert keys == {shared_image["key"]}
+
+
+def test_a_billing_product_image_cannot_be_copied_to_another_account(stack, ec2, shared_image):
+    for snapshot in shared_image["snapshots"]:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    stack.control("billing-product", {"imageId": shared_image["image_id"], "code": "bp-63a5400a"})
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    with pytest.raises(ClientError) as refused:
+        b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy")
+    assert "BillingProduct" in refused.value.response["Error"]["Message"]
+
+
+# 6 and 9. KMS across accounts, organizations ---------------------------------------------------
+
+ORG = {"organizationId": "o-amiflow0001"}
+
+
+@pytest.fixture
+def organization(stack):
+    stack.control("config", {"organization": {
+        "123456789012": {**ORG, "ouPath": "o-amiflow0001/r-root/ou-root-platform/"},
+        B: {**ORG, "ouPath": "o-amiflow0001/r-root/ou-root-apps/"},
+        "333333333333": {**ORG, "ouPath": "o-amiflow0001/r-root/ou-root-sandbox/"},
+    }})
+    yield
+    stack.control("config", {"organization": {}})
+
+
+def test_another_account_needs_the_key_policy_or_a_grant_to_use_a_key(stack):
+    kms = stack.client("kms")
+    key = kms.create_key(Description="A's CMK")["KeyMetadata"]["Arn"]
+    b_kms = stack.account(B).client("kms", endpoint_url=stack.endpoint)
+    for call in (lambda: b_kms.describe_key(KeyId=key),
+                 lambda: b_kms.generate_data_key_without_plaintext(KeyId=key, KeySpec="AES_256"),
+                 lambda: b_kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:role/x", Operations=["Decrypt"])):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["DescribeKey"])
+    assert b_kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+    with pytest.raises(ClientError):
+        b_kms.generate_data_key_without_plaintext(KeyId=key, KeySpec="AES_256")
+
+
+def test_a_key_policy_with_an_ou_condition_admits_only_that_ou(stack, organization):
+    kms = stack.client("kms")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Owner", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Apps", "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": ["kms:DescribeKey", "kms:Decrypt"], "Resource": "*",
+         "Condition": {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-amiflow0001/r-root/ou-root-apps/*"]}}},
+    ]}
+    key = kms.create_key(Description="OU key", Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    assert stack.account(B).client("kms", endpoint_url=stack.endpoint).describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+    with pytest.raises(ClientError) as refused:
+        stack.account("333333333333").client("kms", endpoint_url=stack.endpoint).describe_key(KeyId=key)
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_the_aws_managed_ebs_key_is_never_usable_by_another_account(stack, ec2, world):
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdi")
+    aws_ebs = stack.client("kms").describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]
+    assert aws_ebs["KeyManager"] == "AWS"
+    b_kms = stack.account(B).client("kms", endpoint_url=stack.endpoint)
+    stack.client("kms").create_grant(KeyId=aws_ebs["Arn"], GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["DescribeKey"])
+    with pytest.raises(ClientError) as refused:
+        b_kms.describe_key(KeyId=aws_ebs["Arn"])
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_grants_are_validated_and_named_grants_are_not_made_twice(stack):
+    kms = stack.client("kms")
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    with pytest.raises(ClientError) as refused:
+        kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["Decrypt", "Fly"])
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(ClientError):
+        kms.create_grant(KeyId=key, GranteePrincipal="somebody", Operations=["Decrypt"])
+    first = kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["Decrypt"], Name="amiflow-b")
+    again = kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["Decrypt"], Name="amiflow-b")
+    assert first["GrantId"] == again["GrantId"]
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 1
+
+
+def test_an_image_shared_with_an_ou_is_launchable_by_its_accounts_only(stack, ec2, world, organization):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ou = "arn:aws:organizations::123456789012:ou/o-amiflow0001/ou-root-apps"
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"OrganizationalUnitArn": ou}]})
+    assert stack.account(B).client("ec2", endpoint_url=stack.endpoint).describe_images(ImageIds=[image_id])["Images"]
+    with pytest.raises(ClientError):
+        stack.account("333333333333").client("ec2", endpoint_url=stack.endpoint).describe_images(ImageIds=[image_id])

@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import events, images, instances, kms, stepfunctions
+from . import copies, events, images, instances, kms, kms_calls, stepfunctions
 from .control import FaultInjector
 from .state import config, faults
 
@@ -11,7 +11,9 @@ __all__ = ["FaultInjector", "config", "faults", "install"]
 
 def install() -> None:
     images.install()
+    copies.install()
     instances.install()
     events.install()
     kms.install()
+    kms_calls.install()
     stepfunctions.install()

@@ -5,6 +5,7 @@ DELETE /_amiflow/faults   removes every fault
 GET    /_amiflow/faults   the faults that fired so far
 GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.update)
 GET    /_amiflow/events   every event the layer put on a bus
+POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
 GET    /_amiflow/health   200 once the stack serves
 """
 
@@ -50,6 +51,14 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             return _json(start_response, "200 OK", config.as_dict())
         if path == "/_amiflow/config":
             return _json(start_response, "200 OK", config.as_dict())
+        if path == "/_amiflow/billing-product" and method == "POST":
+            from .sharing import find_image_anywhere
+
+            ami = find_image_anywhere(body["imageId"])
+            if ami is None:
+                raise KeyError(f"no image {body['imageId']}")
+            ami.product_codes.add(body.get("code", "amiflow-billing-product"))
+            return _json(start_response, "200 OK", {"imageId": ami.id, "productCodes": sorted(ami.product_codes)})
         if path == "/_amiflow/events":
             return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e} for a, b, e in events.delivered])
     except (ValueError, TypeError, KeyError) as error:

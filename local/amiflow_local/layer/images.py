@@ -30,7 +30,6 @@ from . import events
 from .state import config, faults
 
 _original_create_image = AmiBackend.create_image
-_original_copy_image = AmiBackend.copy_image
 _original_deregister_image = AmiBackend.deregister_image
 _original_mappings = Ami.block_device_mappings
 
@@ -104,7 +103,7 @@ def settle(backend, image_id: str) -> None:
     ami = backend.amis.get(image_id)
     if ami is None or ami.state != "pending":
         return
-    reason = faults.image_failure(image_id)
+    reason = getattr(ami, "amiflow_failure", None) or faults.image_failure(image_id)
     if reason:
         code, _, message = reason.partition(": ")
         ami.state = "failed"
@@ -119,12 +118,6 @@ def settle(backend, image_id: str) -> None:
     events.emit_ami_state(ami.owner_id, backend.region_name, image_id, "available")
 
 
-def copy_image(self, source_image_id: str, source_region: str, name: str | None = None, description: str | None = None) -> Ami:
-    ami = _original_copy_image(self, source_image_id, source_region, name, description)
-    start_lifecycle(self, ami)
-    return ami
-
-
 def deregister_image(self, ami_id: str) -> None:
     ami = self.amis.get(ami_id)
     _original_deregister_image(self, ami_id)
@@ -134,6 +127,5 @@ def deregister_image(self, ami_id: str) -> None:
 
 def install() -> None:
     AmiBackend.create_image = create_image
-    AmiBackend.copy_image = copy_image
     AmiBackend.deregister_image = deregister_image
     Ami.block_device_mappings = property(_mappings)

@@ -15,9 +15,12 @@ import fnmatch
 import json
 from typing import Any
 
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import kms_backends
 
 from .organizations import condition_allows
+
+_original_default_key = EBSBackend._create_default_encryption_key
 
 # What EC2 asks of a key for each use, on the caller's behalf.
 EC2_USES = {
@@ -43,14 +46,18 @@ def locate(key_ref: str, caller: str, region: str) -> Any | None:
 
 def default_ebs_key(account: str, region: str) -> str:
     """The account's AWS managed key for EBS (alias aws/ebs), created on first use as on AWS."""
-    backend = kms_backends[account][region]
-    for key in backend.keys.values():
-        if "alias/aws/ebs" in key.aliases:
-            return key.arn
-    key = backend.create_key(None, "ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT", "Default key that protects my EBS volumes when no other key is defined", None)
-    key.key_manager = "AWS"
-    backend.create_alias(key.id, "alias/aws/ebs")
-    return key.arn
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends[account][region]._create_default_encryption_key()
+
+
+def _create_default_encryption_key(self) -> str:
+    """moto creates aws/ebs as a customer managed key; on AWS it is AWS managed."""
+    arn = _original_default_key(self)
+    key = locate(arn, self.account_id, self.region_name)
+    if key is not None:
+        key.key_manager = "AWS"
+    return arn
 
 
 def _principal_account(principal: str) -> str | None:
@@ -114,4 +121,4 @@ def ec2_may_use(account: str, region: str, key_ref: str, use: str) -> bool:
 
 
 def install() -> None:
-    """Direct KMS calls with another account's key are patched in kms_calls.py."""
+    EBSBackend._create_default_encryption_key = _create_default_encryption_key

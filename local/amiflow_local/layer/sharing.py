@@ -50,3 +50,12 @@ def visible_image(account: str, region: str, image_id: str) -> Any | None:
 
 def backend_of(ami: Any) -> Any:
     return ami.ec2_backend
+
+
+def find_image_anywhere(image_id: str) -> Any | None:
+    for regions in list(ec2_backends.values()):
+        for backend in list(regions.values()):
+            ami = backend.amis.get(image_id)
+            if ami is not None:
+                return ami
+    return None

@@ -1,0 +1,182 @@
+"""CopyImage: encryption, the copy's owner, and copies from other accounts; DescribeImages of
+images shared with the caller.
+
+AWS (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/CopyingAMIs.html,
+https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CopyImage.html):
+- `Encrypted` with `KmsKeyId` encrypts the copy's snapshots with that key. Without a key, an
+  encrypted source keeps its key within its account; a copy into another account is encrypted
+  with that account's default EBS key (aws/ebs).
+- Copying another account's image needs a launch permission on the image and createVolumePermission
+  on every snapshot ("You do not have permission to access the storage of this ami"), and use of
+  the source key and the destination key; without a key it may use, the copy fails.
+- The copy belongs to the caller; tags, launch permissions and createVolumePermission are not copied.
+- Images with billing products (Marketplace, some Windows) cannot be copied to another account.
+- DescribeImages by id, with ExecutableUsers=self, and with Owners returns other accounts' images
+  that the caller may launch (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/usingsharedamis-finding.html).
+moto 5.2.5 copies within the caller's account only, ignores Encrypted and KmsKeyId, and describes
+only the caller's images.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.amis import Ami, AmiBackend, random_ami_id
+from moto.ec2.responses.amis import AmisResponse
+from moto.core.responses import ActionResult
+
+from . import images, kms, sharing
+
+_original_describe_images = AmiBackend.describe_images
+
+
+class StorageNotAccessible(EC2ClientError):
+    def __init__(self) -> None:
+        super().__init__("InvalidRequest", "You do not have permission to access the storage of this ami")
+
+
+class BillingProductNotCopyable(EC2ClientError):
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            "InvalidRequest",
+            f"Images with EC2 BillingProduct codes cannot be copied to another AWS account ({image_id}).",
+        )
+
+
+def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=None):
+    account = self.account_id
+    foreign: list[Any] = []
+    for backends in list(ec2_backends.values()):
+        backend = backends.get(self.region_name) if hasattr(backends, "get") else None
+        if backend is None or backend.account_id == account:
+            continue
+        for ami in list(backend.amis.values()):
+            if sharing.may_launch(ami, account):
+                foreign.append(ami)
+    if ami_ids:
+        try:
+            own = _original_describe_images(self, ami_ids=ami_ids, filters=filters)
+        except InvalidAMIIdError:
+            own = []
+        shared = [a for a in foreign if a.id in ami_ids]
+        if not own and not shared:
+            raise InvalidAMIIdError(ami_ids)
+        return own + shared
+    own = _original_describe_images(self, filters=filters, exec_users=exec_users, owners=owners)
+    if exec_users and "self" in exec_users:
+        shared = [a for a in foreign if not a.is_public or "all" in exec_users]
+    elif owners:
+        wanted = {o for o in owners if o not in ("self", "amazon", "aws-marketplace")}
+        shared = [a for a in foreign if a.owner_id in wanted]
+    else:
+        shared = []
+    if filters and shared:
+        from moto.ec2.utils import generic_filter
+
+        shared = generic_filter(filters, shared)
+    return own + [a for a in shared if a not in own]
+
+
+def _may_copy_storage(backend_of_source: Any, ami: Ami, account: str) -> bool:
+    for snapshot in images.snapshots_of(backend_of_source, ami):
+        if not ({"all"} & snapshot.create_volume_permission_groups or account in snapshot.create_volume_permission_userids):
+            return False
+    return True
+
+
+def copy_image(
+    self,
+    source_image_id: str,
+    source_region: str,
+    name: str | None = None,
+    description: str | None = None,
+    encrypted: bool = False,
+    kms_key_id: str | None = None,
+    client_token: str | None = None,
+) -> Ami:
+    account = self.account_id
+    if client_token:
+        for ami in self.amis.values():
+            if getattr(ami, "amiflow_client_token", None) == client_token:
+                return ami
+    source_backend = ec2_backends[account][source_region]
+    source = source_backend.amis.get(source_image_id)
+    cross_account = False
+    if source is None:
+        found = sharing.find_image(source_region, source_image_id)
+        if found is None or not sharing.may_launch(found, account):
+            raise InvalidAMIIdError([source_image_id])
+        source, source_backend, cross_account = found, sharing.backend_of(found), True
+        if source.product_codes:
+            raise BillingProductNotCopyable(source_image_id)
+        if not _may_copy_storage(source_backend, source, account):
+            raise StorageNotAccessible()
+
+    copy = Ami(self, random_ami_id(), source_ami=source, name=name, description=description)
+    self.snapshots.pop(copy.ebs_snapshot.id, None)
+    key_failure = None
+    mappings = []
+    for mapping in source.block_device_mappings:
+        ebs = dict(mapping.get("Ebs") or {})
+        source_snapshot = source_backend.snapshots.get(ebs.get("SnapshotId") or "")
+        if source_snapshot is None:
+            continue
+        source_key = source_snapshot.kms_key_id if source_snapshot.encrypted else None
+        if source_key and not kms.ec2_may_use(account, source_region, source_key, "copy-source"):
+            key_failure = "the source snapshot's KMS key cannot be used by this account"
+        if encrypted and kms_key_id:
+            key = kms_key_id
+        elif source_key and not cross_account:
+            key = source_key
+        elif source_key or encrypted:
+            key = kms.default_ebs_key(account, self.region_name)
+        else:
+            key = None
+        if key and kms.locate(key, account, self.region_name) is None:
+            key_failure = f"the KMS key {key} does not exist"
+        elif key and not kms.ec2_may_use(account, self.region_name, key, "copy-target"):
+            key_failure = f"the KMS key {key} cannot be used by this account"
+        volume = self.create_volume(size=source_snapshot.volume.size, zone_name=f"{self.region_name}a")
+        snapshot = self.create_snapshot(volume.id, f"Copied for DestinationAmi {copy.id} from SourceAmi {source.id}", account, from_ami=copy.id)
+        self.delete_volume(volume.id)
+        snapshot.encrypted = bool(key)
+        snapshot.kms_key_id = key
+        ebs.update({"SnapshotId": snapshot.id, "Encrypted": bool(key)})
+        ebs.pop("KmsKeyId", None)
+        if key:
+            ebs["KmsKeyId"] = key
+        mappings.append({"DeviceName": mapping["DeviceName"], "Ebs": ebs})
+        if mapping["DeviceName"] == source.root_device_name:
+            copy.ebs_snapshot = snapshot
+    copy.amiflow_mappings = mappings
+    copy.root_device_name = source.root_device_name
+    copy.root_device_type = source.root_device_type
+    copy.amiflow_client_token = client_token
+    self.amis[copy.id] = copy
+    if key_failure:
+        copy.amiflow_failure = f"Client.InvalidKMSKey.InvalidState: {key_failure}"
+    images.start_lifecycle(self, copy)
+    return copy
+
+
+def copy_image_response(self: AmisResponse):
+    self.error_on_dryrun()
+    image = self.ec2_backend.copy_image(
+        self._get_param("SourceImageId"),
+        self._get_param("SourceRegion"),
+        self._get_param("Name"),
+        self._get_param("Description"),
+        encrypted=str(self._get_param("Encrypted", False)).lower() == "true",
+        kms_key_id=self._get_param("KmsKeyId"),
+        client_token=self._get_param("ClientToken"),
+    )
+    return ActionResult({"ImageId": image.id})
+
+
+def install() -> None:
+    AmiBackend.describe_images = describe_images
+    AmiBackend.copy_image = copy_image
+    AmisResponse.copy_image = copy_image_response
