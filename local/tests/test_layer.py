@@ -470,3 +470,63 @@ def test_an_image_shared_with_an_ou_is_launchable_by_its_accounts_only(stack, ec
     assert stack.account(B).client("ec2", endpoint_url=stack.endpoint).describe_images(ImageIds=[image_id])["Images"]
     with pytest.raises(ClientError):
         stack.account("333333333333").client("ec2", endpoint_url=stack.endpoint).describe_images(ImageIds=[image_id])
+
+
+def test_images_shared_with_the_organization_or_everyone(stack, ec2, world, organization):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    outsider = stack.account("444444444444").client("ec2", endpoint_url=stack.endpoint)
+    member = stack.account("333333333333").client("ec2", endpoint_url=stack.endpoint)
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"OrganizationArn": "arn:aws:organizations::123456789012:organization/o-amiflow0001"}]})
+    assert member.describe_images(ImageIds=[image_id])["Images"]
+    with pytest.raises(ClientError):
+        outsider.describe_images(ImageIds=[image_id])
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert outsider.describe_images(ImageIds=[image_id])["Images"]
+
+
+def test_key_policy_account_principals_and_org_id_conditions(stack, organization):
+    kms = stack.client("kms")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{B}:root"}, "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:DescribeKey", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-amiflow0001"}}},
+    ]}
+    key = kms.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    b_kms = stack.account(B).client("kms", endpoint_url=stack.endpoint)
+    blob = b_kms.encrypt(KeyId=key, Plaintext=b"secret")["CiphertextBlob"]
+    assert b_kms.decrypt(KeyId=key, CiphertextBlob=blob)["Plaintext"] == b"secret"
+    member = stack.account("333333333333").client("kms", endpoint_url=stack.endpoint)
+    assert member.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+    with pytest.raises(ClientError):
+        member.decrypt(KeyId=key, CiphertextBlob=blob)
+    with pytest.raises(ClientError):
+        stack.account("444444444444").client("kms", endpoint_url=stack.endpoint).describe_key(KeyId=key)
+
+
+def test_a_cross_account_copy_without_a_key_uses_the_callers_aws_ebs_key(stack, ec2, shared_image):
+    for snapshot in shared_image["snapshots"]:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    stack.client("kms").create_grant(KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
+                                     Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom"])
+    b = stack.account(B)
+    b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
+    copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy")["ImageId"]
+    wait_for(lambda: image_state(b_ec2, copy_id) == "available", what="copy available")
+    b_ebs = b.client("kms", endpoint_url=stack.endpoint).describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["Arn"]
+    encrypted = [m["Ebs"] for m in b_ec2.describe_images(ImageIds=[copy_id])["Images"][0]["BlockDeviceMappings"] if m["Ebs"].get("Encrypted")]
+    assert encrypted and {e["KmsKeyId"] for e in encrypted} == {b_ebs}
+
+
+def test_a_copy_into_a_key_the_caller_may_not_use_fails(stack, ec2, shared_image):
+    for snapshot in shared_image["snapshots"]:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    stack.client("kms").create_grant(KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
+                                     Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom"])
+    # B names a key of A's that A never opened to B as the destination key.
+    foreign = stack.client("kms").create_key(Description="not B's")["KeyMetadata"]["Arn"]
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy", Encrypted=True, KmsKeyId=foreign)["ImageId"]
+    wait_for(lambda: image_state(b_ec2, copy_id) == "failed", what="copy failed")
