@@ -33,6 +33,37 @@ impl Tag {
     }
 }
 
+/// A TagSpecification of these tags for a resource type a call creates.
+pub fn spec(
+    kind: aws_sdk_ec2::types::ResourceType,
+    tags: &[Tag],
+) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+        .build()
+}
+
+/// The Describe* filter for what one execution made.
+pub fn execution_filter(execution: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{EXECUTION}"))
+        .values(execution)
+        .build()
+}
+
+/// The DescribeInstances filter for instances that exist (not shutting down or terminated).
+pub fn live_instances_filter() -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ["pending", "running", "stopping", "stopped"]
+                .map(String::from)
+                .to_vec(),
+        ))
+        .build()
+}
+
 /// Converts SDK tags, dropping any without a key.
 pub fn from_sdk(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<Tag> {
     tags.iter()

@@ -9,7 +9,7 @@
 //! never stops or terminates the source.
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, Filter,
+    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification,
     InstanceBlockDeviceMappingSpecification,
 };
 use serde::{Deserialize, Serialize};
@@ -111,13 +111,6 @@ pub fn deferred_delete_on_termination(capture: &Capture) -> Vec<String> {
         .filter(|v| !v.delete_on_termination)
         .map(|v| v.device_name.clone())
         .collect()
-}
-
-fn execution_filter(execution: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{}", tags::EXECUTION))
-        .values(execution)
-        .build()
 }
 
 async fn set_delete_on_termination(
@@ -377,17 +370,8 @@ pub async fn rollback(
 
     let described = ec2
         .describe_instances()
-        .filters(execution_filter(execution))
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build(),
-        )
+        .filters(tags::execution_filter(execution))
+        .filters(tags::live_instances_filter())
         .send()
         .await
         .map_err(aws("DescribeInstances"))?;
@@ -431,7 +415,7 @@ pub async fn rollback(
     let images = ec2
         .describe_images()
         .owners("self")
-        .filters(execution_filter(execution))
+        .filters(tags::execution_filter(execution))
         .send()
         .await
         .map_err(aws("DescribeImages"))?;
@@ -454,7 +438,7 @@ pub async fn rollback(
     let snapshots = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(execution_filter(execution))
+        .filters(tags::execution_filter(execution))
         .send()
         .await
         .map_err(aws("DescribeSnapshots"))?;

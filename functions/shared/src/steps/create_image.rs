@@ -1,9 +1,7 @@
 //! create-image: validates the run, captures the source's settings and makes the AMI, once per
 //! execution.
 
-use aws_sdk_ec2::types::{
-    Filter, InstanceAttributeName, LocationType, ResourceType, Subnet, TagSpecification,
-};
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName, LocationType, ResourceType, Subnet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -140,26 +138,12 @@ pub fn image_name(instance_id: &str, execution: &str) -> String {
         .collect()
 }
 
-fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(kind)
-        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
-        .build()
-}
-
-fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build()
-}
-
 /// The image this execution already made, if an earlier attempt made one.
 pub async fn find_own_image(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<String>> {
     let images = ec2
         .describe_images()
         .owners("self")
-        .filters(tag_filter(tags::EXECUTION, execution))
+        .filters(tags::execution_filter(execution))
         .send()
         .await
         .map_err(aws("DescribeImages"))?;
@@ -429,8 +413,8 @@ pub async fn run(
             input.instance_id, target.availability_zone
         ))
         .no_reboot(input.no_reboot)
-        .tag_specifications(tag_spec(ResourceType::Image, &own_tags))
-        .tag_specifications(tag_spec(ResourceType::Snapshot, &own_tags))
+        .tag_specifications(tags::spec(ResourceType::Image, &own_tags))
+        .tag_specifications(tags::spec(ResourceType::Snapshot, &own_tags))
         .send()
         .await
         .map_err(aws("CreateImage"))?;

@@ -2,10 +2,10 @@
 //! execution.
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, CreditSpecificationRequest, EbsBlockDevice, Filter, HttpTokensState,
+    BlockDeviceMapping, CreditSpecificationRequest, EbsBlockDevice, HttpTokensState,
     IamInstanceProfileSpecification, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
     InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceType, Placement,
-    ResourceType, ShutdownBehavior, TagSpecification, Tenancy, VolumeType,
+    ResourceType, ShutdownBehavior, Tenancy, VolumeType,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -162,13 +162,6 @@ pub fn plan(
     }
 }
 
-fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(kind)
-        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
-        .build()
-}
-
 fn metadata_request(m: &MetadataSpec) -> InstanceMetadataOptionsRequest {
     InstanceMetadataOptionsRequest::builder()
         .set_http_tokens(m.http_tokens.as_deref().map(HttpTokensState::from))
@@ -198,22 +191,8 @@ pub async fn find_own_instance(
 ) -> Result<Option<(String, String)>> {
     let found = ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{}", tags::EXECUTION))
-                .values(execution)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build(),
-        )
+        .filters(tags::execution_filter(execution))
+        .filters(tags::live_instances_filter())
         .send()
         .await
         .map_err(aws("DescribeInstances"))?;
@@ -319,8 +298,8 @@ pub async fn run(
                 .as_deref()
                 .map(ShutdownBehavior::from),
         )
-        .tag_specifications(tag_spec(ResourceType::Instance, &plan.instance_tags))
-        .tag_specifications(tag_spec(ResourceType::Volume, &plan.volume_tags));
+        .tag_specifications(tags::spec(ResourceType::Instance, &plan.instance_tags))
+        .tag_specifications(tags::spec(ResourceType::Volume, &plan.volume_tags));
     if let Some(arn) = &plan.iam_instance_profile_arn {
         call =
             call.iam_instance_profile(IamInstanceProfileSpecification::builder().arn(arn).build());
