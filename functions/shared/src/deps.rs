@@ -11,10 +11,12 @@ use crate::error::Result;
 use crate::settings::Settings;
 
 pub struct Deps {
+    pub config: aws_config::SdkConfig,
     pub region: String,
     pub ec2: aws_sdk_ec2::Client,
     pub sfn: aws_sdk_sfn::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub kms: aws_sdk_kms::Client,
     pub settings: Settings,
 }
 
@@ -38,11 +40,44 @@ impl Deps {
 
     pub fn from_config(config: &aws_config::SdkConfig, settings: Settings) -> Self {
         Deps {
+            config: config.clone(),
             region: config.region().map(|r| r.to_string()).unwrap_or_default(),
             ec2: aws_sdk_ec2::Client::new(config),
             sfn: aws_sdk_sfn::Client::new(config),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
+            kms: aws_sdk_kms::Client::new(config),
             settings,
         }
+    }
+
+    /// An EC2 client acting in another account through a role there, derived from the one
+    /// SdkConfig: aws-config's assume-role provider, with the external id the role demands.
+    pub async fn ec2_as(
+        &self,
+        role_arn: &str,
+        external_id: &str,
+        execution: &str,
+    ) -> aws_sdk_ec2::Client {
+        let session: String = format!("amiflow-{execution}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .external_id(external_id)
+            .session_name(session)
+            .configure(&self.config)
+            .build()
+            .await;
+        let conf = aws_sdk_ec2::config::Builder::from(&self.config)
+            .credentials_provider(provider)
+            .build();
+        aws_sdk_ec2::Client::from_conf(conf)
     }
 }

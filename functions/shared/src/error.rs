@@ -55,6 +55,24 @@ pub enum Error {
     /// Any other AWS error, with its code.
     #[error("{0}")]
     AwsApi(String),
+    /// The image is not owned by this account; only an owner can share it.
+    #[error("{0}")]
+    ImageNotOwned(String),
+    /// An encrypted image cannot be made public.
+    #[error("{0}")]
+    EncryptedImageNotPublic(String),
+    /// The image is encrypted with an AWS managed key, which cannot be shared; give a customer managed key to re-encrypt with.
+    #[error("{0}")]
+    ManagedKeyNeedsReencryption(String),
+    /// A KMS key cannot be managed by this account (another account's key, or AWS managed).
+    #[error("{0}")]
+    KeyNotManageable(String),
+    /// The image has a billing product and cannot be copied to another account.
+    #[error("{0}")]
+    BillingProductNotCopyable(String),
+    /// The target account's role cannot be assumed.
+    #[error("{0}")]
+    RoleNotAssumable(String),
     /// The function's own environment is wrong (a missing table name, say).
     #[error("{0}")]
     Configuration(String),
@@ -80,6 +98,12 @@ pub const ERROR_NAMES: &[&str] = &[
     "Throttled",
     "ServiceUnavailable",
     "AwsApi",
+    "ImageNotOwned",
+    "EncryptedImageNotPublic",
+    "ManagedKeyNeedsReencryption",
+    "KeyNotManageable",
+    "BillingProductNotCopyable",
+    "RoleNotAssumable",
     "Configuration",
 ];
 
@@ -104,6 +128,12 @@ impl Error {
             Error::Throttled(_) => "Throttled",
             Error::ServiceUnavailable(_) => "ServiceUnavailable",
             Error::AwsApi(_) => "AwsApi",
+            Error::ImageNotOwned(_) => "ImageNotOwned",
+            Error::EncryptedImageNotPublic(_) => "EncryptedImageNotPublic",
+            Error::ManagedKeyNeedsReencryption(_) => "ManagedKeyNeedsReencryption",
+            Error::KeyNotManageable(_) => "KeyNotManageable",
+            Error::BillingProductNotCopyable(_) => "BillingProductNotCopyable",
+            Error::RoleNotAssumable(_) => "RoleNotAssumable",
             Error::Configuration(_) => "Configuration",
         }
     }
@@ -229,6 +259,12 @@ mod tests {
             Error::Throttled(String::new()),
             Error::ServiceUnavailable(String::new()),
             Error::AwsApi(String::new()),
+            Error::ImageNotOwned(String::new()),
+            Error::EncryptedImageNotPublic(String::new()),
+            Error::ManagedKeyNeedsReencryption(String::new()),
+            Error::KeyNotManageable(String::new()),
+            Error::BillingProductNotCopyable(String::new()),
+            Error::RoleNotAssumable(String::new()),
             Error::Configuration(String::new()),
         ];
         let names: Vec<&str> = samples.iter().map(Error::name).collect();

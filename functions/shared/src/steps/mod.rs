@@ -1,7 +1,10 @@
 //! One module per step of the workflows.
 
 pub mod cleanup;
+pub mod copy_image;
 pub mod create_image;
+pub mod grant_kms;
 pub mod launch;
+pub mod share_image;
 pub mod verify_instance;
 pub mod wait_image;

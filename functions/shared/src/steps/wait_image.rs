@@ -35,6 +35,11 @@ pub struct RegisterRequest {
     pub task_token: String,
     pub image_id: String,
     pub execution: String,
+    /// When the image is in another account: the role to look at it through.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -44,6 +49,10 @@ pub struct PollRequest {
     pub execution: String,
     #[serde(default)]
     pub attempt: u32,
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 /// The three ways wait-image is invoked.
@@ -55,6 +64,20 @@ pub enum WaitImageRequest {
 }
 
 impl WaitImageRequest {
+    /// The role (and external id) to look at the image through, for an image in another account.
+    pub fn role(&self) -> Option<(&str, &str, &str)> {
+        let (role, external, execution) = match self {
+            WaitImageRequest::Register(r) => (&r.role_arn, &r.external_id, &r.execution),
+            WaitImageRequest::Poll(r) => (&r.role_arn, &r.external_id, &r.execution),
+            WaitImageRequest::Event(_) => return None,
+        };
+        Some((
+            role.as_deref()?,
+            external.as_deref().unwrap_or_default(),
+            execution,
+        ))
+    }
+
     /// Events are told by their `detail-type`; the state machine's calls by `action`.
     pub fn from_value(value: Value) -> Result<Self> {
         let parse_err = |what: &str, e: serde_json::Error| Error::invalid(what, e.to_string());
@@ -533,6 +556,8 @@ mod mocked {
             task_token: "tok-1".into(),
             image_id: "ami-1".into(),
             execution: "run-1".into(),
+            role_arn: None,
+            external_id: None,
         })
     }
 
@@ -643,6 +668,8 @@ mod mocked {
                 image_id: "ami-1".into(),
                 execution: "run-1".into(),
                 attempt,
+                role_arn: None,
+                external_id: None,
             })
         };
 

@@ -1,0 +1,532 @@
+//! The inputs of ShareImage, UnshareImage and CopyImage, and the checks that refuse bad input
+//! before any call. Every refusal names its field (with the index in a list).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::input::is_resource_id;
+
+/// EC2 allows at most this many sharing entities on one AMI.
+pub const MAX_RECEIVERS: usize = 1000;
+
+/// Who an image is shared with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receivers {
+    #[serde(default)]
+    pub account_ids: Vec<String>,
+    #[serde(default)]
+    pub organization_arns: Vec<String>,
+    #[serde(default)]
+    pub organizational_unit_arns: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl Receivers {
+    pub fn count(&self) -> usize {
+        self.account_ids.len()
+            + self.organization_arns.len()
+            + self.organizational_unit_arns.len()
+            + usize::from(self.public)
+    }
+
+    /// The organization id of an organization or OU ARN (`o-…`).
+    pub fn organization_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .organization_arns
+            .iter()
+            .filter_map(|a| org_id_of(a))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// `aws:PrincipalOrgPaths` patterns for the OUs: `o-…/*/ou-…/*` covers the OU and its children.
+    pub fn ou_paths(&self) -> Vec<String> {
+        self.organizational_unit_arns
+            .iter()
+            .filter_map(|arn| {
+                let org = org_id_of(arn)?;
+                let ou = arn.rsplit('/').next()?;
+                Some(format!("{org}/*/{ou}/*"))
+            })
+            .collect()
+    }
+
+    fn check(&self, owner: Option<&str>) -> Result<()> {
+        for (i, account) in self.account_ids.iter().enumerate() {
+            if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::invalid(
+                    format!("accountIds[{i}]"),
+                    format!("{account:?} is not a 12-digit AWS account id"),
+                ));
+            }
+            if Some(account.as_str()) == owner {
+                return Err(Error::invalid(
+                    format!("accountIds[{i}]"),
+                    format!("{account} is the image's own account"),
+                ));
+            }
+        }
+        for (i, arn) in self.organization_arns.iter().enumerate() {
+            if !is_organization_arn(arn) {
+                return Err(Error::invalid(
+                    format!("organizationArns[{i}]"),
+                    format!("{arn:?} is not an organization ARN (arn:aws:organizations::123456789012:organization/o-…)"),
+                ));
+            }
+        }
+        for (i, arn) in self.organizational_unit_arns.iter().enumerate() {
+            if !is_ou_arn(arn) {
+                return Err(Error::invalid(
+                    format!("organizationalUnitArns[{i}]"),
+                    format!("{arn:?} is not an OU ARN (arn:aws:organizations::123456789012:ou/o-…/ou-…)"),
+                ));
+            }
+        }
+        if self.count() == 0 {
+            return Err(Error::invalid("accountIds", "give at least one receiver: accountIds, organizationArns, organizationalUnitArns or public"));
+        }
+        if self.count() > MAX_RECEIVERS {
+            return Err(Error::invalid(
+                "accountIds",
+                format!(
+                    "{} receivers; an AMI can be shared with at most {MAX_RECEIVERS}",
+                    self.count()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn org_id_of(arn: &str) -> Option<String> {
+    arn.split('/')
+        .find(|part| part.starts_with("o-"))
+        .map(str::to_string)
+}
+
+fn lower_alnum(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// `arn:aws:organizations::<12 digits>:organization/o-<10 to 32 lowercase letters or digits>`
+pub fn is_organization_arn(arn: &str) -> bool {
+    let Some(rest) = arn.strip_prefix("arn:aws:organizations::") else {
+        return false;
+    };
+    let Some((account, resource)) = rest.split_once(':') else {
+        return false;
+    };
+    let Some(org) = resource.strip_prefix("organization/o-") else {
+        return false;
+    };
+    account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && (10..=32).contains(&org.len())
+        && lower_alnum(org)
+}
+
+/// `arn:aws:organizations::<12 digits>:ou/o-<id>/ou-<root part>-<ou part>`
+pub fn is_ou_arn(arn: &str) -> bool {
+    let Some(rest) = arn.strip_prefix("arn:aws:organizations::") else {
+        return false;
+    };
+    let Some((account, resource)) = rest.split_once(':') else {
+        return false;
+    };
+    let mut parts = resource.split('/');
+    let (Some("ou"), Some(org), Some(ou), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let org_ok = org
+        .strip_prefix("o-")
+        .is_some_and(|o| (10..=32).contains(&o.len()) && lower_alnum(o));
+    let ou_ok = ou.strip_prefix("ou-").is_some_and(|o| {
+        let mut halves = o.splitn(2, '-');
+        matches!((halves.next(), halves.next()), (Some(a), Some(b)) if (4..=32).contains(&a.len()) && (8..=32).contains(&b.len()) && lower_alnum(a) && lower_alnum(b))
+    });
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && org_ok && ou_ok
+}
+
+/// A KMS key reference: key id, key ARN, alias name or alias ARN.
+pub fn is_kms_key_ref(key: &str) -> bool {
+    let uuid = |s: &str| s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    key.starts_with("alias/")
+        || uuid(key)
+        || key
+            .strip_prefix("mrk-")
+            .is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+        || (key.starts_with("arn:aws")
+            && (key.contains(":key/") || key.contains(":alias/"))
+            && key.split(':').count() == 6)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            e.inner()
+                .to_string()
+                .split('`')
+                .nth(1)
+                .unwrap_or("input")
+                .to_string()
+        } else {
+            path
+        };
+        Error::invalid(field, e.inner().to_string())
+    })
+}
+
+fn check_image_id(field: &str, id: &str) -> Result<()> {
+    if is_resource_id(id, "ami-") {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{id:?} is not an image id (ami- and 8 or 17 hex digits)"),
+        ))
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The input of ShareImage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShareInput {
+    pub image_id: String,
+    #[serde(default)]
+    pub account_ids: Vec<String>,
+    #[serde(default)]
+    pub organization_arns: Vec<String>,
+    #[serde(default)]
+    pub organizational_unit_arns: Vec<String>,
+    #[serde(default = "yes")]
+    pub share_snapshots: bool,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub reencrypt_kms_key_id: Option<String>,
+}
+
+impl ShareInput {
+    pub fn parse(raw: &Value) -> Result<Self> {
+        let input: ShareInput = parse(raw)?;
+        check_image_id("imageId", &input.image_id)?;
+        input.receivers().check(None)?;
+        if let Some(key) = &input.reencrypt_kms_key_id {
+            if !is_kms_key_ref(key) {
+                return Err(Error::invalid(
+                    "reencryptKmsKeyId",
+                    format!("{key:?} is not a KMS key id, key ARN or alias"),
+                ));
+            }
+        }
+        Ok(input)
+    }
+
+    pub fn receivers(&self) -> Receivers {
+        Receivers {
+            account_ids: self.account_ids.clone(),
+            organization_arns: self.organization_arns.clone(),
+            organizational_unit_arns: self.organizational_unit_arns.clone(),
+            public: self.public,
+        }
+    }
+
+    /// The receivers, checked against the image's own account.
+    pub fn receivers_for(&self, owner: &str) -> Result<Receivers> {
+        let receivers = self.receivers();
+        receivers.check(Some(owner))?;
+        Ok(receivers)
+    }
+}
+
+/// The input of UnshareImage: the same receivers' shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnshareInput {
+    pub image_id: String,
+    #[serde(default)]
+    pub account_ids: Vec<String>,
+    #[serde(default)]
+    pub organization_arns: Vec<String>,
+    #[serde(default)]
+    pub organizational_unit_arns: Vec<String>,
+    #[serde(default = "yes")]
+    pub share_snapshots: bool,
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl UnshareInput {
+    pub fn parse(raw: &Value) -> Result<Self> {
+        let input: UnshareInput = parse(raw)?;
+        check_image_id("imageId", &input.image_id)?;
+        input.receivers().check(None)?;
+        Ok(input)
+    }
+
+    pub fn receivers(&self) -> Receivers {
+        Receivers {
+            account_ids: self.account_ids.clone(),
+            organization_arns: self.organization_arns.clone(),
+            organizational_unit_arns: self.organizational_unit_arns.clone(),
+            public: self.public,
+        }
+    }
+}
+
+/// The input of CopyImage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyInput {
+    pub source_image_id: String,
+    pub source_region: String,
+    pub target_account_id: String,
+    pub target_role_arn: String,
+    pub external_id: String,
+    pub target_kms_key_id: String,
+    pub name: String,
+    #[serde(default = "yes")]
+    pub copy_tags: bool,
+    #[serde(default)]
+    pub keep_sharing: bool,
+}
+
+impl CopyInput {
+    pub fn parse(raw: &Value, region: &str) -> Result<Self> {
+        let input: CopyInput = parse(raw)?;
+        check_image_id("sourceImageId", &input.source_image_id)?;
+        if input.source_region != region {
+            return Err(Error::invalid(
+                "sourceRegion",
+                format!("{} is not the region this stack runs in ({region}); deploy amiflow in the source region", input.source_region),
+            ));
+        }
+        let account = &input.target_account_id;
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid(
+                "targetAccountId",
+                format!("{account:?} is not a 12-digit AWS account id"),
+            ));
+        }
+        let role_account = input
+            .target_role_arn
+            .strip_prefix("arn:aws:iam::")
+            .and_then(|rest| rest.split_once(":role/"))
+            .filter(|(acct, name)| acct.len() == 12 && !name.is_empty())
+            .map(|(acct, _)| acct);
+        match role_account {
+            None => {
+                return Err(Error::invalid(
+                    "targetRoleArn",
+                    format!(
+                        "{:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)",
+                        input.target_role_arn
+                    ),
+                ))
+            }
+            Some(acct) if acct != account => {
+                return Err(Error::invalid(
+                    "targetRoleArn",
+                    format!("the role is in {acct}, not in targetAccountId {account}"),
+                ))
+            }
+            _ => {}
+        }
+        if input.external_id.len() < 2 || input.external_id.len() > 1224 {
+            return Err(Error::invalid("externalId", "must be 2 to 1224 characters"));
+        }
+        if !is_kms_key_ref(&input.target_kms_key_id) {
+            return Err(Error::invalid(
+                "targetKmsKeyId",
+                format!(
+                    "{:?} is not a KMS key id, key ARN or alias",
+                    input.target_kms_key_id
+                ),
+            ));
+        }
+        if let Some(key_account) = input
+            .target_kms_key_id
+            .strip_prefix("arn:aws:kms:")
+            .and_then(|r| r.split(':').nth(1))
+        {
+            if key_account != account {
+                return Err(Error::invalid("targetKmsKeyId", format!("the key is in {key_account}; the copy must be encrypted with a key of {account}")));
+            }
+        }
+        let name_ok = (3..=128).contains(&input.name.len())
+            && input
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c));
+        if !name_ok {
+            return Err(Error::invalid(
+                "name",
+                "3 to 128 letters, digits, spaces or ( ) [ ] . / - ' @ _",
+            ));
+        }
+        Ok(input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field(r: Result<impl std::fmt::Debug>) -> String {
+        match r {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    const ORG: &str = "arn:aws:organizations::123456789012:organization/o-abcdef1234";
+    const OU: &str = "arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-cdef5678";
+
+    #[test]
+    fn a_full_share_input_parses() {
+        let input = ShareInput::parse(&json!({
+            "imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"], "organizationArns": [ORG],
+            "organizationalUnitArns": [OU], "shareSnapshots": true, "public": false, "reencryptKmsKeyId": null
+        }))
+        .unwrap();
+        let r = input.receivers();
+        assert_eq!(r.count(), 3);
+        assert_eq!(r.organization_ids(), ["o-abcdef1234"]);
+        assert_eq!(r.ou_paths(), ["o-abcdef1234/*/ou-ab12-cdef5678/*"]);
+        assert!(input.share_snapshots);
+    }
+
+    #[test]
+    fn share_refusals_name_the_field() {
+        let base = |extra: Value| {
+            let mut v = json!({"imageId": "ami-0123456789abcdef0"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            ShareInput::parse(&v)
+        };
+        assert_eq!(
+            field(base(json!({"accountIds": ["12345678901"]}))),
+            "accountIds[0]"
+        );
+        assert_eq!(
+            field(base(
+                json!({"accountIds": ["210987654321", "1234567890123"]})
+            )),
+            "accountIds[1]"
+        );
+        assert_eq!(field(base(json!({}))), "accountIds");
+        assert_eq!(
+            field(base(json!({"organizationArns": ["o-abcdef1234"]}))),
+            "organizationArns[0]"
+        );
+        assert_eq!(
+            field(base(json!({"organizationalUnitArns": [ORG]}))),
+            "organizationalUnitArns[0]"
+        );
+        assert_eq!(field(base(json!({"public": "yes"}))), "public");
+        assert_eq!(
+            field(base(
+                json!({"accountIds": ["210987654321"], "reencryptKmsKeyId": "my key"})
+            )),
+            "reencryptKmsKeyId"
+        );
+        assert_eq!(
+            field(base(json!({"accountIds": ["210987654321"], "colour": 1}))),
+            "colour"
+        );
+        let many: Vec<String> = (0..1001)
+            .map(|i| format!("{:012}", 100000000000u64 + i))
+            .collect();
+        assert_eq!(field(base(json!({"accountIds": many}))), "accountIds");
+        assert_eq!(
+            field(ShareInput::parse(
+                &json!({"imageId": "img-1", "public": true})
+            )),
+            "imageId"
+        );
+    }
+
+    #[test]
+    fn the_owner_cannot_be_a_receiver() {
+        let input = ShareInput::parse(
+            &json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["123456789012"]}),
+        )
+        .unwrap();
+        assert_eq!(field(input.receivers_for("123456789012")), "accountIds[0]");
+    }
+
+    #[test]
+    fn copy_input_checks() {
+        let good = json!({
+            "sourceImageId": "ami-0123456789abcdef0", "sourceRegion": "us-east-1", "targetAccountId": "210987654321",
+            "targetRoleArn": "arn:aws:iam::210987654321:role/amiflow-copy", "externalId": "amiflow-ext",
+            "targetKmsKeyId": "arn:aws:kms:us-east-1:210987654321:key/11111111-2222-3333-4444-555555555555",
+            "name": "web copy", "copyTags": true, "keepSharing": false
+        });
+        assert!(CopyInput::parse(&good, "us-east-1").is_ok());
+        let with = |k: &str, v: Value| {
+            let mut x = good.clone();
+            x[k] = v;
+            CopyInput::parse(&x, "us-east-1")
+        };
+        assert_eq!(
+            field(with("targetAccountId", json!("2109876543"))),
+            "targetAccountId"
+        );
+        assert_eq!(
+            field(with(
+                "targetRoleArn",
+                json!("arn:aws:iam::210987654321:user/bob")
+            )),
+            "targetRoleArn"
+        );
+        assert_eq!(
+            field(with(
+                "targetRoleArn",
+                json!("arn:aws:iam::333333333333:role/x")
+            )),
+            "targetRoleArn"
+        );
+        assert_eq!(
+            field(with(
+                "targetKmsKeyId",
+                json!(
+                    "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+                )
+            )),
+            "targetKmsKeyId"
+        );
+        assert_eq!(
+            field(with("sourceRegion", json!("eu-west-1"))),
+            "sourceRegion"
+        );
+        assert_eq!(field(with("name", json!("x"))), "name");
+        assert_eq!(field(with("externalId", json!(""))), "externalId");
+    }
+
+    #[test]
+    fn arn_shapes() {
+        assert!(is_organization_arn(ORG) && !is_organization_arn(OU));
+        assert!(is_ou_arn(OU) && !is_ou_arn(ORG));
+        assert!(
+            is_kms_key_ref("alias/ops") && is_kms_key_ref("11111111-2222-3333-4444-555555555555")
+        );
+        assert!(!is_kms_key_ref("ops"));
+    }
+}

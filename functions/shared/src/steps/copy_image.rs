@@ -1,0 +1,307 @@
+//! copy-image: runs in the target account through a role there (assumed with an external id) and
+//! copies the shared image into it, re-encrypted with the target's own key; re-applies the
+//! source's tags there (tags are not copied across accounts); and, on rollback, removes the copy.
+
+use aws_sdk_ec2::types::ResourceType;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{aws, Error, Result};
+use crate::receivers::CopyInput;
+use crate::steps::cleanup::remove_image;
+use crate::steps::launch::client_token;
+use crate::steps::share_image::SharePlan;
+use crate::tags::{self, Tag};
+
+/// The source image's id, as a tag on the copy.
+pub const SOURCE_IMAGE: &str = "amiflow:source-image";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyRequest {
+    pub execution: String,
+    pub input: Value,
+    pub plan: SharePlan,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagRequest {
+    pub execution: String,
+    pub input: Value,
+    pub plan: SharePlan,
+    pub copy: CopyOutput,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveRequest {
+    pub execution: String,
+    pub input: Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum CopyImageRequest {
+    Copy(Box<CopyRequest>),
+    Tag(Box<TagRequest>),
+    Remove(RemoveRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyOutput {
+    pub target_image_id: String,
+    pub owner_account_id: String,
+    pub kms_key_id: String,
+    /// For wait-image's polling fallback, which looks at the copy through the same role.
+    pub role_arn: String,
+    pub external_id: String,
+}
+
+impl CopyImageRequest {
+    /// The workflow input, for the role to act through.
+    pub fn input(&self) -> Result<CopyInput> {
+        let (raw, region) = match self {
+            CopyImageRequest::Copy(r) => (&r.input, r.input["sourceRegion"].as_str()),
+            CopyImageRequest::Tag(r) => (&r.input, r.input["sourceRegion"].as_str()),
+            CopyImageRequest::Remove(r) => (&r.input, r.input["sourceRegion"].as_str()),
+        };
+        CopyInput::parse(raw, region.unwrap_or_default())
+    }
+
+    pub fn execution(&self) -> &str {
+        match self {
+            CopyImageRequest::Copy(r) => &r.execution,
+            CopyImageRequest::Tag(r) => &r.execution,
+            CopyImageRequest::Remove(r) => &r.execution,
+        }
+    }
+}
+
+/// A call that fails because the role could not be assumed says so, by name.
+pub fn role_error(input: &CopyInput) -> impl Fn(Error) -> Error + '_ {
+    move |e| {
+        let text = e.to_string();
+        let about_role = ["AssumeRole", "credential", "Credential"]
+            .iter()
+            .any(|w| text.contains(w));
+        if about_role {
+            Error::RoleNotAssumable(format!(
+                "targetRoleArn: {} could not be assumed with the given externalId: {text}",
+                input.target_role_arn
+            ))
+        } else {
+            e
+        }
+    }
+}
+
+/// The tags the copy gets: the source's own (when asked) and amiflow's. Pure.
+pub fn copy_tags(input: &CopyInput, plan: &SharePlan, execution: &str) -> Vec<Tag> {
+    let own = [
+        Tag::new(tags::EXECUTION, execution),
+        Tag::new(SOURCE_IMAGE, &plan.image_id),
+    ];
+    let source: &[Tag] = if input.copy_tags { &plan.tags } else { &[] };
+    tags::carried_with(source, &own)
+}
+
+pub async fn copy(
+    target: &aws_sdk_ec2::Client,
+    input: &CopyInput,
+    request: &CopyRequest,
+) -> Result<CopyOutput> {
+    let execution = request.execution.as_str();
+    let own = [
+        Tag::new(tags::EXECUTION, execution),
+        Tag::new(SOURCE_IMAGE, &request.plan.image_id),
+    ];
+    let copied = target
+        .copy_image()
+        .source_image_id(&request.plan.image_id)
+        .source_region(&input.source_region)
+        .name(&input.name)
+        .description(format!(
+            "amiflow: copy of {} from {}",
+            request.plan.image_id, request.plan.owner_account
+        ))
+        .encrypted(true)
+        .kms_key_id(&input.target_kms_key_id)
+        .client_token(client_token(execution, "copy"))
+        .tag_specifications(tags::spec(ResourceType::Image, &own))
+        .send()
+        .await
+        .map_err(aws("CopyImage"))
+        .map_err(role_error(input))?;
+    let image_id = copied.image_id().unwrap_or_default().to_string();
+    tracing::info!(source = %request.plan.image_id, target_image_id = %image_id, account = %input.target_account_id, execution, "copy started in the target account");
+    Ok(CopyOutput {
+        target_image_id: image_id,
+        owner_account_id: input.target_account_id.clone(),
+        kms_key_id: input.target_kms_key_id.clone(),
+        role_arn: input.target_role_arn.clone(),
+        external_id: input.external_id.clone(),
+    })
+}
+
+pub async fn tag(
+    target: &aws_sdk_ec2::Client,
+    input: &CopyInput,
+    request: &TagRequest,
+) -> Result<CopyOutput> {
+    let image_id = &request.copy.target_image_id;
+    let described = target
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))
+        .map_err(role_error(input))?;
+    let image = described.images().first().ok_or_else(|| {
+        Error::ImageNotFound(format!(
+            "DescribeImages: the copy {image_id} is not visible"
+        ))
+    })?;
+    let mut resources = vec![image_id.clone()];
+    resources.extend(
+        image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string)),
+    );
+    let key = image
+        .block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs()?.kms_key_id().map(str::to_string))
+        .unwrap_or_else(|| request.copy.kms_key_id.clone());
+    let tags = copy_tags(input, &request.plan, &request.execution);
+    target
+        .create_tags()
+        .set_resources(Some(resources))
+        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+        .send()
+        .await
+        .map_err(aws("CreateTags"))
+        .map_err(role_error(input))?;
+    Ok(CopyOutput {
+        kms_key_id: key,
+        ..request.copy.clone()
+    })
+}
+
+/// Rollback in the target account: every image this execution made there, and its snapshots.
+pub async fn remove(
+    target: &aws_sdk_ec2::Client,
+    input: &CopyInput,
+    execution: &str,
+) -> Result<Vec<String>> {
+    let found = target
+        .describe_images()
+        .owners("self")
+        .filters(tags::execution_filter(execution))
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))
+        .map_err(role_error(input))?;
+    let mut removed = Vec::new();
+    for image in found.images() {
+        if let Some(id) = image.image_id() {
+            remove_image(target, id).await?;
+            removed.push(id.to_string());
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receivers::Receivers;
+    use serde_json::json;
+
+    fn input(copy_tags: bool) -> CopyInput {
+        CopyInput::parse(
+            &json!({
+                "sourceImageId": "ami-0123456789abcdef0", "sourceRegion": "us-east-1", "targetAccountId": "210987654321",
+                "targetRoleArn": "arn:aws:iam::210987654321:role/amiflow-copy", "externalId": "ext-1",
+                "targetKmsKeyId": "alias/amiflow", "name": "web copy", "copyTags": copy_tags
+            }),
+            "us-east-1",
+        )
+        .unwrap()
+    }
+
+    fn plan() -> SharePlan {
+        SharePlan {
+            image_id: "ami-0123456789abcdef0".into(),
+            source_image_id: "ami-0123456789abcdef0".into(),
+            owner_account: "123456789012".into(),
+            reencrypted: false,
+            image_state: "available".into(),
+            snapshot_ids: vec![],
+            kms_key_ids: vec![],
+            receivers: Receivers::default(),
+            share_snapshots: true,
+            tags: vec![Tag::new("app", "web"), Tag::new("amiflow:share-with", "x")],
+            event_wait_seconds: 5,
+        }
+    }
+
+    #[test]
+    fn the_copy_carries_the_source_tags_only_when_asked() {
+        let with = copy_tags(&input(true), &plan(), "run-1");
+        assert_eq!(
+            with,
+            [
+                Tag::new("app", "web"),
+                Tag::new(tags::EXECUTION, "run-1"),
+                Tag::new(SOURCE_IMAGE, "ami-0123456789abcdef0")
+            ]
+        );
+        assert_eq!(copy_tags(&input(false), &plan(), "run-1").len(), 2);
+    }
+
+    #[test]
+    fn credential_failures_name_the_role() {
+        let e = role_error(&input(true))(Error::ServiceUnavailable(
+            "CopyImage: dispatch failure: failed to load credentials: AssumeRole AccessDenied"
+                .into(),
+        ));
+        assert_eq!(e.name(), "RoleNotAssumable");
+        assert!(e
+            .to_string()
+            .starts_with("targetRoleArn: arn:aws:iam::210987654321:role/amiflow-copy"));
+        assert_eq!(
+            role_error(&input(true))(Error::Throttled("x".into())).name(),
+            "Throttled"
+        );
+    }
+}
+
+/// What copy-image answers, by action.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum CopyImageOutput {
+    Copy(CopyOutput),
+    Removed { removed_image_ids: Vec<String> },
+}
+
+/// Acts in the target account through the input's role.
+pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyImageOutput> {
+    let input = request.input()?;
+    let target = deps
+        .ec2_as(
+            &input.target_role_arn,
+            &input.external_id,
+            request.execution(),
+        )
+        .await;
+    Ok(match &request {
+        CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, &input, r).await?),
+        CopyImageRequest::Tag(r) => CopyImageOutput::Copy(tag(&target, &input, r).await?),
+        CopyImageRequest::Remove(r) => CopyImageOutput::Removed {
+            removed_image_ids: remove(&target, &input, &r.execution).await?,
+        },
+    })
+}

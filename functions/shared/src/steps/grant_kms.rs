@@ -1,0 +1,623 @@
+//! grant-kms: gives the receivers of an image the use of the KMS keys behind its snapshots, and
+//! takes it back.
+//!
+//! Accounts get grants (CreateGrant) with the operations EC2 needs to launch from and copy the
+//! image, each named after the image and the account, so that a second call finds it instead of
+//! adding another. Organizations and OUs get a statement in the key policy, with
+//! `aws:PrincipalOrgID` or `aws:PrincipalOrgPaths` conditions; the merge keeps every other
+//! statement and can be undone.
+
+use aws_sdk_kms::types::{GrantOperation, KeyManagerType};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{aws, Error, Result};
+use crate::receivers::Receivers;
+
+/// What EC2 needs of a key, on a receiver's behalf, to launch from and copy the image.
+pub const GRANT_OPERATIONS: [&str; 5] = [
+    "DescribeKey",
+    "Decrypt",
+    "ReEncryptFrom",
+    "CreateGrant",
+    "GenerateDataKeyWithoutPlaintext",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysRequest {
+    pub execution: String,
+    pub image_id: String,
+    /// The account that owns the image (and must own the keys).
+    pub owner_account: String,
+    pub kms_key_ids: Vec<String>,
+    pub receivers: Receivers,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum GrantKmsRequest {
+    Grant(KeysRequest),
+    Revoke(KeysRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRecord {
+    pub account_id: String,
+    pub grant_id: String,
+    pub name: String,
+}
+
+/// What one key now allows (grant) or no longer allows (revoke).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAccess {
+    pub kms_key_id: String,
+    pub grants: Vec<GrantRecord>,
+    pub key_policy_statements: Vec<String>,
+}
+
+pub fn grant_name(image_id: &str, account: &str) -> String {
+    format!("amiflow-{image_id}-{account}")
+}
+
+fn sid(kind: &str, image_id: &str) -> String {
+    let suffix: String = image_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("Amiflow{kind}{suffix}")
+}
+
+/// The key-policy statements that let an image's organization and OU receivers use a key.
+pub fn org_statements(image_id: &str, receivers: &Receivers) -> Vec<Value> {
+    let actions: Vec<String> = GRANT_OPERATIONS
+        .iter()
+        .map(|o| format!("kms:{o}"))
+        .collect();
+    let mut out = Vec::new();
+    let orgs = receivers.organization_ids();
+    if !orgs.is_empty() {
+        out.push(json!({
+            "Sid": sid("Orgs", image_id), "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*",
+            "Condition": {"StringEquals": {"aws:PrincipalOrgID": orgs}}
+        }));
+    }
+    let paths = receivers.ou_paths();
+    if !paths.is_empty() {
+        out.push(json!({
+            "Sid": sid("Ous", image_id), "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*",
+            "Condition": {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": paths}}
+        }));
+    }
+    out
+}
+
+fn statements_of(policy: &Value) -> Vec<Value> {
+    match policy.get("Statement") {
+        Some(Value::Array(list)) => list.clone(),
+        Some(one @ Value::Object(_)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn parse_policy(policy: &str) -> Result<Value> {
+    serde_json::from_str(policy)
+        .map_err(|e| Error::AwsApi(format!("GetKeyPolicy: the key policy is not JSON: {e}")))
+}
+
+/// Adds the receivers to amiflow's statements for the image (creating them as needed), keeping
+/// every other statement as it was. Pure and idempotent.
+pub fn merge_policy(policy: &str, image_id: &str, receivers: &Receivers) -> Result<String> {
+    let mut document = parse_policy(policy)?;
+    let mut statements = statements_of(&document);
+    for wanted in org_statements(image_id, receivers) {
+        let sid = wanted["Sid"].clone();
+        match statements.iter_mut().find(|s| s["Sid"] == sid) {
+            Some(existing) => {
+                let (op, key) = condition_key(&wanted);
+                let mut values: Vec<Value> = condition_values(existing, op, key);
+                for v in condition_values(&wanted, op, key) {
+                    if !values.contains(&v) {
+                        values.push(v);
+                    }
+                }
+                existing["Condition"][op][key] = Value::Array(values);
+            }
+            None => statements.push(wanted),
+        }
+    }
+    document["Statement"] = Value::Array(statements);
+    Ok(serde_json::to_string(&document).unwrap_or_default())
+}
+
+/// Takes the receivers out of amiflow's statements for the image, dropping a statement left
+/// with no receiver; every other statement stays. Pure.
+pub fn strip_policy(
+    policy: &str,
+    image_id: &str,
+    receivers: &Receivers,
+) -> Result<(String, Vec<String>)> {
+    let mut document = parse_policy(policy)?;
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for mut statement in statements_of(&document) {
+        let ours = org_statements(image_id, receivers)
+            .into_iter()
+            .find(|w| w["Sid"] == statement["Sid"]);
+        if let Some(wanted) = ours {
+            let (op, key) = condition_key(&wanted);
+            let gone = condition_values(&wanted, op, key);
+            let left: Vec<Value> = condition_values(&statement, op, key)
+                .into_iter()
+                .filter(|v| !gone.contains(v))
+                .collect();
+            removed.push(statement["Sid"].as_str().unwrap_or_default().to_string());
+            if left.is_empty() {
+                continue;
+            }
+            statement["Condition"][op][key] = Value::Array(left);
+        }
+        kept.push(statement);
+    }
+    document["Statement"] = Value::Array(kept);
+    Ok((
+        serde_json::to_string(&document).unwrap_or_default(),
+        removed,
+    ))
+}
+
+fn condition_key(statement: &Value) -> (&'static str, &'static str) {
+    if statement["Condition"].get("StringEquals").is_some() {
+        ("StringEquals", "aws:PrincipalOrgID")
+    } else {
+        ("ForAnyValue:StringLike", "aws:PrincipalOrgPaths")
+    }
+}
+
+fn condition_values(statement: &Value, op: &str, key: &str) -> Vec<Value> {
+    match &statement["Condition"][op][key] {
+        Value::Array(list) => list.clone(),
+        Value::Null => Vec::new(),
+        one => vec![one.clone()],
+    }
+}
+
+/// The key's ARN, refusing keys this account cannot share.
+async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Result<String> {
+    let described = kms
+        .describe_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(aws("DescribeKey"))?;
+    let meta = described
+        .key_metadata()
+        .ok_or_else(|| Error::AwsApi(format!("DescribeKey: no metadata for {key_id}")))?;
+    if meta.key_manager() == Some(&KeyManagerType::Aws) {
+        return Err(Error::KeyNotManageable(format!(
+            "{key_id} is an AWS managed key; AWS managed keys cannot be shared with other accounts (re-encrypt with a customer managed key)"
+        )));
+    }
+    if meta.aws_account_id() != Some(owner) {
+        return Err(Error::KeyNotManageable(format!(
+            "{key_id} belongs to {}, not to the image's account {owner}; its grants and policy are not amiflow's to change",
+            meta.aws_account_id().unwrap_or("another account")
+        )));
+    }
+    Ok(meta.arn().unwrap_or(key_id).to_string())
+}
+
+async fn existing_grants(kms: &aws_sdk_kms::Client, key: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = kms
+            .list_grants()
+            .key_id(key)
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(aws("ListGrants"))?;
+        for g in page.grants() {
+            if let (Some(id), Some(name)) = (g.grant_id(), g.name()) {
+                out.push((name.to_string(), id.to_string()));
+            }
+        }
+        match page.next_marker() {
+            Some(m) if page.truncated() => marker = Some(m.to_string()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+async fn policy_of(kms: &aws_sdk_kms::Client, key: &str) -> Result<String> {
+    let got = kms
+        .get_key_policy()
+        .key_id(key)
+        .policy_name("default")
+        .send()
+        .await
+        .map_err(aws("GetKeyPolicy"))?;
+    Ok(got
+        .policy()
+        .unwrap_or(r#"{"Version":"2012-10-17","Statement":[]}"#)
+        .to_string())
+}
+
+async fn put_policy(kms: &aws_sdk_kms::Client, key: &str, policy: String) -> Result<()> {
+    kms.put_key_policy()
+        .key_id(key)
+        .policy_name("default")
+        .policy(policy)
+        .send()
+        .await
+        .map_err(aws("PutKeyPolicy"))?;
+    Ok(())
+}
+
+pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<Vec<KeyAccess>> {
+    let receivers = &request.receivers;
+    let mut out = Vec::new();
+    for key_id in &request.kms_key_ids {
+        let key = manageable(kms, key_id, &request.owner_account).await?;
+        let existing = existing_grants(kms, &key).await?;
+        let mut grants = Vec::new();
+        for account in &receivers.account_ids {
+            let name = grant_name(&request.image_id, account);
+            let grant_id = match existing.iter().find(|(n, _)| *n == name) {
+                Some((_, id)) => id.clone(),
+                None => kms
+                    .create_grant()
+                    .key_id(&key)
+                    .grantee_principal(format!("arn:aws:iam::{account}:root"))
+                    .set_operations(Some(
+                        GRANT_OPERATIONS
+                            .iter()
+                            .map(|o| GrantOperation::from(*o))
+                            .collect(),
+                    ))
+                    .name(&name)
+                    .send()
+                    .await
+                    .map_err(aws("CreateGrant"))?
+                    .grant_id()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            tracing::info!(kms_key_id = %key, account, grant_id = %grant_id, execution = %request.execution, "key granted");
+            grants.push(GrantRecord {
+                account_id: account.clone(),
+                grant_id,
+                name,
+            });
+        }
+        let statements: Vec<String> = org_statements(&request.image_id, receivers)
+            .iter()
+            .filter_map(|s| s["Sid"].as_str().map(str::to_string))
+            .collect();
+        if !statements.is_empty() {
+            let merged = merge_policy(&policy_of(kms, &key).await?, &request.image_id, receivers)?;
+            put_policy(kms, &key, merged).await?;
+            tracing::info!(kms_key_id = %key, statements = ?statements, "key policy statements merged");
+        }
+        out.push(KeyAccess {
+            kms_key_id: key,
+            grants,
+            key_policy_statements: statements,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<Vec<KeyAccess>> {
+    let receivers = &request.receivers;
+    let mut out = Vec::new();
+    for key_id in &request.kms_key_ids {
+        let key = manageable(kms, key_id, &request.owner_account).await?;
+        let existing = existing_grants(kms, &key).await?;
+        let mut grants = Vec::new();
+        for account in &receivers.account_ids {
+            let name = grant_name(&request.image_id, account);
+            for (_, grant_id) in existing.iter().filter(|(n, _)| *n == name) {
+                kms.revoke_grant()
+                    .key_id(&key)
+                    .grant_id(grant_id)
+                    .send()
+                    .await
+                    .map_err(aws("RevokeGrant"))?;
+                grants.push(GrantRecord {
+                    account_id: account.clone(),
+                    grant_id: grant_id.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+        let mut statements = Vec::new();
+        if !org_statements(&request.image_id, receivers).is_empty() {
+            let (stripped, removed) =
+                strip_policy(&policy_of(kms, &key).await?, &request.image_id, receivers)?;
+            if !removed.is_empty() {
+                put_policy(kms, &key, stripped).await?;
+            }
+            statements = removed;
+        }
+        tracing::info!(kms_key_id = %key, grants = grants.len(), statements = ?statements, "key access revoked");
+        out.push(KeyAccess {
+            kms_key_id: key,
+            grants,
+            key_policy_statements: statements,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn run(kms: &aws_sdk_kms::Client, request: GrantKmsRequest) -> Result<Vec<KeyAccess>> {
+    match request {
+        GrantKmsRequest::Grant(r) => grant(kms, &r).await,
+        GrantKmsRequest::Revoke(r) => revoke(kms, &r).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receivers() -> Receivers {
+        Receivers {
+            account_ids: vec!["210987654321".into()],
+            organization_arns: vec![
+                "arn:aws:organizations::123456789012:organization/o-abcdef1234".into(),
+            ],
+            organizational_unit_arns: vec![
+                "arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-cdef5678".into(),
+            ],
+            public: false,
+        }
+    }
+
+    const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"kms:*","Resource":"*"}]}"#;
+
+    #[test]
+    fn merge_adds_org_and_ou_statements_and_keeps_the_rest() {
+        let merged: Value =
+            serde_json::from_str(&merge_policy(POLICY, "ami-0abc", &receivers()).unwrap()).unwrap();
+        let statements = merged["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 3);
+        assert_eq!(statements[0]["Sid"], "Enable IAM User Permissions");
+        assert_eq!(
+            statements[1]["Condition"]["StringEquals"]["aws:PrincipalOrgID"],
+            json!(["o-abcdef1234"])
+        );
+        assert_eq!(
+            statements[2]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"],
+            json!(["o-abcdef1234/*/ou-ab12-cdef5678/*"])
+        );
+        assert_eq!(statements[1]["Action"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn merge_is_idempotent_and_adds_new_receivers_to_the_same_statement() {
+        let once = merge_policy(POLICY, "ami-0abc", &receivers()).unwrap();
+        assert_eq!(merge_policy(&once, "ami-0abc", &receivers()).unwrap(), once);
+        let mut more = receivers();
+        more.organizational_unit_arns
+            .push("arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-99998888".into());
+        let twice: Value =
+            serde_json::from_str(&merge_policy(&once, "ami-0abc", &more).unwrap()).unwrap();
+        assert_eq!(
+            twice["Statement"][2]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(twice["Statement"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn strip_undoes_merge_exactly() {
+        let merged = merge_policy(POLICY, "ami-0abc", &receivers()).unwrap();
+        let (stripped, removed) = strip_policy(&merged, "ami-0abc", &receivers()).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&stripped).unwrap(),
+            serde_json::from_str::<Value>(POLICY).unwrap()
+        );
+        assert_eq!(removed, ["AmiflowOrgsami0abc", "AmiflowOusami0abc"]);
+        // Another image's statements are not touched.
+        let (other, removed) = strip_policy(&merged, "ami-0def", &receivers()).unwrap();
+        assert_eq!(other, merged);
+        assert!(removed.is_empty());
+    }
+
+    #[test]
+    fn grant_names_identify_image_and_account() {
+        assert_eq!(
+            grant_name("ami-0abc", "210987654321"),
+            "amiflow-ami-0abc-210987654321"
+        );
+    }
+}
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use aws_sdk_kms::operation::create_grant::CreateGrantOutput;
+    use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
+    use aws_sdk_kms::operation::get_key_policy::GetKeyPolicyOutput;
+    use aws_sdk_kms::operation::list_grants::ListGrantsOutput;
+    use aws_sdk_kms::operation::put_key_policy::PutKeyPolicyOutput;
+    use aws_sdk_kms::operation::revoke_grant::RevokeGrantOutput;
+    use aws_sdk_kms::types::{GrantListEntry, KeyMetadata};
+    use aws_sdk_kms::Client;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    const KEY: &str = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555";
+
+    fn describe(manager: KeyManagerType, account: &'static str) -> Rule {
+        mock!(Client::describe_key).then_output(move || {
+            DescribeKeyOutput::builder()
+                .key_metadata(
+                    KeyMetadata::builder()
+                        .key_id("k")
+                        .arn(KEY)
+                        .aws_account_id(account)
+                        .key_manager(manager.clone())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        })
+    }
+
+    fn request(receivers: Receivers) -> KeysRequest {
+        KeysRequest {
+            execution: "run-1".into(),
+            image_id: "ami-0abc".into(),
+            owner_account: "123456789012".into(),
+            kms_key_ids: vec![KEY.into()],
+            receivers,
+        }
+    }
+
+    fn accounts() -> Receivers {
+        Receivers {
+            account_ids: vec!["210987654321".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn grants_an_account_once_by_name() {
+        let list_empty =
+            mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build());
+        let create = mock!(Client::create_grant)
+            .match_requests(|r| {
+                r.name() == Some("amiflow-ami-0abc-210987654321")
+                    && r.operations().len() == 5
+                    && r.grantee_principal() == Some("arn:aws:iam::210987654321:root")
+            })
+            .then_output(|| CreateGrantOutput::builder().grant_id("g-1").build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            list_empty,
+            create,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let out = grant(&kms, &request(accounts())).await.unwrap();
+        assert_eq!(out[0].grants[0].grant_id, "g-1");
+        assert_eq!(rules[2].num_calls(), 1);
+
+        let listed = mock!(Client::list_grants).then_output(|| {
+            ListGrantsOutput::builder()
+                .grants(
+                    GrantListEntry::builder()
+                        .grant_id("g-1")
+                        .name("amiflow-ami-0abc-210987654321")
+                        .build(),
+                )
+                .build()
+        });
+        let create = mock!(Client::create_grant)
+            .then_output(|| CreateGrantOutput::builder().grant_id("g-2").build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            listed,
+            create,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let out = grant(&kms, &request(accounts())).await.unwrap();
+        assert_eq!(out[0].grants[0].grant_id, "g-1");
+        assert_eq!(
+            rules[2].num_calls(),
+            0,
+            "a second call finds the grant instead of adding one"
+        );
+    }
+
+    #[tokio::test]
+    async fn organizations_go_into_the_key_policy() {
+        let receivers = Receivers {
+            organization_arns: vec![
+                "arn:aws:organizations::123456789012:organization/o-abcdef1234".into(),
+            ],
+            ..Default::default()
+        };
+        let get = mock!(Client::get_key_policy).then_output(|| {
+            GetKeyPolicyOutput::builder()
+                .policy(r#"{"Version":"2012-10-17","Statement":[]}"#)
+                .build()
+        });
+        let put = mock!(Client::put_key_policy)
+            .match_requests(|r| {
+                r.policy()
+                    .is_some_and(|p| p.contains("aws:PrincipalOrgID") && p.contains("o-abcdef1234"))
+            })
+            .then_output(|| PutKeyPolicyOutput::builder().build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build()),
+            get,
+            put,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let out = grant(&kms, &request(receivers)).await.unwrap();
+        assert_eq!(out[0].key_policy_statements, ["AmiflowOrgsami0abc"]);
+        assert_eq!(rules[3].num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_aws_managed_keys_and_other_accounts_keys() {
+        let kms = mock_client!(
+            aws_sdk_kms,
+            RuleMode::MatchAny,
+            [&describe(KeyManagerType::Aws, "123456789012")]
+        );
+        let e = grant(&kms, &request(accounts())).await.unwrap_err();
+        assert_eq!(e.name(), "KeyNotManageable");
+        assert!(e.to_string().contains("AWS managed"), "{e}");
+        let kms = mock_client!(
+            aws_sdk_kms,
+            RuleMode::MatchAny,
+            [&describe(KeyManagerType::Customer, "999999999999")]
+        );
+        assert!(grant(&kms, &request(accounts()))
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("999999999999"));
+    }
+
+    #[tokio::test]
+    async fn revoke_removes_only_amiflows_grants_for_those_accounts() {
+        let listed = mock!(Client::list_grants).then_output(|| {
+            ListGrantsOutput::builder()
+                .grants(
+                    GrantListEntry::builder()
+                        .grant_id("g-1")
+                        .name("amiflow-ami-0abc-210987654321")
+                        .build(),
+                )
+                .grants(
+                    GrantListEntry::builder()
+                        .grant_id("g-other")
+                        .name("someone-elses")
+                        .build(),
+                )
+                .build()
+        });
+        let revoke_rule = mock!(Client::revoke_grant)
+            .match_requests(|r| r.grant_id() == Some("g-1"))
+            .then_output(|| RevokeGrantOutput::builder().build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            listed,
+            revoke_rule,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let out = revoke(&kms, &request(accounts())).await.unwrap();
+        assert_eq!(out[0].grants.len(), 1);
+        assert_eq!(rules[2].num_calls(), 1);
+    }
+}

@@ -1,0 +1,536 @@
+//! share-image: plans a share (checks, the image's snapshots and keys, re-encryption of an image
+//! under an AWS managed key), then adds or removes launch and createVolumePermission permissions.
+
+use aws_sdk_ec2::types::{
+    Filter, LaunchPermission, LaunchPermissionModifications, OperationType, ResourceType,
+    SnapshotAttributeName,
+};
+use aws_sdk_kms::types::KeyManagerType;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{aws, Error, Result};
+use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
+use crate::settings::Settings;
+use crate::steps::cleanup::remove_image;
+use crate::steps::launch::client_token;
+use crate::tags::{self, Tag};
+
+/// What a share, an unshare or a copy works on, found before anything changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharePlan {
+    /// The image the receivers get: the one given, or its re-encrypted copy.
+    pub image_id: String,
+    pub source_image_id: String,
+    pub owner_account: String,
+    /// True when the image was under an AWS managed key and a copy under `reencryptKmsKeyId` is shared.
+    pub reencrypted: bool,
+    /// `pending` while that copy is being made; the workflow waits, then plans again.
+    pub image_state: String,
+    pub snapshot_ids: Vec<String>,
+    /// The customer managed keys behind the snapshots, which the receivers must be able to use.
+    pub kms_key_ids: Vec<String>,
+    pub receivers: Receivers,
+    pub share_snapshots: bool,
+    /// The image's own tags (not `aws:`), for a copy in another account.
+    pub tags: Vec<Tag>,
+    /// How long the workflow waits for an AMI event before it polls instead.
+    pub event_wait_seconds: u64,
+}
+
+/// What was added (share) or removed (unshare), so that it can be undone exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRecord {
+    pub image_id: String,
+    pub launch_permissions: Vec<Value>,
+    pub snapshot_permissions: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrepareRequest {
+    pub execution: String,
+    pub input: Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRequest {
+    pub execution: String,
+    pub plan: SharePlan,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum ShareImageRequest {
+    PrepareShare(PrepareRequest),
+    PrepareUnshare(PrepareRequest),
+    PrepareCopy(PrepareRequest),
+    Share(PlanRequest),
+    Unshare(PlanRequest),
+    /// Rollback: removes the re-encrypted copy this execution made, if any.
+    RemoveCopy(PrepareRequest),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ShareImageOutput {
+    Plan(Box<SharePlan>),
+    Permissions(PermissionRecord),
+    Removed { removed_image_ids: Vec<String> },
+}
+
+struct ImageFacts {
+    owner: String,
+    state: String,
+    snapshot_ids: Vec<String>,
+    product_codes: usize,
+    tags: Vec<Tag>,
+}
+
+/// The image, which must be this account's own.
+async fn own_image(ec2: &aws_sdk_ec2::Client, field: &str, image_id: &str) -> Result<ImageFacts> {
+    let owned = ec2
+        .describe_images()
+        .owners("self")
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(aws("DescribeImages"));
+    let image = match owned {
+        Ok(found) => found.images().first().cloned(),
+        Err(Error::ImageNotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let Some(image) = image else {
+        let visible = ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(aws("DescribeImages"));
+        return match visible {
+            Ok(found) if !found.images().is_empty() => Err(Error::ImageNotOwned(format!(
+                "{field}: {image_id} belongs to {}; only its owner can share or copy it out",
+                found.images()[0].owner_id().unwrap_or("another account")
+            ))),
+            Ok(_) | Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(format!(
+                "{field}: {image_id} does not exist"
+            ))),
+            Err(e) => Err(e),
+        };
+    };
+    Ok(ImageFacts {
+        owner: image.owner_id().unwrap_or_default().to_string(),
+        state: image
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        snapshot_ids: image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
+            .collect(),
+        product_codes: image.product_codes().len(),
+        tags: tags::from_sdk(image.tags())
+            .into_iter()
+            .filter(|t| !t.key.starts_with("aws:"))
+            .collect(),
+    })
+}
+
+/// The encryption keys behind the snapshots: (customer managed, AWS managed).
+async fn keys_of(
+    ec2: &aws_sdk_ec2::Client,
+    kms: &aws_sdk_kms::Client,
+    snapshots: &[String],
+) -> Result<(Vec<String>, Vec<String>)> {
+    if snapshots.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let described = ec2
+        .describe_snapshots()
+        .set_snapshot_ids(Some(snapshots.to_vec()))
+        .send()
+        .await
+        .map_err(aws("DescribeSnapshots"))?;
+    let mut keys: Vec<String> = described
+        .snapshots()
+        .iter()
+        .filter(|s| s.encrypted().unwrap_or(false))
+        .filter_map(|s| s.kms_key_id().map(str::to_string))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let (mut customer, mut managed) = (Vec::new(), Vec::new());
+    for key in keys {
+        let meta = kms
+            .describe_key()
+            .key_id(&key)
+            .send()
+            .await
+            .map_err(aws("DescribeKey"))?;
+        let arn = meta
+            .key_metadata()
+            .and_then(|m| m.arn())
+            .unwrap_or(&key)
+            .to_string();
+        if meta.key_metadata().and_then(|m| m.key_manager()) == Some(&KeyManagerType::Aws) {
+            managed.push(arn);
+        } else {
+            customer.push(arn);
+        }
+    }
+    Ok((customer, managed))
+}
+
+/// The re-encrypted copy this execution already made, if any.
+async fn own_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<String>> {
+    let found = ec2
+        .describe_images()
+        .owners("self")
+        .filters(tags::execution_filter(execution))
+        .filters(
+            Filter::builder()
+                .name("tag:amiflow:purpose")
+                .values("reencrypted-share")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))?;
+    Ok(found
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_string)))
+}
+
+pub async fn prepare_share(
+    ec2: &aws_sdk_ec2::Client,
+    kms: &aws_sdk_kms::Client,
+    settings: &Settings,
+    region: &str,
+    request: PrepareRequest,
+) -> Result<SharePlan> {
+    let input = ShareInput::parse(&request.input)?;
+    let source = own_image(ec2, "imageId", &input.image_id).await?;
+    let receivers = input.receivers_for(&source.owner)?;
+    let (customer, managed) = keys_of(ec2, kms, &source.snapshot_ids).await?;
+    let encrypted = !customer.is_empty() || !managed.is_empty();
+    if input.public && encrypted {
+        return Err(Error::EncryptedImageNotPublic(format!(
+            "public: {} is encrypted; encrypted images cannot be made public (share with accounts, organizations or OUs)",
+            input.image_id
+        )));
+    }
+    let plan = |image_id: String,
+                state: String,
+                snapshots: Vec<String>,
+                keys: Vec<String>,
+                reencrypted: bool| SharePlan {
+        image_id,
+        source_image_id: input.image_id.clone(),
+        owner_account: source.owner.clone(),
+        reencrypted,
+        image_state: state,
+        snapshot_ids: snapshots,
+        kms_key_ids: keys,
+        receivers: receivers.clone(),
+        share_snapshots: input.share_snapshots,
+        tags: source.tags.clone(),
+        event_wait_seconds: settings.event_wait_seconds,
+    };
+    if managed.is_empty() {
+        return Ok(plan(
+            input.image_id.clone(),
+            source.state.clone(),
+            source.snapshot_ids.clone(),
+            customer,
+            false,
+        ));
+    }
+    let Some(key) = &input.reencrypt_kms_key_id else {
+        return Err(Error::ManagedKeyNeedsReencryption(format!(
+            "reencryptKmsKeyId: {} is encrypted with the AWS managed key {}, which other accounts can never use; give a customer managed key to re-encrypt a copy with, and the copy is shared",
+            input.image_id,
+            managed.join(", ")
+        )));
+    };
+    let copy_id = match own_copy(ec2, &request.execution).await? {
+        Some(id) => id,
+        None => {
+            let own = [
+                Tag::new(tags::EXECUTION, &request.execution),
+                Tag::new("amiflow:purpose", "reencrypted-share"),
+                Tag::new("amiflow:reencrypted-from", &input.image_id),
+            ];
+            ec2.copy_image()
+                .source_image_id(&input.image_id)
+                .source_region(region)
+                .name(format!(
+                    "{}-reencrypted-{}",
+                    input.image_id,
+                    &client_token(&request.execution, "reencrypt")[8..20]
+                ))
+                .description(format!(
+                    "amiflow: {} re-encrypted with a customer managed key for sharing",
+                    input.image_id
+                ))
+                .encrypted(true)
+                .kms_key_id(key)
+                .client_token(client_token(&request.execution, "reencrypt"))
+                .tag_specifications(tags::spec(ResourceType::Image, &own))
+                .send()
+                .await
+                .map_err(aws("CopyImage"))?
+                .image_id()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let copy = own_image(ec2, "reencryptKmsKeyId", &copy_id).await?;
+    if !matches!(copy.state.as_str(), "pending" | "available") {
+        return Err(Error::ImageFailed(format!(
+            "the re-encrypted copy {copy_id} of {} is {}",
+            input.image_id, copy.state
+        )));
+    }
+    let (keys, still_managed) = keys_of(ec2, kms, &copy.snapshot_ids).await?;
+    if copy.state == "available" && !still_managed.is_empty() {
+        return Err(Error::ManagedKeyNeedsReencryption(format!(
+            "reencryptKmsKeyId: {key} is itself an AWS managed key"
+        )));
+    }
+    tracing::info!(image_id = %input.image_id, copy_id = %copy_id, state = %copy.state, "re-encrypted copy for sharing");
+    Ok(plan(copy_id, copy.state, copy.snapshot_ids, keys, true))
+}
+
+pub async fn prepare_unshare(
+    ec2: &aws_sdk_ec2::Client,
+    kms: &aws_sdk_kms::Client,
+    settings: &Settings,
+    request: PrepareRequest,
+) -> Result<SharePlan> {
+    let input = UnshareInput::parse(&request.input)?;
+    let image = own_image(ec2, "imageId", &input.image_id).await?;
+    let (customer, _) = keys_of(ec2, kms, &image.snapshot_ids).await?;
+    Ok(SharePlan {
+        image_id: input.image_id.clone(),
+        source_image_id: input.image_id.clone(),
+        owner_account: image.owner,
+        reencrypted: false,
+        image_state: image.state,
+        snapshot_ids: image.snapshot_ids,
+        kms_key_ids: customer,
+        receivers: input.receivers(),
+        share_snapshots: input.share_snapshots,
+        tags: image.tags,
+        event_wait_seconds: settings.event_wait_seconds,
+    })
+}
+
+pub async fn prepare_copy(
+    ec2: &aws_sdk_ec2::Client,
+    kms: &aws_sdk_kms::Client,
+    settings: &Settings,
+    region: &str,
+    request: PrepareRequest,
+) -> Result<SharePlan> {
+    let input = CopyInput::parse(&request.input, region)?;
+    let image = own_image(ec2, "sourceImageId", &input.source_image_id).await?;
+    if input.target_account_id == image.owner {
+        return Err(Error::invalid(
+            "targetAccountId",
+            format!("{} is the image's own account", image.owner),
+        ));
+    }
+    if image.product_codes > 0 {
+        return Err(Error::BillingProductNotCopyable(format!(
+            "sourceImageId: {} has a billing product (Marketplace or licensed OS); AWS does not copy such images to another account",
+            input.source_image_id
+        )));
+    }
+    let (customer, managed) = keys_of(ec2, kms, &image.snapshot_ids).await?;
+    if !managed.is_empty() {
+        return Err(Error::ManagedKeyNeedsReencryption(format!(
+            "sourceImageId: {} is encrypted with the AWS managed key {}, which {} can never use; share it first with ShareImage and reencryptKmsKeyId, then copy the re-encrypted image",
+            input.source_image_id,
+            managed.join(", "),
+            input.target_account_id
+        )));
+    }
+    Ok(SharePlan {
+        image_id: input.source_image_id.clone(),
+        source_image_id: input.source_image_id.clone(),
+        owner_account: image.owner,
+        reencrypted: false,
+        image_state: image.state,
+        snapshot_ids: image.snapshot_ids,
+        kms_key_ids: customer,
+        receivers: Receivers {
+            account_ids: vec![input.target_account_id.clone()],
+            ..Default::default()
+        },
+        share_snapshots: true,
+        tags: image.tags,
+        event_wait_seconds: settings.event_wait_seconds,
+    })
+}
+
+/// The launch permissions a set of receivers means. Pure.
+pub fn launch_permissions(receivers: &Receivers) -> Vec<LaunchPermission> {
+    let mut out: Vec<LaunchPermission> = receivers
+        .account_ids
+        .iter()
+        .map(|a| LaunchPermission::builder().user_id(a).build())
+        .collect();
+    out.extend(
+        receivers
+            .organization_arns
+            .iter()
+            .map(|a| LaunchPermission::builder().organization_arn(a).build()),
+    );
+    out.extend(receivers.organizational_unit_arns.iter().map(|a| {
+        LaunchPermission::builder()
+            .organizational_unit_arn(a)
+            .build()
+    }));
+    if receivers.public {
+        out.push(
+            LaunchPermission::builder()
+                .group(aws_sdk_ec2::types::PermissionGroup::All)
+                .build(),
+        );
+    }
+    out
+}
+
+fn describe_permission(p: &LaunchPermission) -> Value {
+    if let Some(a) = p.user_id() {
+        serde_json::json!({"userId": a})
+    } else if let Some(a) = p.organization_arn() {
+        serde_json::json!({"organizationArn": a})
+    } else if let Some(a) = p.organizational_unit_arn() {
+        serde_json::json!({"organizationalUnitArn": a})
+    } else {
+        serde_json::json!({"group": "all"})
+    }
+}
+
+async fn change_permissions(
+    ec2: &aws_sdk_ec2::Client,
+    plan: &SharePlan,
+    operation: OperationType,
+) -> Result<PermissionRecord> {
+    let permissions = launch_permissions(&plan.receivers);
+    let modifications = if operation == OperationType::Add {
+        LaunchPermissionModifications::builder()
+            .set_add(Some(permissions.clone()))
+            .build()
+    } else {
+        LaunchPermissionModifications::builder()
+            .set_remove(Some(permissions.clone()))
+            .build()
+    };
+    ec2.modify_image_attribute()
+        .image_id(&plan.image_id)
+        .launch_permission(modifications)
+        .send()
+        .await
+        .map_err(aws("ModifyImageAttribute"))?;
+    let mut record = PermissionRecord {
+        image_id: plan.image_id.clone(),
+        launch_permissions: permissions.iter().map(describe_permission).collect(),
+        snapshot_permissions: Vec::new(),
+    };
+    // createVolumePermission takes account ids and `all`; organizations and OUs launch through the
+    // image's own permission.
+    let accounts = &plan.receivers.account_ids;
+    if plan.share_snapshots && (!accounts.is_empty() || plan.receivers.public) {
+        for snapshot in &plan.snapshot_ids {
+            let mut call = ec2
+                .modify_snapshot_attribute()
+                .snapshot_id(snapshot)
+                .attribute(SnapshotAttributeName::CreateVolumePermission)
+                .operation_type(operation.clone())
+                .set_user_ids(Some(accounts.clone()));
+            if plan.receivers.public {
+                call = call.group_names("all");
+            }
+            call.send().await.map_err(aws("ModifySnapshotAttribute"))?;
+            record.snapshot_permissions.push(serde_json::json!({"snapshotId": snapshot, "userIds": accounts, "public": plan.receivers.public}));
+        }
+    }
+    tracing::info!(image_id = %plan.image_id, operation = operation.as_str(), receivers = plan.receivers.count(), "permissions changed");
+    Ok(record)
+}
+
+pub async fn remove_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if let Some(copy) = own_copy(ec2, execution).await? {
+        remove_image(ec2, &copy).await?;
+        removed.push(copy);
+    }
+    Ok(removed)
+}
+
+pub async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    kms: &aws_sdk_kms::Client,
+    settings: &Settings,
+    region: &str,
+    request: ShareImageRequest,
+) -> Result<ShareImageOutput> {
+    Ok(match request {
+        ShareImageRequest::PrepareShare(r) => ShareImageOutput::Plan(Box::new(
+            prepare_share(ec2, kms, settings, region, r).await?,
+        )),
+        ShareImageRequest::PrepareUnshare(r) => {
+            ShareImageOutput::Plan(Box::new(prepare_unshare(ec2, kms, settings, r).await?))
+        }
+        ShareImageRequest::PrepareCopy(r) => {
+            ShareImageOutput::Plan(Box::new(prepare_copy(ec2, kms, settings, region, r).await?))
+        }
+        ShareImageRequest::Share(r) => ShareImageOutput::Permissions(
+            change_permissions(ec2, &r.plan, OperationType::Add).await?,
+        ),
+        ShareImageRequest::Unshare(r) => ShareImageOutput::Permissions(
+            change_permissions(ec2, &r.plan, OperationType::Remove).await?,
+        ),
+        ShareImageRequest::RemoveCopy(r) => ShareImageOutput::Removed {
+            removed_image_ids: remove_copy(ec2, &r.execution).await?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_receiver_becomes_a_launch_permission() {
+        let receivers = Receivers {
+            account_ids: vec!["210987654321".into()],
+            organization_arns: vec![
+                "arn:aws:organizations::123456789012:organization/o-abcdef1234".into(),
+            ],
+            organizational_unit_arns: vec![
+                "arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-cdef5678".into(),
+            ],
+            public: true,
+        };
+        let described: Vec<Value> = launch_permissions(&receivers)
+            .iter()
+            .map(describe_permission)
+            .collect();
+        assert_eq!(described.len(), 4);
+        assert_eq!(described[0]["userId"], "210987654321");
+        assert!(
+            described[1]["organizationArn"].is_string()
+                && described[2]["organizationalUnitArn"].is_string()
+        );
+        assert_eq!(described[3]["group"], "all");
+    }
+}
