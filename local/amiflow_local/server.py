@@ -137,6 +137,13 @@ def bootstrap(endpoint: str, region: str, template) -> None:
             events.put_rule(Name=rule, EventPattern=json.dumps(event["Properties"]["Pattern"]))
             events.put_targets(Rule=rule, Targets=[{"Id": function.binary, "Arn": template.function_arn(function.logical_id)}])
 
+    # The source bus accepts the AMI events of the target accounts in TargetAccountIds.
+    from .accounts import accept_events_from
+
+    accounts = [a for a in template.resolve({"Ref": "TargetAccountIds"}) if a]
+    if accounts:
+        accept_events_from(endpoint, region, template, accounts)
+
     sfn = session.client("stepfunctions", endpoint_url=endpoint)
     for machine in template.state_machines():
         sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD")
@@ -203,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
+
+    def target_account(body: dict) -> dict:
+        from .accounts import accept_events_from, deploy_target_account
+
+        made = deploy_target_account(ROOT, endpoint, args.region, ACCOUNT, body["accountId"], body.get("externalId", "amiflow-local"))
+        accept_events_from(endpoint, args.region, template, [body["accountId"]])
+        return made
+
+    layer.control.hooks["target-account"] = target_account
     app = layer.FaultInjector(InvokeRouter(DomainDispatcherApplication(create_backend_app), host))
     class QuietHandler(WSGIRequestHandler):
         def log_request(self, *_args, **_kwargs) -> None:  # one line per AWS call is noise here

@@ -39,6 +39,10 @@ for _short, _long in {
     "!If": "Fn::If",
     "!Equals": "Fn::Equals",
     "!Select": "Fn::Select",
+    "!Not": "Fn::Not",
+    "!And": "Fn::And",
+    "!Or": "Fn::Or",
+    "!Condition": "Condition",
 }.items():
     _CfnLoader.add_constructor(_short, _intrinsic(_long))
 
@@ -67,11 +71,11 @@ class Table:
 
 
 class Template:
-    def __init__(self, root: Path, account: str, region: str, parameters: dict[str, str] | None = None):
+    def __init__(self, root: Path, account: str, region: str, parameters: dict[str, str] | None = None, file: str = "template.yaml"):
         self.root = root
         self.account = account
         self.region = region
-        self.doc = yaml.load((root / "template.yaml").read_text(), Loader=_CfnLoader)
+        self.doc = yaml.load((root / file).read_text(), Loader=_CfnLoader)
         self.resources: dict[str, dict] = self.doc["Resources"]
         self.parameters = {
             name: str(spec.get("Default", "")) for name, spec in self.doc.get("Parameters", {}).items()
@@ -100,7 +104,10 @@ class Template:
         if name in pseudo:
             return pseudo[name]
         if name in self.parameters:
-            return self.parameters[name]
+            value = self.parameters[name]
+            if self.doc["Parameters"][name].get("Type") == "CommaDelimitedList":
+                return [v for v in value.split(",") if v] if value else [""]
+            return value
         resource = self.resources[name]
         kind = resource["Type"]
         if kind == "AWS::Serverless::Function":
@@ -130,7 +137,13 @@ class Template:
                 return re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub_var(m.group(1)), arg)
             if key == "Fn::Join":
                 sep, parts = arg
-                return sep.join(str(self.resolve(p)) for p in parts)
+                parts = self.resolve(parts)
+                return sep.join(str(p) for p in (parts if isinstance(parts, list) else [parts]))
+            if key == "Fn::Equals":
+                left, right = (self.resolve(a) for a in arg)
+                return left == right
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
         if isinstance(value, dict):
             return {k: self.resolve(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -142,6 +155,18 @@ class Template:
             logical_id, attribute = name.split(".", 1)
             return self.get_att(logical_id, attribute)
         return str(self.ref(name))
+
+    def condition(self, name: str | None) -> bool:
+        if name is None:
+            return True
+        return bool(self.resolve(self.doc.get("Conditions", {})[name]))
+
+    def resources_of(self, kind: str) -> list[tuple[str, dict]]:
+        """Resources of a type whose Condition (if any) holds."""
+        return [
+            (lid, r) for lid, r in self.resources.items()
+            if r["Type"] == kind and self.condition(r.get("Condition"))
+        ]
 
     def functions(self) -> list[Function]:
         global_env = self.doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})

@@ -11,14 +11,12 @@ async fn main() -> Result<(), Error> {
     let deps = &Deps::from_env().await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let request = WaitImageRequest::from_value(event.payload)?;
-        wait_image::run(
-            &deps.ec2,
-            &deps.sfn,
-            &deps.dynamodb,
-            &deps.settings,
-            request,
-        )
-        .await
+        // An image in another account (a cross-account copy) is looked at through its role.
+        let ec2 = match request.role() {
+            Some((role, external_id, execution)) => deps.ec2_as(role, external_id, execution).await,
+            None => deps.ec2.clone(),
+        };
+        wait_image::run(&ec2, &deps.sfn, &deps.dynamodb, &deps.settings, request).await
     }))
     .await
 }

@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import copies, events, images, instances, kms, kms_calls, stepfunctions
+from . import control, copies, events, images, instances, kms, kms_calls, stepfunctions
 from .control import FaultInjector
 from .state import config, faults
 

@@ -6,6 +6,7 @@ GET    /_amiflow/faults   the faults that fired so far
 GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.update)
 GET    /_amiflow/events   every event the layer put on a bus
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
+POST   /_amiflow/target-account   {"accountId", "externalId"}: deploys target-account.yaml in that account
 GET    /_amiflow/health   200 once the stack serves
 """
 
@@ -20,7 +21,8 @@ from urllib.parse import parse_qs
 from . import events
 from .state import config, faults
 
-EC2_LIKE = ("ec2", "sts", "iam", "autoscaling")
+# Actions the launcher adds (they need the templates, which the layer does not read).
+hooks: dict[str, Callable[[dict], Any]] = {}
 
 
 def _json(start_response: Callable, status: str, body: Any) -> list[bytes]:
@@ -57,8 +59,11 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             ami = find_image_anywhere(body["imageId"])
             if ami is None:
                 raise KeyError(f"no image {body['imageId']}")
-            ami.product_codes.add(body.get("code", "amiflow-billing-product"))
-            return _json(start_response, "200 OK", {"imageId": ami.id, "productCodes": sorted(ami.product_codes)})
+            # As DescribeImages shows them: {ProductCodeId, ProductCodeType}.
+            ami.product_codes = [{"ProductCodeId": body.get("code", "amiflow-billing-product"), "ProductCodeType": "marketplace"}]
+            return _json(start_response, "200 OK", {"imageId": ami.id, "productCodes": ami.product_codes})
+        if path == "/_amiflow/target-account" and method == "POST":
+            return _json(start_response, "200 OK", hooks["target-account"](body or {}))
         if path == "/_amiflow/events":
             return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e} for a, b, e in events.delivered])
     except (ValueError, TypeError, KeyError) as error:

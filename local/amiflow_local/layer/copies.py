@@ -173,6 +173,11 @@ def copy_image_response(self: AmisResponse):
         kms_key_id=self._get_param("KmsKeyId"),
         client_token=self._get_param("ClientToken"),
     )
+    # TagSpecifications tag the new image (and its snapshots) in the caller's account.
+    specs = self._parse_tag_specification()
+    image.add_tags(specs.get("image", {}))
+    for snapshot in images.snapshots_of(self.ec2_backend, image):
+        snapshot.add_tags(specs.get("snapshot", {}))
     return ActionResult({"ImageId": image.id})
 
 

@@ -245,6 +245,7 @@ mod tests {
             share_snapshots: true,
             tags: vec![Tag::new("app", "web"), Tag::new("amiflow:share-with", "x")],
             event_wait_seconds: 5,
+            keep_sharing: false,
         }
     }
 

@@ -37,6 +37,9 @@ pub struct SharePlan {
     pub tags: Vec<Tag>,
     /// How long the workflow waits for an AMI event before it polls instead.
     pub event_wait_seconds: u64,
+    /// CopyImage: keep the sharing after the copy (from the input; false otherwise).
+    #[serde(default)]
+    pub keep_sharing: bool,
 }
 
 /// What was added (share) or removed (unshare), so that it can be undone exactly.
@@ -241,6 +244,7 @@ pub async fn prepare_share(
         share_snapshots: input.share_snapshots,
         tags: source.tags.clone(),
         event_wait_seconds: settings.event_wait_seconds,
+        keep_sharing: false,
     };
     if managed.is_empty() {
         return Ok(plan(
@@ -328,6 +332,7 @@ pub async fn prepare_unshare(
         share_snapshots: input.share_snapshots,
         tags: image.tags,
         event_wait_seconds: settings.event_wait_seconds,
+        keep_sharing: false,
     })
 }
 
@@ -376,6 +381,7 @@ pub async fn prepare_copy(
         share_snapshots: true,
         tags: image.tags,
         event_wait_seconds: settings.event_wait_seconds,
+        keep_sharing: input.keep_sharing,
     })
 }
 

@@ -1,0 +1,191 @@
+"""ShareImage, UnshareImage and CopyImage end to end on the local stack, with three accounts and
+an organization map: A (123456789012) owns the images, B (210987654321) receives and copies,
+C (333333333333) is in another OU, and D (444444444444) is outside the organization."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from amiflow_local.seed import base_image, seed
+from botocore.exceptions import ClientError
+
+from workflow import message, run
+
+A, B, C, D = "123456789012", "210987654321", "333333333333", "444444444444"
+ORG_ID = "o-amiflow0001"
+APPS_OU = f"arn:aws:organizations::{A}:ou/{ORG_ID}/ou-root-appsaaaa"
+
+
+def wait_for(check, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def organization(stack):
+    stack.control("config", {"organization": {
+        A: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-platform/"},
+        B: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-appsaaaa/"},
+        C: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-sandboxx/"},
+    }})
+    yield
+    stack.control("config", {"organization": {}})
+
+
+def encrypted_image(stack, ec2, key: str | None, tags=None) -> str:
+    """An available image of A with an encrypted data volume (key None: the aws/ebs key)."""
+    world = seed(ec2, "us-east-1", name=f"src-{uuid.uuid4().hex[:6]}")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, **({"KmsKeyId": key} if key else {}))["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdh")
+    image_id = ec2.create_image(
+        InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}",
+        TagSpecifications=[{"ResourceType": "image", "Tags": tags or [{"Key": "app", "Value": "web"}]}],
+    )["ImageId"]
+    wait_for(lambda: ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available", what="image")
+    return image_id
+
+
+def as_account(stack, account: str, service: str):
+    return stack.account(account).client(service, endpoint_url=stack.endpoint)
+
+
+def launch_as(stack, account: str, image_id: str) -> str:
+    ec2 = as_account(stack, account, "ec2")
+    world = seed(ec2, "us-east-1", name=f"recv-{uuid.uuid4().hex[:6]}")
+    instance_id = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"])["Instances"][0]["InstanceId"]
+    time.sleep(1.2)  # longer than the stack's delay before a launch without key access terminates
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+@pytest.fixture
+def cmk(stack):
+    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+
+
+def test_a_shared_encrypted_ami_launches_in_b_only_because_of_the_grant(stack, ec2, sfn, cmk):
+    image_id = encrypted_image(stack, ec2, cmk)
+    # Without grant-kms: the launch permission alone lets B start an instance that then dies.
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
+    bare = launch_as(stack, B, image_id)
+    assert bare["State"]["Name"] == "terminated"
+    assert bare["StateReason"]["Code"] == "Client.InvalidKMSKey.InvalidState"
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Remove": [{"UserId": B}]})
+
+    result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    out = result.output
+    assert out["imageId"] == image_id and out["reencrypted"] is False
+    assert out["launchPermissions"] == [{"userId": B}]
+    assert len(out["snapshotPermissions"]) == 3
+    grants = out["kmsKeyAccess"][0]["grants"]
+    assert out["kmsKeyAccess"][0]["kmsKeyId"] == cmk and [g["accountId"] for g in grants] == [B]
+    kms_grants = stack.client("kms").list_grants(KeyId=cmk)["Grants"]
+    assert [g["GranteePrincipal"] for g in kms_grants] == [f"arn:aws:iam::{B}:root"]
+    assert launch_as(stack, B, image_id)["State"]["Name"] == "running"
+
+    # A second run adds nothing: the grant is found by its name.
+    again = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]})
+    assert again.status == "SUCCEEDED"
+    assert len(stack.client("kms").list_grants(KeyId=cmk)["Grants"]) == 1
+
+
+def test_sharing_with_an_ou_goes_through_the_key_policy(stack, ec2, sfn, cmk, organization):
+    image_id = encrypted_image(stack, ec2, cmk)
+    result = run(sfn, "ShareImage", {"imageId": image_id, "organizationalUnitArns": [APPS_OU]})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    statements = json.loads(stack.client("kms").get_key_policy(KeyId=cmk, PolicyName="default")["Policy"])["Statement"]
+    ours = [s for s in statements if s.get("Sid", "").startswith("Amiflow")]
+    assert len(ours) == 1
+    assert ours[0]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"] == [f"{ORG_ID}/*/ou-root-appsaaaa/*"]
+    assert launch_as(stack, B, image_id)["State"]["Name"] == "running"
+    with pytest.raises(ClientError):
+        as_account(stack, C, "ec2").describe_images(ImageIds=[image_id])
+
+
+def test_unsharing_takes_back_permissions_grants_and_policy_statements(stack, ec2, sfn, cmk, organization):
+    image_id = encrypted_image(stack, ec2, cmk)
+    receivers = {"accountIds": [D], "organizationalUnitArns": [APPS_OU]}
+    assert run(sfn, "ShareImage", {"imageId": image_id, **receivers}).status == "SUCCEEDED"
+    assert as_account(stack, D, "ec2").describe_images(ImageIds=[image_id])["Images"]
+    result = run(sfn, "UnshareImage", {"imageId": image_id, **receivers})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    for account in (B, D):
+        with pytest.raises(ClientError):
+            as_account(stack, account, "ec2").describe_images(ImageIds=[image_id])
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert stack.client("kms").list_grants(KeyId=cmk)["Grants"] == []
+    statements = json.loads(stack.client("kms").get_key_policy(KeyId=cmk, PolicyName="default")["Policy"])["Statement"]
+    assert not [s for s in statements if s.get("Sid", "").startswith("Amiflow")]
+
+
+def test_copy_image_into_b_re_encrypted_with_bs_key(stack, ec2, sfn, cmk):
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk, tags=[{"Key": "app", "Value": "web"}, {"Key": "tier", "Value": "gold"}])
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    stack.control("config", {"imageDelaySeconds": 2})
+    result = run(sfn, "CopyImage", {
+        "sourceImageId": image_id, "sourceRegion": "us-east-1", "targetAccountId": B,
+        "targetRoleArn": f"arn:aws:iam::{B}:role/amiflow-copy", "externalId": "ext-b",
+        "targetKmsKeyId": b_key, "name": f"web-copy-{uuid.uuid4().hex[:6]}",
+    })
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert "StartPollingTarget" not in result.states, "the copy's event, forwarded from B, ended the wait"
+    out = result.output
+    assert out["ownerAccountId"] == B and out["kmsKeyId"] == b_key and out["sharingKept"] is False
+    b_ec2 = as_account(stack, B, "ec2")
+    copy = b_ec2.describe_images(ImageIds=[out["targetImageId"]])["Images"][0]
+    assert copy["OwnerId"] == B and copy["State"] == "available"
+    tags = {t["Key"]: t["Value"] for t in copy["Tags"]}
+    assert tags["app"] == "web" and tags["tier"] == "gold" and tags["amiflow:source-image"] == image_id
+    snapshots = b_ec2.describe_snapshots(SnapshotIds=[m["Ebs"]["SnapshotId"] for m in copy["BlockDeviceMappings"]])["Snapshots"]
+    assert {s["KmsKeyId"] for s in snapshots} == {b_key}
+    # A's sharing and grants are gone again.
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert stack.client("kms").list_grants(KeyId=cmk)["Grants"] == []
+
+
+def test_an_aws_ebs_encrypted_ami_is_shared_through_re_encryption(stack, ec2, sfn, cmk):
+    image_id = encrypted_image(stack, ec2, None)
+    refused = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]})
+    assert refused.status == "FAILED" and refused.error == "ManagedKeyNeedsReencryption"
+    assert message(refused).startswith("reencryptKmsKeyId:")
+
+    result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B], "reencryptKmsKeyId": cmk})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    out = result.output
+    assert out["reencrypted"] is True and out["sourceImageId"] == image_id and out["imageId"] != image_id
+    assert {"WaitForCopy", "Replan"} <= set(result.states)
+    assert launch_as(stack, B, out["imageId"])["State"]["Name"] == "running"
+
+
+@pytest.mark.parametrize("case", ["public-encrypted", "billing-product", "bad-account"])
+def test_refusals_change_nothing(stack, ec2, sfn, cmk, case):
+    image_id = encrypted_image(stack, ec2, cmk)
+    if case == "public-encrypted":
+        result = run(sfn, "ShareImage", {"imageId": image_id, "public": True})
+        expected = ("EncryptedImageNotPublic", "public:")
+    elif case == "billing-product":
+        stack.control("billing-product", {"imageId": image_id, "code": "bp-6ba54002"})
+        result = run(sfn, "CopyImage", {
+            "sourceImageId": image_id, "sourceRegion": "us-east-1", "targetAccountId": B,
+            "targetRoleArn": f"arn:aws:iam::{B}:role/amiflow-copy", "externalId": "ext-b",
+            "targetKmsKeyId": f"arn:aws:kms:us-east-1:{B}:key/11111111-2222-3333-4444-555555555555", "name": "never",
+        })
+        expected = ("BillingProductNotCopyable", "sourceImageId:")
+    else:
+        result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": ["21098765432"]})
+        expected = ("InvalidInput", "accountIds[0]:")
+    assert result.status == "FAILED"
+    assert result.error == expected[0]
+    assert message(result).startswith(expected[1]), result.cause
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert stack.client("kms").list_grants(KeyId=cmk)["Grants"] == []
+    assert len(ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Images"]) == 0
