@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := local/node_modules/.bin
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test local local-deps bins lint fmt-check clippy template-lint unit e2e build clean
+.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint unit e2e build clean
 
 $(VENV)/.installed: local/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ local: local-deps bins
 
 demo: local-deps bins
 	$(PY) local/demo.py
+
+## A cross-account copy (CopyImage) between two accounts of the local stack.
+demo-copy: local-deps bins
+	$(PY) local/demo_copy.py
 
 test: local-deps lint unit e2e
 

@@ -3,7 +3,10 @@
 use amiflow::error::ERROR_NAMES;
 use amiflow::input::MigrateInput;
 use amiflow::parse_request;
-use amiflow::steps::{cleanup, create_image, launch, verify_instance, wait_image};
+use amiflow::receivers::{CopyInput, ShareInput, UnshareInput};
+use amiflow::steps::{
+    cleanup, copy_image, create_image, grant_kms, launch, share_image, verify_instance, wait_image,
+};
 use amiflow_contracts::{error_names, files, json, workspace};
 
 /// Names that Step Functions or Lambda raise themselves rather than a function of ours.
@@ -99,7 +102,24 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
             "launch" => parse_request::<launch::LaunchRequest>(value).map(|_| ()),
             "verify-instance" => parse_request::<verify_instance::VerifyRequest>(value).map(|_| ()),
             "cleanup" => parse_request::<cleanup::CleanupRequest>(value).map(|_| ()),
-            "workflows" => MigrateInput::parse(&value, "us-east-1").map(|_| ()),
+            "share-image" => parse_request::<share_image::ShareImageRequest>(value).map(|_| ()),
+            "grant-kms" => parse_request::<grant_kms::GrantKmsRequest>(value).map(|_| ()),
+            "copy-image" => parse_request::<copy_image::CopyImageRequest>(value)
+                .and_then(|r| r.input().map(|_| ())),
+            "workflows" => {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if name.starts_with("migrate-instance") {
+                    MigrateInput::parse(&value, "us-east-1").map(|_| ())
+                } else if name.starts_with("share-image") {
+                    ShareInput::parse(&value).map(|_| ())
+                } else if name.starts_with("unshare-image") {
+                    UnshareInput::parse(&value).map(|_| ())
+                } else if name.starts_with("copy-image") {
+                    CopyInput::parse(&value, "us-east-1").map(|_| ())
+                } else {
+                    panic!("{}: no workflow named so", path.display())
+                }
+            }
             other => panic!("{}: no function named {other}", path.display()),
         };
         if let Err(e) = parsed {
