@@ -189,3 +189,55 @@ def test_refusals_change_nothing(stack, ec2, sfn, cmk, case):
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
     assert stack.client("kms").list_grants(KeyId=cmk)["Grants"] == []
     assert len(ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Images"]) == 0
+
+
+def copy_input(image_id: str, b_key: str, name: str | None = None) -> dict:
+    return {
+        "sourceImageId": image_id, "sourceRegion": "us-east-1", "targetAccountId": B,
+        "targetRoleArn": f"arn:aws:iam::{B}:role/amiflow-copy", "externalId": "ext-b",
+        "targetKmsKeyId": b_key, "name": name or f"copy-{uuid.uuid4().hex[:6]}",
+    }
+
+
+def test_a_failed_copy_is_rolled_back_in_both_accounts(stack, ec2, sfn, cmk):
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk)
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    stack.control("faults", {"kind": "fail-image", "reason": "Server.InternalError: snapshot copy failed"})
+    result = run(sfn, "CopyImage", copy_input(image_id, b_key))
+    assert result.status == "FAILED"
+    assert result.error == "ImageFailed"
+    assert {"RemoveTargetCopy", "UndoPermissions", "UndoKeyAccess"} <= set(result.states)
+    b_images = as_account(stack, B, "ec2").describe_images(Owners=["self"], Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Images"]
+    assert b_images == []
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert stack.client("kms").list_grants(KeyId=cmk)["Grants"] == []
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
+
+
+def test_a_lost_event_of_the_copy_is_made_up_for_by_polling_through_the_role(stack, ec2, sfn, cmk):
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk)
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    # The copy stays pending longer than the run waits for its event (EventWaitSeconds=6), and the
+    # event is dropped: only polling as B can see the copy become available.
+    stack.control("config", {"imageDelaySeconds": 7})
+    stack.control("faults", {"kind": "drop-event"})
+    result = run(sfn, "CopyImage", {**copy_input(image_id, b_key), "keepSharing": True})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert {"StartPollingTarget", "PollTarget"} <= set(result.states)
+    assert result.output["sharingKept"] is True
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"UserId": B}]
+
+
+def test_a_role_that_cannot_be_assumed_is_named(stack, ec2, sfn, cmk):
+    # moto lets any role be assumed; a throttled AssumeRole that never recovers stands in for a
+    # trust policy that refuses the caller.
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("faults", {"kind": "server-error", "action": "AssumeRole", "status": 403, "share": 1.0})
+    result = run(sfn, "CopyImage", copy_input(image_id, f"arn:aws:kms:us-east-1:{B}:key/11111111-2222-3333-4444-555555555555"))
+    stack.control("faults", method="DELETE")
+    assert result.status == "FAILED"
+    assert result.error == "RoleNotAssumable", result.cause
+    assert message(result).startswith("targetRoleArn:")
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []

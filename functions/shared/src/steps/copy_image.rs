@@ -306,3 +306,133 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
         },
     })
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::receivers::Receivers;
+    use crate::test_support::{image, images};
+    use aws_sdk_ec2::operation::copy_image::CopyImageOutput as SdkCopy;
+    use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
+    use aws_sdk_ec2::operation::delete_snapshot::DeleteSnapshotOutput;
+    use aws_sdk_ec2::operation::deregister_image::DeregisterImageOutput;
+    use aws_sdk_ec2::types::ImageState;
+    use aws_sdk_ec2::Client;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use serde_json::json;
+
+    fn input() -> Value {
+        json!({
+            "sourceImageId": "ami-0123456789abcdef0", "sourceRegion": "us-east-1", "targetAccountId": "210987654321",
+            "targetRoleArn": "arn:aws:iam::210987654321:role/amiflow-copy", "externalId": "ext-1",
+            "targetKmsKeyId": "alias/amiflow", "name": "web copy"
+        })
+    }
+
+    fn plan() -> SharePlan {
+        SharePlan {
+            image_id: "ami-0123456789abcdef0".into(),
+            source_image_id: "ami-0123456789abcdef0".into(),
+            owner_account: "123456789012".into(),
+            reencrypted: false,
+            image_state: "available".into(),
+            snapshot_ids: vec![],
+            kms_key_ids: vec![],
+            receivers: Receivers::default(),
+            share_snapshots: true,
+            tags: vec![Tag::new("app", "web")],
+            event_wait_seconds: 5,
+            keep_sharing: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_encrypted_with_the_target_key_and_a_stable_token() {
+        let rule = mock!(Client::copy_image)
+            .match_requests(|r| {
+                r.encrypted() == Some(true)
+                    && r.kms_key_id() == Some("alias/amiflow")
+                    && r.client_token() == Some(client_token("run-1", "copy").as_str())
+                    && r.source_image_id() == Some("ami-0123456789abcdef0")
+                    && r.name() == Some("web copy")
+            })
+            .then_output(|| SdkCopy::builder().image_id("ami-0target").build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let request = CopyRequest {
+            execution: "run-1".into(),
+            input: input(),
+            plan: plan(),
+        };
+        let parsed = CopyInput::parse(&request.input, "us-east-1").unwrap();
+        let out = copy(&ec2, &parsed, &request).await.unwrap();
+        assert_eq!(
+            (out.target_image_id.as_str(), out.owner_account_id.as_str()),
+            ("ami-0target", "210987654321")
+        );
+        assert_eq!(out.role_arn, "arn:aws:iam::210987654321:role/amiflow-copy");
+    }
+
+    #[tokio::test]
+    async fn tags_the_copy_and_its_snapshots_in_the_target() {
+        let describe = mock!(Client::describe_images).then_output(|| {
+            images(vec![image(
+                "ami-0target",
+                ImageState::Available,
+                &[("/dev/xvda", "snap-t1")],
+            )])
+        });
+        let tags_rule = mock!(Client::create_tags)
+            .match_requests(|r| {
+                r.resources() == ["ami-0target", "snap-t1"]
+                    && r.tags().iter().any(|t| t.key() == Some("app"))
+            })
+            .then_output(|| CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe, &tags_rule]);
+        let copy_out = CopyOutput {
+            target_image_id: "ami-0target".into(),
+            owner_account_id: "210987654321".into(),
+            kms_key_id: "alias/amiflow".into(),
+            role_arn: "r".into(),
+            external_id: "e".into(),
+        };
+        let request = TagRequest {
+            execution: "run-1".into(),
+            input: input(),
+            plan: plan(),
+            copy: copy_out,
+        };
+        let parsed = CopyInput::parse(&request.input, "us-east-1").unwrap();
+        tag(&ec2, &parsed, &request).await.unwrap();
+        assert_eq!(tags_rule.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn rollback_removes_the_runs_copies_in_the_target() {
+        let describe = mock!(Client::describe_images).then_compute_output(|req| {
+            if req.filters().is_empty() {
+                images(vec![image(
+                    "ami-0target",
+                    ImageState::Available,
+                    &[("/dev/xvda", "snap-t1")],
+                )])
+            } else {
+                images(vec![image("ami-0target", ImageState::Pending, &[])])
+            }
+        });
+        let deregister = mock!(Client::deregister_image)
+            .then_output(|| DeregisterImageOutput::builder().build());
+        let delete =
+            mock!(Client::delete_snapshot).then_output(|| DeleteSnapshotOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&describe, &deregister, &delete]
+        );
+        let parsed = CopyInput::parse(&input(), "us-east-1").unwrap();
+        assert_eq!(
+            remove(&ec2, &parsed, "run-1").await.unwrap(),
+            ["ami-0target"]
+        );
+        assert_eq!([deregister.num_calls(), delete.num_calls()], [1, 1]);
+    }
+}

@@ -540,3 +540,389 @@ mod tests {
         assert_eq!(described[3]["group"], "all");
     }
 }
+
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::test_support::meta;
+    use aws_sdk_ec2::operation::copy_image::CopyImageOutput;
+    use aws_sdk_ec2::operation::describe_images::{DescribeImagesError, DescribeImagesOutput};
+    use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
+    use aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeOutput;
+    use aws_sdk_ec2::operation::modify_snapshot_attribute::ModifySnapshotAttributeOutput;
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, Image, ImageState, ProductCode, Snapshot,
+    };
+    use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
+    use aws_sdk_kms::types::KeyMetadata;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use serde_json::json;
+
+    const CMK: &str = "arn:aws:kms:us-east-1:123456789012:key/cmk";
+    const AWS_EBS: &str = "arn:aws:kms:us-east-1:123456789012:key/aws-ebs";
+
+    fn settings() -> Settings {
+        Settings::from_vars(|_| None).unwrap()
+    }
+
+    fn image(id: &str, owner: &str, state: ImageState, codes: bool) -> Image {
+        let mut b = Image::builder()
+            .image_id(id)
+            .owner_id(owner)
+            .state(state)
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(EbsBlockDevice::builder().snapshot_id("snap-1").build())
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("app")
+                    .value("web")
+                    .build(),
+            );
+        if codes {
+            b = b.product_codes(ProductCode::builder().product_code_id("bp-1").build());
+        }
+        b.build()
+    }
+
+    /// DescribeImages: own (Owners=self) answers `own`; by id only answers `visible`.
+    fn images(own: Option<Image>, visible: Option<Image>) -> Rule {
+        mock!(aws_sdk_ec2::Client::describe_images).then_compute_output(move |req| {
+            let owned_query = !req.owners().is_empty();
+            let list = if owned_query {
+                own.clone()
+            } else {
+                visible.clone()
+            };
+            DescribeImagesOutput::builder()
+                .set_images(Some(list.into_iter().collect()))
+                .build()
+        })
+    }
+
+    fn snapshots(key: Option<&'static str>) -> Rule {
+        mock!(aws_sdk_ec2::Client::describe_snapshots).then_output(move || {
+            let s = Snapshot::builder()
+                .snapshot_id("snap-1")
+                .encrypted(key.is_some())
+                .set_kms_key_id(key.map(str::to_string))
+                .build();
+            DescribeSnapshotsOutput::builder().snapshots(s).build()
+        })
+    }
+
+    fn kms_with(manager: KeyManagerType, arn: &'static str) -> aws_sdk_kms::Client {
+        let rule = mock!(aws_sdk_kms::Client::describe_key).then_output(move || {
+            DescribeKeyOutput::builder()
+                .key_metadata(
+                    KeyMetadata::builder()
+                        .key_id("k")
+                        .arn(arn)
+                        .key_manager(manager.clone())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        });
+        mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule])
+    }
+
+    fn prepare(input: Value) -> PrepareRequest {
+        PrepareRequest {
+            execution: "run-1".into(),
+            input,
+        }
+    }
+
+    #[tokio::test]
+    async fn plans_a_share_of_an_image_under_a_customer_key() {
+        let own = image(
+            "ami-0123456789abcdef0",
+            "123456789012",
+            ImageState::Available,
+            false,
+        );
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&images(Some(own), None), &snapshots(Some(CMK))]
+        );
+        let plan = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Customer, CMK),
+            &settings(),
+            "us-east-1",
+            prepare(json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                plan.image_id.as_str(),
+                plan.reencrypted,
+                plan.image_state.as_str()
+            ),
+            ("ami-0123456789abcdef0", false, "available")
+        );
+        assert_eq!(plan.kms_key_ids, [CMK]);
+        assert_eq!(plan.snapshot_ids, ["snap-1"]);
+        assert_eq!(plan.tags, [Tag::new("app", "web")]);
+    }
+
+    #[tokio::test]
+    async fn another_accounts_image_is_not_ours_to_share_and_a_missing_one_is_named() {
+        let theirs = image(
+            "ami-0123456789abcdef0",
+            "999999999999",
+            ImageState::Available,
+            false,
+        );
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&images(None, Some(theirs))]
+        );
+        let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]});
+        let e = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Customer, CMK),
+            &settings(),
+            "us-east-1",
+            prepare(input.clone()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.name(), "ImageNotOwned");
+        assert!(e.to_string().starts_with("imageId:") && e.to_string().contains("999999999999"));
+
+        let missing = mock!(aws_sdk_ec2::Client::describe_images)
+            .then_error(|| DescribeImagesError::generic(meta("InvalidAMIID.NotFound")));
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&missing]);
+        let e = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Customer, CMK),
+            &settings(),
+            "us-east-1",
+            prepare(input),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Error::ImageNotFound("imageId: ami-0123456789abcdef0 does not exist".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn public_and_encrypted_is_refused() {
+        let own = image(
+            "ami-0123456789abcdef0",
+            "123456789012",
+            ImageState::Available,
+            false,
+        );
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&images(Some(own), None), &snapshots(Some(CMK))]
+        );
+        let e = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Customer, CMK),
+            &settings(),
+            "us-east-1",
+            prepare(json!({"imageId": "ami-0123456789abcdef0", "public": true})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.name(), "EncryptedImageNotPublic");
+        assert!(e.to_string().starts_with("public:"));
+    }
+
+    #[tokio::test]
+    async fn an_aws_managed_key_needs_a_re_encryption_key_and_then_gets_a_copy() {
+        let own = image(
+            "ami-0123456789abcdef0",
+            "123456789012",
+            ImageState::Available,
+            false,
+        );
+        let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]});
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&images(Some(own.clone()), None), &snapshots(Some(AWS_EBS))]
+        );
+        let e = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Aws, AWS_EBS),
+            &settings(),
+            "us-east-1",
+            prepare(input),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.name(), "ManagedKeyNeedsReencryption");
+        assert!(e.to_string().starts_with("reencryptKmsKeyId:"));
+
+        // With a key: a tagged copy is made under it, with a ClientToken, and the plan waits for it.
+        let copy = mock!(aws_sdk_ec2::Client::copy_image)
+            .match_requests(|r| {
+                r.encrypted() == Some(true)
+                    && r.kms_key_id() == Some("alias/share")
+                    && r.client_token().is_some()
+                    && r.tag_specifications().len() == 1
+            })
+            .then_output(|| CopyImageOutput::builder().image_id("ami-0copy").build());
+        let describe =
+            mock!(aws_sdk_ec2::Client::describe_images).then_compute_output(move |req| {
+                let found = if req.filters().is_empty() {
+                    let id = req.image_ids().first().cloned().unwrap_or_default();
+                    vec![image(
+                        &id,
+                        "123456789012",
+                        if id == "ami-0copy" {
+                            ImageState::Pending
+                        } else {
+                            ImageState::Available
+                        },
+                        false,
+                    )]
+                } else {
+                    vec![]
+                };
+                DescribeImagesOutput::builder()
+                    .set_images(Some(found))
+                    .build()
+            });
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&describe, &snapshots(Some(AWS_EBS)), &copy]
+        );
+        let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"], "reencryptKmsKeyId": "alias/share"});
+        let plan = prepare_share(
+            &ec2,
+            &kms_with(KeyManagerType::Aws, AWS_EBS),
+            &settings(),
+            "us-east-1",
+            prepare(input),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                plan.image_id.as_str(),
+                plan.reencrypted,
+                plan.image_state.as_str()
+            ),
+            ("ami-0copy", true, "pending")
+        );
+        assert_eq!(plan.source_image_id, "ami-0123456789abcdef0");
+        assert_eq!(copy.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_billing_product_image_is_refused_up_front() {
+        let own = image(
+            "ami-0123456789abcdef0",
+            "123456789012",
+            ImageState::Available,
+            true,
+        );
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&images(Some(own), None), &snapshots(None)]
+        );
+        let input = json!({
+            "sourceImageId": "ami-0123456789abcdef0", "sourceRegion": "us-east-1", "targetAccountId": "210987654321",
+            "targetRoleArn": "arn:aws:iam::210987654321:role/amiflow-copy", "externalId": "ext", "targetKmsKeyId": "alias/b", "name": "copy"
+        });
+        let e = prepare_copy(
+            &ec2,
+            &kms_with(KeyManagerType::Customer, CMK),
+            &settings(),
+            "us-east-1",
+            prepare(input),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.name(), "BillingProductNotCopyable");
+    }
+
+    #[tokio::test]
+    async fn share_adds_launch_and_snapshot_permissions_and_unshare_removes_them() {
+        let plan = SharePlan {
+            image_id: "ami-1".into(),
+            source_image_id: "ami-1".into(),
+            owner_account: "123456789012".into(),
+            reencrypted: false,
+            image_state: "available".into(),
+            snapshot_ids: vec!["snap-1".into(), "snap-2".into()],
+            kms_key_ids: vec![],
+            receivers: Receivers {
+                account_ids: vec!["210987654321".into()],
+                ..Default::default()
+            },
+            share_snapshots: true,
+            tags: vec![],
+            event_wait_seconds: 5,
+            keep_sharing: false,
+        };
+        let image_rule = mock!(aws_sdk_ec2::Client::modify_image_attribute)
+            .match_requests(|r| {
+                r.launch_permission()
+                    .is_some_and(|m| m.add().len() == 1 && m.remove().is_empty())
+            })
+            .then_output(|| ModifyImageAttributeOutput::builder().build());
+        let snapshot_rule = mock!(aws_sdk_ec2::Client::modify_snapshot_attribute)
+            .match_requests(|r| {
+                r.operation_type() == Some(&OperationType::Add) && r.user_ids() == ["210987654321"]
+            })
+            .then_output(|| ModifySnapshotAttributeOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&image_rule, &snapshot_rule]
+        );
+        let record = change_permissions(&ec2, &plan, OperationType::Add)
+            .await
+            .unwrap();
+        assert_eq!(
+            record.launch_permissions,
+            [json!({"userId": "210987654321"})]
+        );
+        assert_eq!(record.snapshot_permissions.len(), 2);
+        assert_eq!([image_rule.num_calls(), snapshot_rule.num_calls()], [1, 2]);
+
+        let remove_image = mock!(aws_sdk_ec2::Client::modify_image_attribute)
+            .match_requests(|r| r.launch_permission().is_some_and(|m| m.remove().len() == 1))
+            .then_output(|| ModifyImageAttributeOutput::builder().build());
+        let remove_snapshot = mock!(aws_sdk_ec2::Client::modify_snapshot_attribute)
+            .match_requests(|r| r.operation_type() == Some(&OperationType::Remove))
+            .then_output(|| ModifySnapshotAttributeOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&remove_image, &remove_snapshot]
+        );
+        change_permissions(
+            &ec2,
+            &SharePlan {
+                share_snapshots: false,
+                ..plan
+            },
+            OperationType::Remove,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            [remove_image.num_calls(), remove_snapshot.num_calls()],
+            [1, 0]
+        );
+    }
+}
