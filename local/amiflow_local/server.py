@@ -131,10 +131,13 @@ def bootstrap(endpoint: str, region: str, template) -> None:
     events = session.client("events", endpoint_url=endpoint)
     for function in template.functions():
         for event_name, event in function.events.items():
-            if event.get("Type") != "EventBridgeRule":
-                continue
             rule = f"{function.binary}-{event_name}"
-            events.put_rule(Name=rule, EventPattern=json.dumps(event["Properties"]["Pattern"]))
+            if event.get("Type") == "Schedule":
+                events.put_rule(Name=rule, ScheduleExpression=template.resolve(event["Properties"]["Schedule"]))
+            elif event.get("Type") == "EventBridgeRule":
+                events.put_rule(Name=rule, EventPattern=json.dumps(event["Properties"]["Pattern"]))
+            else:
+                continue
             events.put_targets(Rule=rule, Targets=[{"Id": function.binary, "Arn": template.function_arn(function.logical_id)}])
 
     # The source bus accepts the AMI events of the target accounts in TargetAccountIds.

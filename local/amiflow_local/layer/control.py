@@ -7,6 +7,7 @@ GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.
 GET    /_amiflow/events   every event the layer put on a bus
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
 POST   /_amiflow/target-account   {"accountId", "externalId"}: deploys target-account.yaml in that account
+POST   /_amiflow/fire-schedule    {"rule"}: a schedule rule's time has come (Scheduled Event to its targets)
 GET    /_amiflow/health   200 once the stack serves
 """
 
@@ -62,6 +63,9 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             # As DescribeImages shows them: {ProductCodeId, ProductCodeType}.
             ami.product_codes = [{"ProductCodeId": body.get("code", "amiflow-billing-product"), "ProductCodeType": "marketplace"}]
             return _json(start_response, "200 OK", {"imageId": ami.id, "productCodes": ami.product_codes})
+        if path == "/_amiflow/fire-schedule" and method == "POST":
+            account = body.get("account", "123456789012")
+            return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", "us-east-1"), body["rule"]))
         if path == "/_amiflow/target-account" and method == "POST":
             return _json(start_response, "200 OK", hooks["target-account"](body or {}))
         if path == "/_amiflow/events":

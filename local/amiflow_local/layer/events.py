@@ -68,6 +68,31 @@ def emit_ami_state(account: str, region: str, image_id: str, state: str, error_m
     deliver(account, region, "default", ami_event(account, region, image_id, state, error_message))
 
 
+def fire_schedule(account: str, region: str, rule_name: str) -> dict[str, Any]:
+    """Delivers a `Scheduled Event` to a schedule rule's targets now, as EventBridge does when the
+    rule's schedule comes round (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-run-lambda-schedule.html).
+    moto 5.2.5 stores schedule rules but never fires them."""
+    backend = events_backends[account][region]
+    rule = backend.describe_event_bus("default").rules.get(rule_name)
+    if rule is None or not rule.scheduled_expression:
+        raise KeyError(f"no schedule rule {rule_name} in {account}")
+    event = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account,
+        "time": _now(),
+        "region": region,
+        "resources": [rule.arn],
+        "detail": {},
+    }
+    delivered.append((account, "default", event))
+    for target in rule.targets:
+        _send(rule, target, event)
+    return event
+
+
 def _bus_allows(bus: Any, sender: str) -> bool:
     """Whether a bus's resource policy lets `sender` put events on it."""
     if bus.account_id == sender:

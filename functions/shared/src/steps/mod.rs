@@ -6,5 +6,6 @@ pub mod create_image;
 pub mod grant_kms;
 pub mod launch;
 pub mod share_image;
+pub mod trigger;
 pub mod verify_instance;
 pub mod wait_image;

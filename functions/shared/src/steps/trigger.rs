@@ -1,0 +1,667 @@
+//! trigger: starts runs that resources ask for with tags, on a schedule and on tag changes.
+//!
+//! - Instances tagged `amiflow:migrate-to` (an AZ name or a subnet id), with an optional
+//!   `amiflow:source-action`, start MigrateInstance.
+//! - Images tagged `amiflow:share-with` (comma-separated account ids, organization or OU ARNs)
+//!   start ShareImage.
+//! - Images tagged `amiflow:copy-to` (`<account>:<role ARN>:<KMS key ARN or alias>`, or the name of
+//!   a copy profile) start CopyImage.
+//!
+//! The execution name is derived from the resource and the request, so that a second sweep, or an
+//! event and a sweep together, start no second run; a resource with a run still going starts no
+//! other. Each resource's `amiflow:status` tag says `running:<execution>`, `done:<execution>`,
+//! `failed:<execution>:<error>` or `invalid:<reason>`.
+
+use std::collections::HashMap;
+
+use aws_sdk_ec2::types::Filter;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{aws, Error, Result};
+use crate::input::{is_availability_zone, is_resource_id, MigrateInput};
+use crate::receivers::{is_kms_key_ref, is_organization_arn, is_ou_arn, ShareInput};
+
+pub const MIGRATE_TO: &str = "amiflow:migrate-to";
+pub const SOURCE_ACTION: &str = "amiflow:source-action";
+pub const SHARE_WITH: &str = "amiflow:share-with";
+pub const COPY_TO: &str = "amiflow:copy-to";
+pub const STATUS: &str = "amiflow:status";
+
+/// Which workflow a tag asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Workflow {
+    MigrateInstance,
+    ShareImage,
+    CopyImage,
+}
+
+/// A named CopyImage target, for `amiflow:copy-to = <profile>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyProfile {
+    pub target_account_id: String,
+    pub target_role_arn: String,
+    pub external_id: String,
+    pub target_kms_key_id: String,
+}
+
+/// What a resource's tags ask for, as the workflow input it becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub workflow: Workflow,
+    pub resource_id: String,
+    pub input: Value,
+}
+
+/// The execution name for a request: the same for the same resource and tag values, at most
+/// 80 characters of letters, digits, `-` and `_`. Pure.
+pub fn execution_name(workflow: Workflow, resource_id: &str, tag_values: &[&str]) -> String {
+    let digest =
+        Sha256::digest(format!("{workflow:?}|{resource_id}|{}", tag_values.join("|")).as_bytes());
+    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let prefix = match workflow {
+        Workflow::MigrateInstance => "migrate",
+        Workflow::ShareImage => "share",
+        Workflow::CopyImage => "copy",
+    };
+    format!("{prefix}-{resource_id}-{hash}")
+}
+
+/// Parses an instance's `amiflow:migrate-to` (and `amiflow:source-action`) into MigrateInstance's
+/// input, with the same checks as the workflow. Pure.
+pub fn migrate_request(
+    instance_id: &str,
+    target: &str,
+    source_action: Option<&str>,
+    region: &str,
+) -> Result<Value> {
+    let target = target.trim();
+    let mut input = json!({"instanceId": instance_id});
+    if is_resource_id(target, "subnet-") {
+        input["targetSubnetId"] = json!(target);
+    } else if is_availability_zone(target) {
+        input["targetAvailabilityZone"] = json!(target);
+    } else {
+        return Err(Error::invalid(
+            MIGRATE_TO,
+            format!("{target:?} is neither an Availability Zone nor a subnet id"),
+        ));
+    }
+    if let Some(action) = source_action {
+        input["sourceAction"] = json!(action.trim());
+    }
+    MigrateInput::parse(&input, region).map_err(|e| match e {
+        Error::InvalidInput { field, reason } if field == "sourceAction" => {
+            Error::invalid(SOURCE_ACTION, reason)
+        }
+        Error::InvalidInput { reason, .. } => Error::invalid(MIGRATE_TO, reason),
+        other => other,
+    })?;
+    Ok(input)
+}
+
+/// Parses an image's `amiflow:share-with` into ShareImage's input. Pure.
+pub fn share_request(image_id: &str, receivers: &str) -> Result<Value> {
+    let (mut accounts, mut orgs, mut ous) = (Vec::new(), Vec::new(), Vec::new());
+    for item in receivers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        if item.len() == 12 && item.bytes().all(|b| b.is_ascii_digit()) {
+            accounts.push(item);
+        } else if is_organization_arn(item) {
+            orgs.push(item);
+        } else if is_ou_arn(item) {
+            ous.push(item);
+        } else {
+            return Err(Error::invalid(
+                SHARE_WITH,
+                format!("{item:?} is not an account id, organization ARN or OU ARN"),
+            ));
+        }
+    }
+    let input = json!({"imageId": image_id, "accountIds": accounts, "organizationArns": orgs, "organizationalUnitArns": ous});
+    ShareInput::parse(&input).map_err(|e| Error::invalid(SHARE_WITH, e.to_string()))?;
+    Ok(input)
+}
+
+/// Parses an image's `amiflow:copy-to`: `<account>:<role ARN>:<key ARN or alias>` or a profile. Pure.
+pub fn copy_request(
+    image_id: &str,
+    value: &str,
+    region: &str,
+    profiles: &HashMap<String, CopyProfile>,
+    default_external_id: &str,
+) -> Result<Value> {
+    let value = value.trim();
+    let profile = if let Some(p) = profiles.get(value) {
+        p.clone()
+    } else {
+        let (account, rest) = value.split_once(':').ok_or_else(|| {
+            Error::invalid(
+                COPY_TO,
+                format!("{value:?} is neither <account>:<role ARN>:<key> nor a known copy profile"),
+            )
+        })?;
+        let split = rest
+            .find(":arn:aws")
+            .or_else(|| rest.find(":alias/"))
+            .ok_or_else(|| {
+                Error::invalid(
+                    COPY_TO,
+                    "no KMS key after the role ARN (<account>:<role ARN>:<key ARN or alias>)",
+                )
+            })?;
+        let (role, key) = (&rest[..split], &rest[split + 1..]);
+        if !is_kms_key_ref(key) {
+            return Err(Error::invalid(
+                COPY_TO,
+                format!("{key:?} is not a KMS key ARN or alias"),
+            ));
+        }
+        CopyProfile {
+            target_account_id: account.to_string(),
+            target_role_arn: role.to_string(),
+            external_id: default_external_id.to_string(),
+            target_kms_key_id: key.to_string(),
+        }
+    };
+    let input = json!({
+        "sourceImageId": image_id, "sourceRegion": region, "targetAccountId": profile.target_account_id,
+        "targetRoleArn": profile.target_role_arn, "externalId": profile.external_id,
+        "targetKmsKeyId": profile.target_kms_key_id, "name": format!("{image_id}-copy"),
+    });
+    crate::receivers::CopyInput::parse(&input, region)
+        .map_err(|e| Error::invalid(COPY_TO, e.to_string()))?;
+    Ok(input)
+}
+
+/// A tag value may hold letters, digits, spaces and `_ . : / = + - @`, up to 256 characters.
+pub fn tag_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c) {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(256)
+        .collect()
+}
+
+/// What the status tag says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    None,
+    Running(String),
+    Done(String),
+    Failed(String),
+    Invalid,
+}
+
+pub fn parse_status(value: Option<&str>) -> Status {
+    let Some(value) = value else {
+        return Status::None;
+    };
+    let mut parts = value.splitn(3, ':');
+    match (parts.next(), parts.next()) {
+        (Some("running"), Some(e)) => Status::Running(e.to_string()),
+        (Some("done"), Some(e)) => Status::Done(e.to_string()),
+        (Some("failed"), Some(e)) => Status::Failed(e.to_string()),
+        (Some("invalid"), _) => Status::Invalid,
+        _ => Status::None,
+    }
+}
+
+/// What to do for a resource, from its status and the execution its tags now ask for. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start the run under this name.
+    Start,
+    /// A run for this resource is under way (its state must be looked at).
+    CheckRunning(String),
+    /// This request already ran (done or failed): nothing to start.
+    AlreadyRan,
+}
+
+pub fn decide(status: &Status, wanted: &str) -> Decision {
+    match status {
+        Status::Running(e) => Decision::CheckRunning(e.clone()),
+        Status::Done(e) | Status::Failed(e) if e == wanted => Decision::AlreadyRan,
+        _ => Decision::Start,
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TriggerSettings {
+    pub migrate_state_machine_arn: String,
+    pub share_state_machine_arn: String,
+    pub copy_state_machine_arn: String,
+    #[serde(default)]
+    pub copy_profiles: HashMap<String, CopyProfile>,
+    #[serde(default)]
+    pub default_external_id: String,
+}
+
+impl TriggerSettings {
+    /// Reads the state machines' ARNs and the copy profiles through `var` (once per cold start).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |name: &str| {
+            var(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Configuration(format!("{name} is not set")))
+        };
+        let copy_profiles = match var("AMIFLOW_COPY_PROFILES").filter(|v| !v.trim().is_empty()) {
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                Error::Configuration(format!(
+                    "AMIFLOW_COPY_PROFILES is not a JSON map of copy profiles: {e}"
+                ))
+            })?,
+            None => HashMap::new(),
+        };
+        Ok(TriggerSettings {
+            migrate_state_machine_arn: required("AMIFLOW_MIGRATE_STATE_MACHINE_ARN")?,
+            share_state_machine_arn: required("AMIFLOW_SHARE_STATE_MACHINE_ARN")?,
+            copy_state_machine_arn: required("AMIFLOW_COPY_STATE_MACHINE_ARN")?,
+            copy_profiles,
+            default_external_id: var("AMIFLOW_COPY_EXTERNAL_ID").unwrap_or_default(),
+        })
+    }
+}
+
+/// The resources a Tag Change on Resource event names; a scheduled event names none (sweep all).
+pub fn event_resources(event: &Value) -> Vec<String> {
+    if event.get("detail-type").and_then(Value::as_str) != Some("Tag Change on Resource") {
+        return Vec::new();
+    }
+    event["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect()
+}
+
+/// One line of the sweep's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub resource_id: String,
+    pub status: String,
+}
+
+fn tags_of(tags: &[aws_sdk_ec2::types::Tag]) -> HashMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+async fn set_status(ec2: &aws_sdk_ec2::Client, resource: &str, value: &str) -> Result<()> {
+    ec2.create_tags()
+        .resources(resource)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(STATUS)
+                .value(tag_safe(value))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("CreateTags"))?;
+    Ok(())
+}
+
+/// The resources that ask for work: (resource id, workflow, tags). `only` limits the sweep to
+/// the resources a tag-change event names.
+async fn tagged(
+    ec2: &aws_sdk_ec2::Client,
+    only: &[String],
+) -> Result<Vec<(String, Workflow, HashMap<String, String>)>> {
+    let mut found = Vec::new();
+    let instances = ec2
+        .describe_instances()
+        .filters(Filter::builder().name("tag-key").values(MIGRATE_TO).build())
+        .filters(crate::tags::live_instances_filter())
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))?;
+    for instance in instances.reservations().iter().flat_map(|r| r.instances()) {
+        if let Some(id) = instance.instance_id() {
+            found.push((
+                id.to_string(),
+                Workflow::MigrateInstance,
+                tags_of(instance.tags()),
+            ));
+        }
+    }
+    for (key, workflow) in [
+        (SHARE_WITH, Workflow::ShareImage),
+        (COPY_TO, Workflow::CopyImage),
+    ] {
+        let images = ec2
+            .describe_images()
+            .owners("self")
+            .filters(Filter::builder().name("tag-key").values(key).build())
+            .send()
+            .await
+            .map_err(aws("DescribeImages"))?;
+        for image in images.images() {
+            if let Some(id) = image.image_id() {
+                found.push((id.to_string(), workflow, tags_of(image.tags())));
+            }
+        }
+    }
+    if !only.is_empty() {
+        found.retain(|(id, _, _)| only.iter().any(|o| o.ends_with(id.as_str())));
+    }
+    Ok(found)
+}
+
+fn request_for(
+    workflow: Workflow,
+    id: &str,
+    tags: &HashMap<String, String>,
+    region: &str,
+    settings: &TriggerSettings,
+) -> (Vec<String>, Result<Value>) {
+    match workflow {
+        Workflow::MigrateInstance => {
+            let target = tags.get(MIGRATE_TO).cloned().unwrap_or_default();
+            let action = tags.get(SOURCE_ACTION).cloned();
+            let values = vec![target.clone(), action.clone().unwrap_or_default()];
+            (
+                values,
+                migrate_request(id, &target, action.as_deref(), region),
+            )
+        }
+        Workflow::ShareImage => {
+            let value = tags.get(SHARE_WITH).cloned().unwrap_or_default();
+            (vec![value.clone()], share_request(id, &value))
+        }
+        Workflow::CopyImage => {
+            let value = tags.get(COPY_TO).cloned().unwrap_or_default();
+            (
+                vec![value.clone()],
+                copy_request(
+                    id,
+                    &value,
+                    region,
+                    &settings.copy_profiles,
+                    &settings.default_external_id,
+                ),
+            )
+        }
+    }
+}
+
+pub async fn sweep(
+    ec2: &aws_sdk_ec2::Client,
+    sfn: &aws_sdk_sfn::Client,
+    region: &str,
+    settings: &TriggerSettings,
+    only: &[String],
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for (id, workflow, tags) in tagged(ec2, only).await? {
+        let (values, request) = request_for(workflow, &id, &tags, region, settings);
+        let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let name = execution_name(workflow, &id, &value_refs);
+        let input = match request {
+            Ok(input) => input,
+            Err(e) => {
+                let status = format!("invalid:{e}");
+                if tags.get(STATUS).map(|s| tag_safe(s)) != Some(tag_safe(&status)) {
+                    set_status(ec2, &id, &status).await?;
+                }
+                tracing::warn!(resource = %id, error = %e, "bad tag value; no run started");
+                outcomes.push(Outcome {
+                    resource_id: id,
+                    status: tag_safe(&status),
+                });
+                continue;
+            }
+        };
+        let arn = match workflow {
+            Workflow::MigrateInstance => &settings.migrate_state_machine_arn,
+            Workflow::ShareImage => &settings.share_state_machine_arn,
+            Workflow::CopyImage => &settings.copy_state_machine_arn,
+        };
+        let status = match decide(&parse_status(tags.get(STATUS).map(String::as_str)), &name) {
+            Decision::AlreadyRan => tags.get(STATUS).cloned().unwrap_or_default(),
+            Decision::CheckRunning(running) => {
+                let execution_arn =
+                    format!("{}:{running}", arn.replace(":stateMachine:", ":execution:"));
+                let described = sfn
+                    .describe_execution()
+                    .execution_arn(&execution_arn)
+                    .send()
+                    .await
+                    .map_err(aws("DescribeExecution"))?;
+                let now = match described.status().as_str() {
+                    "RUNNING" => format!("running:{running}"),
+                    "SUCCEEDED" => format!("done:{running}"),
+                    _ => format!(
+                        "failed:{running}:{}",
+                        described.error().unwrap_or("unknown")
+                    ),
+                };
+                if now != tags.get(STATUS).cloned().unwrap_or_default() {
+                    set_status(ec2, &id, &now).await?;
+                }
+                now
+            }
+            Decision::Start => {
+                let started = sfn
+                    .start_execution()
+                    .state_machine_arn(arn)
+                    .name(&name)
+                    .input(input.to_string())
+                    .send()
+                    .await;
+                match started {
+                    Ok(_) => {}
+                    Err(e)
+                        if aws_sdk_sfn::error::ProvideErrorMetadata::code(&e)
+                            == Some("ExecutionAlreadyExists") => {}
+                    Err(e) => return Err(aws("StartExecution")(e)),
+                }
+                let status = format!("running:{name}");
+                set_status(ec2, &id, &status).await?;
+                tracing::info!(resource = %id, execution = %name, "run started");
+                status
+            }
+        };
+        outcomes.push(Outcome {
+            resource_id: id,
+            status,
+        });
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_names_are_stable_bounded_and_differ_by_request() {
+        let a = execution_name(
+            Workflow::MigrateInstance,
+            "i-0123456789abcdef0",
+            &["us-east-1b", ""],
+        );
+        assert_eq!(
+            a,
+            execution_name(
+                Workflow::MigrateInstance,
+                "i-0123456789abcdef0",
+                &["us-east-1b", ""]
+            )
+        );
+        assert_ne!(
+            a,
+            execution_name(
+                Workflow::MigrateInstance,
+                "i-0123456789abcdef0",
+                &["us-east-1c", ""]
+            )
+        );
+        assert_ne!(
+            a,
+            execution_name(
+                Workflow::MigrateInstance,
+                "i-0123456789abcdef0",
+                &["us-east-1b", "stop"]
+            )
+        );
+        assert!(a.starts_with("migrate-i-0123456789abcdef0-") && a.len() <= 80);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[test]
+    fn migrate_tags_become_the_workflow_input() {
+        let v = migrate_request(
+            "i-0123456789abcdef0",
+            "us-east-1b",
+            Some("stop"),
+            "us-east-1",
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "sourceAction": "stop"})
+        );
+        let v = migrate_request(
+            "i-0123456789abcdef0",
+            "subnet-0123456789abcdef0",
+            None,
+            "us-east-1",
+        )
+        .unwrap();
+        assert_eq!(v["targetSubnetId"], "subnet-0123456789abcdef0");
+        let bad =
+            migrate_request("i-0123456789abcdef0", "the other AZ", None, "us-east-1").unwrap_err();
+        assert!(bad.to_string().starts_with("amiflow:migrate-to:"), "{bad}");
+        let bad =
+            migrate_request("i-0123456789abcdef0", "eu-west-1a", None, "us-east-1").unwrap_err();
+        assert!(bad.to_string().starts_with("amiflow:migrate-to:"), "{bad}");
+        let bad = migrate_request(
+            "i-0123456789abcdef0",
+            "us-east-1b",
+            Some("explode"),
+            "us-east-1",
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string().starts_with("amiflow:source-action:"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn share_tags_sort_receivers_by_kind() {
+        let v = share_request(
+            "ami-0123456789abcdef0",
+            "210987654321, arn:aws:organizations::123456789012:organization/o-abcdef1234,arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-cdef5678",
+        )
+        .unwrap();
+        assert_eq!(v["accountIds"], json!(["210987654321"]));
+        assert_eq!(v["organizationArns"].as_array().unwrap().len(), 1);
+        assert_eq!(v["organizationalUnitArns"].as_array().unwrap().len(), 1);
+        assert!(share_request("ami-0123456789abcdef0", "2109876543")
+            .unwrap_err()
+            .to_string()
+            .starts_with("amiflow:share-with:"));
+        assert!(share_request("ami-0123456789abcdef0", "").is_err());
+    }
+
+    #[test]
+    fn copy_tags_take_the_explicit_form_or_a_profile() {
+        let value = "210987654321:arn:aws:iam::210987654321:role/amiflow-copy:arn:aws:kms:us-east-1:210987654321:key/11111111-2222-3333-4444-555555555555";
+        let v = copy_request(
+            "ami-0123456789abcdef0",
+            value,
+            "us-east-1",
+            &HashMap::new(),
+            "ext",
+        )
+        .unwrap();
+        assert_eq!(
+            v["targetRoleArn"],
+            "arn:aws:iam::210987654321:role/amiflow-copy"
+        );
+        assert_eq!(
+            v["targetKmsKeyId"],
+            "arn:aws:kms:us-east-1:210987654321:key/11111111-2222-3333-4444-555555555555"
+        );
+        let profiles = HashMap::from([(
+            "prod".to_string(),
+            CopyProfile {
+                target_account_id: "210987654321".into(),
+                target_role_arn: "arn:aws:iam::210987654321:role/amiflow-copy".into(),
+                external_id: "ext-prod".into(),
+                target_kms_key_id: "alias/prod".into(),
+            },
+        )]);
+        assert_eq!(
+            copy_request(
+                "ami-0123456789abcdef0",
+                "prod",
+                "us-east-1",
+                &profiles,
+                "ext"
+            )
+            .unwrap()["externalId"],
+            "ext-prod"
+        );
+        let e = copy_request(
+            "ami-0123456789abcdef0",
+            "staging",
+            "us-east-1",
+            &profiles,
+            "ext",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("amiflow:copy-to:"), "{e}");
+    }
+
+    #[test]
+    fn decisions_start_once_and_wait_for_a_running_run() {
+        assert_eq!(decide(&Status::None, "e1"), Decision::Start);
+        assert_eq!(
+            decide(&parse_status(Some("running:e1")), "e1"),
+            Decision::CheckRunning("e1".into())
+        );
+        assert_eq!(
+            decide(&parse_status(Some("running:e0")), "e1"),
+            Decision::CheckRunning("e0".into())
+        );
+        assert_eq!(
+            decide(&parse_status(Some("done:e1")), "e1"),
+            Decision::AlreadyRan
+        );
+        assert_eq!(
+            decide(&parse_status(Some("failed:e1:LaunchFailed")), "e1"),
+            Decision::AlreadyRan
+        );
+        assert_eq!(
+            decide(&parse_status(Some("done:e0")), "e1"),
+            Decision::Start,
+            "a new request after a finished one"
+        );
+        assert_eq!(
+            decide(&parse_status(Some("invalid:bad")), "e1"),
+            Decision::Start
+        );
+        assert_eq!(tag_safe("a\"b{c}"), "a b c ");
+    }
+}

@@ -1,0 +1,71 @@
+"""Starting runs from tags: the trigger function, fired by its schedule rule on the local stack."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from amiflow_local.seed import seed
+
+from workflow import instance
+
+
+def status_of(ec2, instance_id: str) -> str | None:
+    tags = {t["Key"]: t["Value"] for t in instance(ec2, instance_id).get("Tags", [])}
+    return tags.get("amiflow:status")
+
+
+def fire(stack) -> None:
+    """The schedule comes round: EventBridge invokes the trigger (asynchronously, as on AWS)."""
+    stack.control("fire-schedule", {"rule": "trigger-Sweep"})
+
+
+def wait_for(check, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def executions_for(sfn, instance_id: str) -> list[dict]:
+    from workflow import state_machine_arn
+
+    listed = sfn.list_executions(stateMachineArn=state_machine_arn(sfn, "MigrateInstance"))["executions"]
+    return [e for e in listed if instance_id in e["name"]]
+
+
+def test_a_tagged_instance_is_migrated_once_by_the_schedule(stack, ec2, sfn):
+    world = seed(ec2, "us-east-1", name=f"tagged-{uuid.uuid4().hex[:6]}")
+    ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:migrate-to", "Value": "us-east-1c"}])
+    stack.control("config", {"statusCheckDelaySeconds": 2})
+    fire(stack)
+    running = wait_for(lambda: (s := status_of(ec2, world.instance_id)) and s.startswith("running:") and s, what="running")
+    execution = running.split(":", 1)[1]
+    # A second sweep during the run starts nothing.
+    fire(stack)
+    time.sleep(1)
+    assert [e["name"] for e in executions_for(sfn, world.instance_id)] == [execution]
+    wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished")
+    # The next sweep records the outcome; sweeps after it start nothing for the same request.
+    fire(stack)
+    wait_for(lambda: status_of(ec2, world.instance_id) == f"done:{execution}", what="done")
+    fire(stack)
+    time.sleep(1)
+    assert len(executions_for(sfn, world.instance_id)) == 1
+    migrated = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:amiflow:execution", "Values": [execution]}])["Reservations"] for i in r["Instances"]]
+    assert len(migrated) == 1 and migrated[0]["Placement"]["AvailabilityZone"] == "us-east-1c"
+    assert "amiflow:migrate-to" not in {t["Key"] for t in migrated[0]["Tags"]}, "the copy must not ask to be migrated again"
+
+
+@pytest.mark.parametrize("value, field", [("the moon", "amiflow:migrate-to"), ("eu-west-1a", "amiflow:migrate-to")])
+def test_a_bad_tag_value_is_reported_and_starts_nothing(stack, ec2, sfn, value, field):
+    world = seed(ec2, "us-east-1", name=f"bad-{uuid.uuid4().hex[:6]}")
+    ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:migrate-to", "Value": value}])
+    fire(stack)
+    status = wait_for(lambda: status_of(ec2, world.instance_id), what="status")
+    assert status.startswith(f"invalid:{field}:"), status
+    assert executions_for(sfn, world.instance_id) == []
