@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amiflow_local.accounts import session_for  # noqa: E402
 from amiflow_local.harness import RunningStack  # noqa: E402
 from amiflow_local.seed import seed  # noqa: E402
-from demo import follow  # noqa: E402
+from demo import amiflow  # noqa: E402
 
 REGION = "us-east-1"
 B = "210987654321"
@@ -38,7 +38,7 @@ def control(endpoint: str, path: str, body: dict) -> dict:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="amiflow-demo-copy-") as logs, RunningStack(Path(logs)) as stack:
         a = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION)
-        ec2, kms, sfn = (a.client(s, endpoint_url=stack.endpoint) for s in ("ec2", "kms", "stepfunctions"))
+        ec2, kms = (a.client(s, endpoint_url=stack.endpoint) for s in ("ec2", "kms"))
         b = session_for(stack.endpoint, REGION, B)
         b_ec2, b_kms = (b.client(s, endpoint_url=stack.endpoint) for s in ("ec2", "kms"))
         print(f"local AWS stack on {stack.endpoint}")
@@ -59,20 +59,13 @@ def main() -> int:
         cmk_b = b_kms.create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
         print(f"account B: target-account.yaml deployed (role {made['roles'][0]}), CMK-B {cmk_b}")
 
-        machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if m["name"] == "CopyImage")
-        payload = {
-            "sourceImageId": image_id, "sourceRegion": REGION, "targetAccountId": B,
-            "targetRoleArn": made["roles"][0], "externalId": "demo-external-id",
-            "targetKmsKeyId": cmk_b, "name": "golden-web-copy",
-        }
-        print(f"CopyImage {json.dumps(payload)}")
-        execution = sfn.start_execution(stateMachineArn=machine, name=f"demo-copy-{int(time.time())}", input=json.dumps(payload))
-        result = follow(sfn, execution["executionArn"])
-        if result["status"] != "SUCCEEDED":
-            print(f"error: {result.get('error')}: {result.get('cause')}", file=sys.stderr)
+        command = ["copy", "--source-image-id", image_id, "--target-account", B, "--target-role-arn", made["roles"][0],
+                   "--external-id", "demo-external-id", "--target-kms-key-id", cmk_b, "--copy-name", "golden-web-copy", "--watch"]
+        print(f"$ amiflow {' '.join(command)}", flush=True)
+        result = amiflow(stack.endpoint, *command)
+        if result.returncode != 0:
             return 1
-
-        out = json.loads(result["output"])
+        out = json.loads(result.stdout)
         copy = b_ec2.describe_images(ImageIds=[out["targetImageId"]])["Images"][0]
         keys = sorted({m["Ebs"].get("KmsKeyId") for m in copy["BlockDeviceMappings"] if m["Ebs"].get("Encrypted")})
         tags = {t["Key"]: t["Value"] for t in copy.get("Tags", [])}

@@ -109,6 +109,16 @@ impl Settings {
         })
     }
 
+    /// The settings with no environment at all (the CLI's).
+    pub fn defaults() -> Self {
+        Settings {
+            task_table: None,
+            event_wait_seconds: 1800,
+            image_poll: DEFAULT_IMAGE_POLL,
+            instance_poll: DEFAULT_INSTANCE_POLL,
+        }
+    }
+
     pub fn task_table(&self) -> Result<&str> {
         self.task_table
             .as_deref()

@@ -280,7 +280,7 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
 }
 
 /// Finds the target subnet, by id or as the one subnet of the source's VPC in the target AZ.
-async fn resolve_subnet(
+pub async fn resolve_subnet(
     ec2: &aws_sdk_ec2::Client,
     input: &MigrateInput,
     capture: &Capture,
@@ -331,7 +331,7 @@ async fn resolve_subnet(
     choose_subnet(&candidates, &capture.vpc_id, az)
 }
 
-async fn check_offered(ec2: &aws_sdk_ec2::Client, instance_type: &str, az: &str) -> Result<()> {
+pub async fn check_offered(ec2: &aws_sdk_ec2::Client, instance_type: &str, az: &str) -> Result<()> {
     let offers = ec2
         .describe_instance_type_offerings()
         .location_type(LocationType::AvailabilityZone)

@@ -85,16 +85,21 @@ pub enum ShareImageOutput {
     Removed { removed_image_ids: Vec<String> },
 }
 
-struct ImageFacts {
-    owner: String,
-    state: String,
-    snapshot_ids: Vec<String>,
-    product_codes: usize,
-    tags: Vec<Tag>,
+/// What the share steps (and preflight) need to know of an image.
+pub struct ImageFacts {
+    pub owner: String,
+    pub state: String,
+    pub snapshot_ids: Vec<String>,
+    pub product_codes: usize,
+    pub tags: Vec<Tag>,
 }
 
 /// The image, which must be this account's own.
-async fn own_image(ec2: &aws_sdk_ec2::Client, field: &str, image_id: &str) -> Result<ImageFacts> {
+pub async fn own_image(
+    ec2: &aws_sdk_ec2::Client,
+    field: &str,
+    image_id: &str,
+) -> Result<ImageFacts> {
     let owned = ec2
         .describe_images()
         .owners("self")
@@ -145,7 +150,7 @@ async fn own_image(ec2: &aws_sdk_ec2::Client, field: &str, image_id: &str) -> Re
 }
 
 /// The encryption keys behind the snapshots: (customer managed, AWS managed).
-async fn keys_of(
+pub async fn keys_of(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
     snapshots: &[String],

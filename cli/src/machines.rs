@@ -1,0 +1,78 @@
+//! Finding the amiflow state machines and their executions by name, and starting runs.
+
+use aws_sdk_sfn::Client;
+use serde_json::Value;
+
+pub const WORKFLOWS: [&str; 4] = ["MigrateInstance", "ShareImage", "UnshareImage", "CopyImage"];
+
+pub struct Machines {
+    pub sfn: Client,
+    pub prefix: String,
+}
+
+fn describe(e: impl std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+impl Machines {
+    /// The ARN of `<prefix><workflow>`.
+    pub async fn arn(&self, workflow: &str) -> Result<String, String> {
+        let wanted = format!("{}{workflow}", self.prefix);
+        let mut pages = self.sfn.list_state_machines().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| format!("ListStateMachines: {}", describe(e)))?;
+            if let Some(m) = page.state_machines().iter().find(|m| m.name() == wanted) {
+                return Ok(m.state_machine_arn().to_string());
+            }
+        }
+        Err(format!("no state machine named {wanted} in this account and region; is the amiflow stack deployed here (and --name-prefix right)?"))
+    }
+
+    pub async fn start(&self, workflow: &str, name: &str, input: &Value) -> Result<String, String> {
+        let arn = self.arn(workflow).await?;
+        let started = self
+            .sfn
+            .start_execution()
+            .state_machine_arn(arn)
+            .name(name)
+            .input(input.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("StartExecution: {}", describe(e)))?;
+        Ok(started.execution_arn().to_string())
+    }
+
+    /// An execution's ARN from its ARN or its name (looked for in every amiflow workflow).
+    pub async fn execution(&self, name_or_arn: &str) -> Result<String, String> {
+        if name_or_arn.starts_with("arn:") {
+            return Ok(name_or_arn.to_string());
+        }
+        for workflow in WORKFLOWS {
+            let Ok(machine) = self.arn(workflow).await else {
+                continue;
+            };
+            let arn = format!(
+                "{}:{name_or_arn}",
+                machine.replacen(":stateMachine:", ":execution:", 1)
+            );
+            if self
+                .sfn
+                .describe_execution()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(arn);
+            }
+        }
+        Err(format!("no amiflow execution named {name_or_arn}"))
+    }
+}

@@ -1,0 +1,243 @@
+//! amiflow: start, follow and check amiflow runs from a terminal.
+
+mod args;
+mod machines;
+mod preflight;
+mod watch;
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use amiflow::settings::Settings;
+use amiflow::Deps;
+use args::{Cli, Command, Output, Preflight, Start};
+use aws_config::{BehaviorVersion, Region};
+use clap::Parser;
+use machines::{Machines, WORKFLOWS};
+use serde_json::Value;
+
+/// A usage error: exit status 2, and the message names the flag.
+fn refuse(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn default_name(workflow: &str, resource: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!("{}-{resource}-{now}", workflow.to_lowercase())
+}
+
+/// Checks a workflow input with the functions' own validation, naming the flag on refusal.
+fn validated(input: Value, check: impl Fn(&Value) -> amiflow::Result<()>) -> Result<Value, String> {
+    check(&input).map(|_| input).map_err(|e| match e {
+        amiflow::Error::InvalidInput { field, reason } => {
+            format!("{}: {reason}", args::flag_for(&field))
+        }
+        other => other.to_string(),
+    })
+}
+
+async fn start(
+    machines: &Machines,
+    workflow: &str,
+    resource: &str,
+    input: Value,
+    start: &Start,
+    output: Output,
+) -> ExitCode {
+    if start.dry_run {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&input).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let name = start
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(workflow, resource));
+    let arn = match machines.start(workflow, &name, &input).await {
+        Ok(arn) => arn,
+        Err(e) => return refuse(e),
+    };
+    if output == Output::Text {
+        eprintln!("started {workflow} {name}");
+    }
+    if !start.watch {
+        if output == Output::Json {
+            println!("{}", serde_json::json!({"execution": arn, "name": name}));
+        } else {
+            println!("{arn}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    follow(machines, &arn, output).await
+}
+
+async fn follow(machines: &Machines, arn: &str, output: Output) -> ExitCode {
+    match watch::watch(&machines.sfn, arn, output).await {
+        Err(e) => refuse(e),
+        Ok(ended) => {
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ended.report).unwrap_or_default()
+                );
+            } else if ended.succeeded {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ended.report["output"]).unwrap_or_default()
+                );
+            } else {
+                eprintln!(
+                    "{}: {}",
+                    ended.report["error"].as_str().unwrap_or("failed"),
+                    ended.report["cause"].as_str().unwrap_or("")
+                );
+            }
+            if ended.succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn status(machines: &Machines, limit: i32, output: Output) -> ExitCode {
+    let mut all = Vec::new();
+    for workflow in WORKFLOWS {
+        let Ok(arn) = machines.arn(workflow).await else {
+            continue;
+        };
+        match machines
+            .sfn
+            .list_executions()
+            .state_machine_arn(arn)
+            .max_results(limit)
+            .send()
+            .await
+        {
+            Ok(listed) => {
+                for e in listed.executions() {
+                    all.push(serde_json::json!({"workflow": workflow, "name": e.name(), "status": e.status().as_str(), "started": e.start_date().secs()}));
+                }
+            }
+            Err(e) => return refuse(format!("ListExecutions: {e}")),
+        }
+    }
+    all.sort_by_key(|e| std::cmp::Reverse(e["started"].as_i64().unwrap_or_default()));
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    } else {
+        for e in &all {
+            println!(
+                "{:<10} {:<16} {}",
+                e["status"].as_str().unwrap_or_default(),
+                e["workflow"].as_str().unwrap_or_default(),
+                e["name"].as_str().unwrap_or_default()
+            );
+        }
+        if all.is_empty() {
+            println!("no amiflow runs");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(url) = &cli.global.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some(region) = &cli.global.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let config = loader.load().await;
+    let deps = Deps::from_config(&config, Settings::defaults());
+    let region = deps.region.clone();
+    let machines = Machines {
+        sfn: deps.sfn.clone(),
+        prefix: cli.global.name_prefix.clone(),
+    };
+    let output = cli.global.output;
+    match &cli.command {
+        Command::Migrate { args, start: s } => match validated(args.input(), |v| {
+            amiflow::input::MigrateInput::parse(v, &region).map(|_| ())
+        }) {
+            Ok(input) => {
+                start(
+                    &machines,
+                    "MigrateInstance",
+                    &args.instance_id,
+                    input,
+                    s,
+                    output,
+                )
+                .await
+            }
+            Err(e) => refuse(e),
+        },
+        Command::Share { args, start: s } => match validated(args.input(), |v| {
+            amiflow::receivers::ShareInput::parse(v).map(|_| ())
+        }) {
+            Ok(input) => {
+                start(
+                    &machines,
+                    "ShareImage",
+                    &args.receivers.image_id,
+                    input,
+                    s,
+                    output,
+                )
+                .await
+            }
+            Err(e) => refuse(e),
+        },
+        Command::Unshare { args, start: s } => match validated(args.input(), |v| {
+            amiflow::receivers::UnshareInput::parse(v).map(|_| ())
+        }) {
+            Ok(input) => start(&machines, "UnshareImage", &args.image_id, input, s, output).await,
+            Err(e) => refuse(e),
+        },
+        Command::Copy { args, start: s } => match validated(args.input(&region), |v| {
+            amiflow::receivers::CopyInput::parse(v, &region).map(|_| ())
+        }) {
+            Ok(input) => {
+                start(
+                    &machines,
+                    "CopyImage",
+                    &args.source_image_id,
+                    input,
+                    s,
+                    output,
+                )
+                .await
+            }
+            Err(e) => refuse(e),
+        },
+        Command::Watch { execution } => match machines.execution(execution).await {
+            Ok(arn) => follow(&machines, &arn, output).await,
+            Err(e) => refuse(e),
+        },
+        Command::Status { limit } => status(&machines, *limit, output).await,
+        Command::Preflight { workflow } => {
+            let rows = match workflow {
+                Preflight::Migrate(a) => preflight::migrate(&deps, &a.input()).await,
+                Preflight::Share(a) => preflight::share(&deps, &a.input()).await,
+                Preflight::Copy(a) => preflight::copy(&deps, &a.input(&region)).await,
+            };
+            preflight::print(&rows, output == Output::Json);
+            if rows.iter().any(|r| r.verdict == preflight::Verdict::Fail) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Preflight: what a run would need, checked before anything is changed. Each row passes, fails
+//! or is unknown, with the reason; nothing is created (mutating calls are EC2 DryRun calls).
+
+use amiflow::error::Error;
+use amiflow::input::MigrateInput;
+use amiflow::receivers::{CopyInput, Receivers, ShareInput};
+use amiflow::steps::create_image::{
+    check_offered, check_source_action, check_target, read_source, resolve_subnet,
+};
+use amiflow::steps::grant_kms::GRANT_OPERATIONS;
+use amiflow::steps::share_image::{keys_of, launch_permissions, own_image};
+use amiflow::Deps;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::LaunchPermissionModifications;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub check: String,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+fn row(check: &str, verdict: Verdict, reason: impl Into<String>) -> Row {
+    Row {
+        check: check.to_string(),
+        verdict,
+        reason: reason.into(),
+    }
+}
+
+fn from(check: &str, result: Result<String, Error>) -> Row {
+    match result {
+        Ok(reason) => row(check, Verdict::Pass, reason),
+        Err(e) => row(check, Verdict::Fail, format!("{}: {e}", e.name())),
+    }
+}
+
+/// A DryRun call: DryRunOperation means it would have been allowed.
+fn dry_run<E: ProvideErrorMetadata>(check: &str, result: Result<impl Sized, E>) -> Row {
+    match result {
+        Ok(_) => row(check, Verdict::Pass, "allowed"),
+        Err(e) => match e.code() {
+            Some("DryRunOperation") => row(check, Verdict::Pass, "allowed (DryRun)"),
+            Some("UnauthorizedOperation") | Some("AccessDenied") => row(
+                check,
+                Verdict::Fail,
+                format!(
+                    "{}: {}",
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                ),
+            ),
+            code => row(
+                check,
+                Verdict::Unknown,
+                format!(
+                    "the DryRun answered {}: {}",
+                    code.unwrap_or("no code"),
+                    e.message().unwrap_or_default()
+                ),
+            ),
+        },
+    }
+}
+
+pub async fn migrate(deps: &Deps, input: &Value) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let parsed = match MigrateInput::parse(input, &deps.region) {
+        Ok(p) => p,
+        Err(e) => return vec![from("input", Err(e))],
+    };
+    rows.push(row("input", Verdict::Pass, "well formed"));
+    let capture = match read_source(&deps.ec2, &parsed.instance_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            rows.push(from("source instance", Err(e)));
+            return rows;
+        }
+    };
+    rows.push(row(
+        "source instance",
+        Verdict::Pass,
+        format!(
+            "{} {} in {}, EBS root, {} volumes",
+            capture.instance_id,
+            capture.state,
+            capture.availability_zone,
+            capture.volumes.len()
+        ),
+    ));
+    rows.push(from(
+        "source action",
+        check_source_action(&capture, parsed.source_action).map(|_| {
+            format!(
+                "{:?} is allowed by the source's protection",
+                parsed.source_action
+            )
+        }),
+    ));
+    let subnet = match resolve_subnet(&deps.ec2, &parsed, &capture).await {
+        Ok(s) => s,
+        Err(e) => {
+            rows.push(from("target subnet", Err(e)));
+            return rows;
+        }
+    };
+    rows.push(from(
+        "target subnet",
+        check_target(
+            &capture,
+            &subnet,
+            parsed.target_availability_zone.as_deref(),
+        )
+        .map(|_| {
+            format!(
+                "{} in {} of {}",
+                subnet.subnet_id, subnet.availability_zone, subnet.vpc_id
+            )
+        }),
+    ));
+    let instance_type = parsed
+        .instance_type
+        .clone()
+        .unwrap_or_else(|| capture.instance_type.clone());
+    rows.push(from(
+        "instance type offered",
+        check_offered(&deps.ec2, &instance_type, &subnet.availability_zone)
+            .await
+            .map(|_| format!("{instance_type} in {}", subnet.availability_zone)),
+    ));
+    rows.push(match &capture.elastic_ip {
+        Some(eip) => row(
+            "elastic IP",
+            Verdict::Pass,
+            format!(
+                "{} ({}) is a VPC address and moves to the new instance",
+                eip.public_ip, eip.allocation_id
+            ),
+        ),
+        None => row("elastic IP", Verdict::Pass, "none on the source"),
+    });
+    rows.push(dry_run(
+        "CreateImage (DryRun)",
+        deps.ec2
+            .create_image()
+            .instance_id(&parsed.instance_id)
+            .name("amiflow-preflight")
+            .dry_run(true)
+            .send()
+            .await,
+    ));
+    let mut launch = deps
+        .ec2
+        .run_instances()
+        .image_id("ami-00000000")
+        .instance_type(aws_sdk_ec2::types::InstanceType::from(
+            instance_type.as_str(),
+        ))
+        .subnet_id(&subnet.subnet_id)
+        .set_security_group_ids(Some(capture.security_group_ids.clone()))
+        .set_key_name(capture.key_name.clone())
+        .min_count(1)
+        .max_count(1)
+        .dry_run(true);
+    if let Some(profile) = &capture.iam_instance_profile_arn {
+        launch = launch.iam_instance_profile(
+            aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                .arn(profile)
+                .build(),
+        );
+    }
+    rows.push(dry_run(
+        "RunInstances in the target subnet (DryRun)",
+        launch.send().await,
+    ));
+    rows.push(row(
+        "instance quota",
+        Verdict::Unknown,
+        "the running-instance quota is in Service Quotas, which amiflow does not read",
+    ));
+    rows
+}
+
+/// Whether a key's policy or grants let a receiver use it the way a shared image needs.
+async fn receiver_may_use(deps: &Deps, key: &str, receivers: &Receivers) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let policy = deps
+        .kms
+        .get_key_policy()
+        .key_id(key)
+        .policy_name("default")
+        .send()
+        .await
+        .ok()
+        .and_then(|p| p.policy().map(str::to_string));
+    let grants = deps
+        .kms
+        .list_grants()
+        .key_id(key)
+        .send()
+        .await
+        .map(|g| g.grants().to_vec())
+        .unwrap_or_default();
+    let statements: Vec<Value> = policy
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+        .and_then(|p| p.get("Statement").cloned())
+        .map(|s| {
+            if s.is_array() {
+                s.as_array().cloned().unwrap_or_default()
+            } else {
+                vec![s]
+            }
+        })
+        .unwrap_or_default();
+    let text = |v: &Value| v.to_string();
+    for account in &receivers.account_ids {
+        let by_grant = grants.iter().any(|g| {
+            g.grantee_principal()
+                .is_some_and(|p| p.contains(account.as_str()))
+                && GRANT_OPERATIONS
+                    .iter()
+                    .all(|op| g.operations().iter().any(|o| o.as_str() == *op))
+        });
+        let by_policy = statements
+            .iter()
+            .any(|s| s["Effect"] == "Allow" && text(&s["Principal"]).contains(account.as_str()));
+        let check = format!("KMS {key} for {account}");
+        rows.push(if by_grant || by_policy {
+            row(&check, Verdict::Pass, if by_grant { "a grant gives the operations EC2 needs" } else { "the key policy names the account" })
+        } else {
+            row(&check, Verdict::Fail, format!("no grant and no key-policy statement lets {account} use the key; the receiver could not launch or copy the image (ShareImage's grant-kms adds it)"))
+        });
+    }
+    for (ids, kind) in [
+        (receivers.organization_ids(), "organization"),
+        (receivers.ou_paths(), "OU"),
+    ] {
+        for id in ids {
+            let check = format!("KMS {key} for {kind} {id}");
+            let found = statements
+                .iter()
+                .any(|s| s["Effect"] == "Allow" && text(&s["Condition"]).contains(id.as_str()));
+            rows.push(if found {
+                row(&check, Verdict::Pass, "a key-policy statement admits it")
+            } else {
+                row(
+                    &check,
+                    Verdict::Fail,
+                    "no key-policy statement admits it (ShareImage's grant-kms adds one)",
+                )
+            });
+        }
+    }
+    rows
+}
+
+pub async fn share(deps: &Deps, input: &Value) -> Vec<Row> {
+    let parsed = match ShareInput::parse(input) {
+        Ok(p) => p,
+        Err(e) => return vec![from("input", Err(e))],
+    };
+    let mut rows = vec![row("input", Verdict::Pass, "well formed")];
+    let image = match own_image(&deps.ec2, "imageId", &parsed.image_id).await {
+        Ok(i) => i,
+        Err(e) => {
+            rows.push(from("image", Err(e)));
+            return rows;
+        }
+    };
+    rows.push(row(
+        "image",
+        Verdict::Pass,
+        format!("{} is this account's, {}", parsed.image_id, image.state),
+    ));
+    let receivers = match parsed.receivers_for(&image.owner) {
+        Ok(r) => r,
+        Err(e) => {
+            rows.push(from("receivers", Err(e)));
+            return rows;
+        }
+    };
+    match keys_of(&deps.ec2, &deps.kms, &image.snapshot_ids).await {
+        Err(e) => rows.push(from("KMS keys", Err(e))),
+        Ok((customer, managed)) => {
+            if parsed.public && !(customer.is_empty() && managed.is_empty()) {
+                rows.push(row(
+                    "public",
+                    Verdict::Fail,
+                    "the image is encrypted; encrypted images cannot be public",
+                ));
+            }
+            if !managed.is_empty() {
+                rows.push(match &parsed.reencrypt_kms_key_id {
+                    Some(k) => row(
+                        "AWS managed key",
+                        Verdict::Pass,
+                        format!("the run re-encrypts a copy with {k} and shares the copy"),
+                    ),
+                    None => row(
+                        "AWS managed key",
+                        Verdict::Fail,
+                        format!(
+                            "{} cannot be shared; give --reencrypt-kms-key-id",
+                            managed.join(", ")
+                        ),
+                    ),
+                });
+            }
+            if customer.is_empty() && managed.is_empty() {
+                rows.push(row("KMS keys", Verdict::Pass, "the image is not encrypted"));
+            }
+            for key in &customer {
+                rows.extend(receiver_may_use(deps, key, &receivers).await);
+            }
+        }
+    }
+    let permissions = LaunchPermissionModifications::builder()
+        .set_add(Some(launch_permissions(&receivers)))
+        .build();
+    rows.push(dry_run(
+        "ModifyImageAttribute (DryRun)",
+        deps.ec2
+            .modify_image_attribute()
+            .image_id(&parsed.image_id)
+            .launch_permission(permissions)
+            .dry_run(true)
+            .send()
+            .await,
+    ));
+    rows
+}
+
+pub async fn copy(deps: &Deps, input: &Value) -> Vec<Row> {
+    let parsed = match CopyInput::parse(input, &deps.region) {
+        Ok(p) => p,
+        Err(e) => return vec![from("input", Err(e))],
+    };
+    let mut rows = vec![row("input", Verdict::Pass, "well formed")];
+    match own_image(&deps.ec2, "sourceImageId", &parsed.source_image_id).await {
+        Err(e) => rows.push(from("image", Err(e))),
+        Ok(image) => {
+            rows.push(row(
+                "image",
+                Verdict::Pass,
+                format!(
+                    "{} is this account's, {}",
+                    parsed.source_image_id, image.state
+                ),
+            ));
+            rows.push(if image.product_codes > 0 {
+                row(
+                    "billing products",
+                    Verdict::Fail,
+                    "the image has a billing product; AWS does not copy it to another account",
+                )
+            } else {
+                row("billing products", Verdict::Pass, "none")
+            });
+            match keys_of(&deps.ec2, &deps.kms, &image.snapshot_ids).await {
+                Ok((_, managed)) if !managed.is_empty() => rows.push(row(
+                    "source keys",
+                    Verdict::Fail,
+                    format!(
+                        "{} is AWS managed; no other account can use it",
+                        managed.join(", ")
+                    ),
+                )),
+                Ok((customer, _)) => rows.push(row(
+                    "source keys",
+                    Verdict::Pass,
+                    if customer.is_empty() {
+                        "not encrypted".to_string()
+                    } else {
+                        format!(
+                            "{}: the run grants them to {}",
+                            customer.join(", "),
+                            parsed.target_account_id
+                        )
+                    },
+                )),
+                Err(e) => rows.push(from("source keys", Err(e))),
+            }
+        }
+    }
+    let target = deps
+        .ec2_as(&parsed.target_role_arn, &parsed.external_id, "preflight")
+        .await;
+    match target
+        .describe_images()
+        .owners("self")
+        .max_results(5)
+        .send()
+        .await
+    {
+        Ok(_) => rows.push(row(
+            "target role",
+            Verdict::Pass,
+            format!("{} can be assumed", parsed.target_role_arn),
+        )),
+        Err(e) => rows.push(row(
+            "target role",
+            Verdict::Fail,
+            format!(
+                "{} could not be assumed: {}",
+                parsed.target_role_arn,
+                e.message().unwrap_or("credentials could not be loaded")
+            ),
+        )),
+    }
+    rows.push(dry_run(
+        "CopyImage as the target (DryRun)",
+        target
+            .copy_image()
+            .source_image_id(&parsed.source_image_id)
+            .source_region(&parsed.source_region)
+            .name(&parsed.name)
+            .encrypted(true)
+            .kms_key_id(&parsed.target_kms_key_id)
+            .dry_run(true)
+            .send()
+            .await,
+    ));
+    rows.push(row("copy quota", Verdict::Unknown, "the concurrent AMI copy quota (300 per destination region) is not reported by an API amiflow reads"));
+    rows
+}
+
+pub fn print(rows: &[Row], json_output: bool) {
+    if json_output {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"check": r.check, "result": format!("{:?}", r.verdict).to_lowercase(), "reason": r.reason}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return;
+    }
+    let width = rows.iter().map(|r| r.check.len()).max().unwrap_or(10);
+    for r in rows {
+        let verdict = match r.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Unknown => "unknown",
+        };
+        println!("{verdict:<8} {:<width$}  {}", r.check, r.reason);
+    }
+}
