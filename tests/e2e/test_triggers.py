@@ -69,3 +69,13 @@ def test_a_bad_tag_value_is_reported_and_starts_nothing(stack, ec2, sfn, value, 
     status = wait_for(lambda: status_of(ec2, world.instance_id), what="status")
     assert status.startswith(f"invalid:{field}:"), status
     assert executions_for(sfn, world.instance_id) == []
+
+
+def test_tagging_an_instance_starts_its_migration_without_waiting_for_the_schedule(stack, ec2, sfn):
+    world = seed(ec2, "us-east-1", name=f"tagnow-{uuid.uuid4().hex[:6]}")
+    ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:migrate-to", "Value": "us-east-1b"}, {"Key": "amiflow:source-action", "Value": "keep"}])
+    # The Tag Change on Resource event invokes the trigger for this instance alone.
+    status = wait_for(lambda: status_of(ec2, world.instance_id), what="status")
+    assert status.startswith("running:migrate-")
+    wait_for(lambda: executions_for(sfn, world.instance_id) and executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished")
+    assert len(executions_for(sfn, world.instance_id)) == 1

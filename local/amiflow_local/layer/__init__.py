@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import control, copies, events, images, instances, kms, kms_calls, stepfunctions
+from . import control, copies, events, images, instances, kms, kms_calls, stepfunctions, tagging
 from .control import FaultInjector
 from .state import config, faults
 
@@ -17,3 +17,4 @@ def install() -> None:
     kms.install()
     kms_calls.install()
     stepfunctions.install()
+    tagging.install()
