@@ -2,12 +2,12 @@
 
 mod args;
 mod machines;
-mod preflight;
 mod watch;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use amiflow::preflight::{self, DryRuns};
 use amiflow::settings::Settings;
 use amiflow::Deps;
 use args::{Cli, Command, Output, Preflight, Start};
@@ -228,9 +228,11 @@ async fn main() -> ExitCode {
         Command::Status { limit } => status(&machines, *limit, output).await,
         Command::Preflight { workflow } => {
             let rows = match workflow {
-                Preflight::Migrate(a) => preflight::migrate(&deps, &a.input()).await,
-                Preflight::Share(a) => preflight::share(&deps, &a.input()).await,
-                Preflight::Copy(a) => preflight::copy(&deps, &a.input(&region)).await,
+                Preflight::Migrate(a) => preflight::migrate(&deps, &a.input(), DryRuns::Make).await,
+                Preflight::Share(a) => preflight::share(&deps, &a.input(), DryRuns::Make).await,
+                Preflight::Copy(a) => {
+                    preflight::copy(&deps, &a.input(&region), DryRuns::Make).await
+                }
             };
             preflight::print(&rows, output == Output::Json);
             if rows.iter().any(|r| r.verdict == preflight::Verdict::Fail) {

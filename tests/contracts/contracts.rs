@@ -106,6 +106,17 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
             "grant-kms" => parse_request::<grant_kms::GrantKmsRequest>(value).map(|_| ()),
             "copy-image" => parse_request::<copy_image::CopyImageRequest>(value)
                 .and_then(|r| r.input().map(|_| ())),
+            "preflight" => parse_request::<amiflow::preflight::PreflightRequest>(value).map(|_| ()),
+            "trigger" => {
+                let only = amiflow::steps::trigger::event_resources(&value);
+                let scheduled = value["detail-type"] == "Scheduled Event";
+                assert!(
+                    scheduled || !only.is_empty(),
+                    "{}: neither a schedule nor a tag change",
+                    path.display()
+                );
+                Ok(())
+            }
             "workflows" => {
                 let name = path.file_name().unwrap().to_string_lossy().to_string();
                 if name.starts_with("migrate-instance") {

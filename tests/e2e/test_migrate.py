@@ -77,7 +77,8 @@ def test_migrates_to_the_target_az_with_every_setting(ec2, sfn, world):
     assert source["State"]["Name"] == "running"
     assert out["sourceState"] == "running"
     assert "amiflow:migrated-to" not in tags_of(source)
-    assert result.states[:3] == ["Start", "CreateImage", "WaitForImage"]
+    assert result.states[:4] == ["Start", "PreflightAsked", "CreateImage", "WaitForImage"]
+    assert "Preflight" not in result.states, "no preflight unless the input asks"
     assert result.states[-1] == "Complete"
 
 
@@ -235,3 +236,19 @@ def test_a_failed_image_fails_the_run_with_its_reason_and_leaves_nothing(stack, 
     assert "snapshot creation failed" in result.cause, result
     assert tagged(ec2, result.name) == {"instances": [], "images": [], "snapshots": []}
     assert instance(ec2, world.instance_id)["State"]["Name"] == "running"
+
+
+def test_preflight_in_the_input_fails_the_run_before_anything_is_made(ec2, sfn, world):
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b",
+                                           "instanceType": "vt1.3xlarge", "preflight": True})
+    assert result.status == "FAILED"
+    assert result.error == "PreflightFailed"
+    assert "instance type offered" in message(result)
+    assert "CreateImage" not in result.states
+    assert tagged(ec2, result.name) == {"instances": [], "images": [], "snapshots": []}
+
+
+def test_preflight_in_the_input_lets_a_sound_run_through(ec2, sfn, world):
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "preflight": True})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.states[:4] == ["Start", "PreflightAsked", "Preflight", "CreateImage"]

@@ -73,6 +73,9 @@ pub enum Error {
     /// The target account's role cannot be assumed.
     #[error("{0}")]
     RoleNotAssumable(String),
+    /// A check asked for with `"preflight": true` failed; every failed check is in the message.
+    #[error("{0}")]
+    PreflightFailed(String),
     /// The function's own environment is wrong (a missing table name, say).
     #[error("{0}")]
     Configuration(String),
@@ -104,6 +107,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "KeyNotManageable",
     "BillingProductNotCopyable",
     "RoleNotAssumable",
+    "PreflightFailed",
     "Configuration",
 ];
 
@@ -134,6 +138,7 @@ impl Error {
             Error::KeyNotManageable(_) => "KeyNotManageable",
             Error::BillingProductNotCopyable(_) => "BillingProductNotCopyable",
             Error::RoleNotAssumable(_) => "RoleNotAssumable",
+            Error::PreflightFailed(_) => "PreflightFailed",
             Error::Configuration(_) => "Configuration",
         }
     }
@@ -265,6 +270,7 @@ mod tests {
             Error::KeyNotManageable(String::new()),
             Error::BillingProductNotCopyable(String::new()),
             Error::RoleNotAssumable(String::new()),
+            Error::PreflightFailed(String::new()),
             Error::Configuration(String::new()),
         ];
         let names: Vec<&str> = samples.iter().map(Error::name).collect();

@@ -33,6 +33,9 @@ pub struct MigrateInput {
     pub source_action: SourceAction,
     #[serde(default)]
     pub keep_image: bool,
+    /// Run the preflight checks as the first state, failing before any change.
+    #[serde(default)]
+    pub preflight: bool,
 }
 
 impl MigrateInput {

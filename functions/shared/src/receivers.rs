@@ -218,6 +218,9 @@ pub struct ShareInput {
     pub public: bool,
     #[serde(default)]
     pub reencrypt_kms_key_id: Option<String>,
+    /// Run the preflight checks as the first state, failing before any change.
+    #[serde(default)]
+    pub preflight: bool,
 }
 
 impl ShareInput {
@@ -303,6 +306,9 @@ pub struct CopyInput {
     pub copy_tags: bool,
     #[serde(default)]
     pub keep_sharing: bool,
+    /// Run the preflight checks as the first state, failing before any change.
+    #[serde(default)]
+    pub preflight: bool,
 }
 
 impl CopyInput {

@@ -501,6 +501,7 @@ mod mocked {
                 no_reboot: false,
                 source_action: action,
                 keep_image,
+                preflight: false,
             },
             image: sample_image(),
             instance: InstanceProgress {

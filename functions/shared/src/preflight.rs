@@ -1,27 +1,34 @@
 //! Preflight: what a run would need, checked before anything is changed. Each row passes, fails
-//! or is unknown, with the reason; nothing is created (mutating calls are EC2 DryRun calls).
+//! or is unknown, with the reason; nothing is created (mutating calls are EC2 DryRun calls, made
+//! only from the CLI, where they test the operator's own permissions).
+//!
+//! Used by `amiflow preflight …` and, when a workflow's input has `"preflight": true`, by the
+//! `preflight` function as the workflow's first state.
 
-use amiflow::error::Error;
-use amiflow::input::MigrateInput;
-use amiflow::receivers::{CopyInput, Receivers, ShareInput};
-use amiflow::steps::create_image::{
-    check_offered, check_source_action, check_target, read_source, resolve_subnet,
-};
-use amiflow::steps::grant_kms::GRANT_OPERATIONS;
-use amiflow::steps::share_image::{keys_of, launch_permissions, own_image};
-use amiflow::Deps;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::LaunchPermissionModifications;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::error::{Error, Result};
+use crate::input::MigrateInput;
+use crate::receivers::{CopyInput, Receivers, ShareInput};
+use crate::steps::create_image::{
+    check_offered, check_source_action, check_target, read_source, resolve_subnet,
+};
+use crate::steps::grant_kms::GRANT_OPERATIONS;
+use crate::steps::share_image::{keys_of, launch_permissions, own_image};
+use crate::Deps;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
     Fail,
     Unknown,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
     pub check: String,
     pub verdict: Verdict,
@@ -71,7 +78,19 @@ fn dry_run<E: ProvideErrorMetadata>(check: &str, result: Result<impl Sized, E>) 
     }
 }
 
-pub async fn migrate(deps: &Deps, input: &Value) -> Vec<Row> {
+/// Whether to make the DryRun calls (the CLI) or report them as unknown (inside a workflow, where
+/// the calling role is not the role of the function that would make the call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRuns {
+    Make,
+    Skip,
+}
+
+fn skipped(check: &str) -> Row {
+    row(check, Verdict::Unknown, "not tried here: a DryRun tests the caller's permissions, and each amiflow function has its own role")
+}
+
+pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     let mut rows = Vec::new();
     let parsed = match MigrateInput::parse(input, &deps.region) {
         Ok(p) => p,
@@ -147,6 +166,16 @@ pub async fn migrate(deps: &Deps, input: &Value) -> Vec<Row> {
         ),
         None => row("elastic IP", Verdict::Pass, "none on the source"),
     });
+    if dry_runs == DryRuns::Skip {
+        rows.push(skipped("CreateImage (DryRun)"));
+        rows.push(skipped("RunInstances in the target subnet (DryRun)"));
+        rows.push(row(
+            "instance quota",
+            Verdict::Unknown,
+            "the running-instance quota is in Service Quotas, which amiflow does not read",
+        ));
+        return rows;
+    }
     rows.push(dry_run(
         "CreateImage (DryRun)",
         deps.ec2
@@ -263,7 +292,7 @@ async fn receiver_may_use(deps: &Deps, key: &str, receivers: &Receivers) -> Vec<
     rows
 }
 
-pub async fn share(deps: &Deps, input: &Value) -> Vec<Row> {
+pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     let parsed = match ShareInput::parse(input) {
         Ok(p) => p,
         Err(e) => return vec![from("input", Err(e))],
@@ -323,6 +352,10 @@ pub async fn share(deps: &Deps, input: &Value) -> Vec<Row> {
             }
         }
     }
+    if dry_runs == DryRuns::Skip {
+        rows.push(skipped("ModifyImageAttribute (DryRun)"));
+        return rows;
+    }
     let permissions = LaunchPermissionModifications::builder()
         .set_add(Some(launch_permissions(&receivers)))
         .build();
@@ -339,7 +372,7 @@ pub async fn share(deps: &Deps, input: &Value) -> Vec<Row> {
     rows
 }
 
-pub async fn copy(deps: &Deps, input: &Value) -> Vec<Row> {
+pub async fn copy(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     let parsed = match CopyInput::parse(input, &deps.region) {
         Ok(p) => p,
         Err(e) => return vec![from("input", Err(e))],
@@ -416,6 +449,10 @@ pub async fn copy(deps: &Deps, input: &Value) -> Vec<Row> {
             ),
         )),
     }
+    if dry_runs == DryRuns::Skip {
+        rows.push(skipped("CopyImage as the target (DryRun)"));
+        return rows;
+    }
     rows.push(dry_run(
         "CopyImage as the target (DryRun)",
         target
@@ -433,11 +470,45 @@ pub async fn copy(deps: &Deps, input: &Value) -> Vec<Row> {
     rows
 }
 
+/// The preflight function's request: the workflow and its input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightRequest {
+    pub workflow: String,
+    pub input: Value,
+}
+
+/// Runs a workflow's checks as its first state; any failed check fails the run before anything
+/// is changed, naming every failed check.
+pub async fn run(deps: &Deps, request: PreflightRequest) -> Result<Vec<Row>> {
+    let rows = match request.workflow.as_str() {
+        "migrate" => migrate(deps, &request.input, DryRuns::Skip).await,
+        "share" => share(deps, &request.input, DryRuns::Skip).await,
+        "copy" => copy(deps, &request.input, DryRuns::Skip).await,
+        other => {
+            return Err(Error::invalid(
+                "workflow",
+                format!("{other:?} is not migrate, share or copy"),
+            ))
+        }
+    };
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .map(|r| format!("{}: {}", r.check, r.reason))
+        .collect();
+    if failed.is_empty() {
+        Ok(rows)
+    } else {
+        Err(Error::PreflightFailed(failed.join("; ")))
+    }
+}
+
 pub fn print(rows: &[Row], json_output: bool) {
     if json_output {
         let out: Vec<Value> = rows
             .iter()
-            .map(|r| json!({"check": r.check, "result": format!("{:?}", r.verdict).to_lowercase(), "reason": r.reason}))
+            .map(|r| json!({"check": r.check, "result": r.verdict, "reason": r.reason}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
