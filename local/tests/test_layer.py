@@ -11,18 +11,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from amiflow_local.seed import base_image, seed
+from workflow import wait_for
 
 B = "210987654321"
 
 
-def wait_for(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -12,21 +12,13 @@ import pytest
 from amiflow_local.seed import base_image, seed
 from botocore.exceptions import ClientError
 
-from workflow import message, run
+from workflow import message, run, wait_for
 
 A, B, C, D = "123456789012", "210987654321", "333333333333", "444444444444"
 ORG_ID = "o-amiflow0001"
 APPS_OU = f"arn:aws:organizations::{A}:ou/{ORG_ID}/ou-root-appsaaaa"
 
 
-def wait_for(check, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

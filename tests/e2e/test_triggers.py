@@ -8,7 +8,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed
 
-from workflow import instance
+from workflow import instance, wait_for
 
 
 def status_of(ec2, instance_id: str) -> str | None:
@@ -21,14 +21,6 @@ def fire(stack) -> None:
     stack.control("fire-schedule", {"rule": "trigger-Sweep"})
 
 
-def wait_for(check, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def executions_for(sfn, instance_id: str) -> list[dict]:
@@ -49,7 +41,7 @@ def test_a_tagged_instance_is_migrated_once_by_the_schedule(stack, ec2, sfn):
     fire(stack)
     time.sleep(1)
     assert [e["name"] for e in executions_for(sfn, world.instance_id)] == [execution]
-    wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished")
+    wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=60)
     # The next sweep records the outcome; sweeps after it start nothing for the same request.
     fire(stack)
     wait_for(lambda: status_of(ec2, world.instance_id) == f"done:{execution}", what="done")
@@ -77,5 +69,5 @@ def test_tagging_an_instance_starts_its_migration_without_waiting_for_the_schedu
     # The Tag Change on Resource event invokes the trigger for this instance alone.
     status = wait_for(lambda: status_of(ec2, world.instance_id), what="status")
     assert status.startswith("running:migrate-")
-    wait_for(lambda: executions_for(sfn, world.instance_id) and executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished")
+    wait_for(lambda: executions_for(sfn, world.instance_id) and executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=60)
     assert len(executions_for(sfn, world.instance_id)) == 1

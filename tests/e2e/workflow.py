@@ -52,6 +52,17 @@ def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e
     )
 
 
+def wait_for(check, timeout: float = 30.0, what: str = "condition"):
+    """Polls `check` until it returns something true, and returns that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tagged(ec2, execution: str) -> dict[str, list[str]]:
     """Everything in the account that carries the execution's tag and still exists."""
     tag = [{"Name": "tag:amiflow:execution", "Values": [execution]}]

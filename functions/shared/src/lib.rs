@@ -5,6 +5,7 @@ pub mod capture;
 pub mod deps;
 pub mod error;
 pub mod input;
+pub mod lambda;
 pub mod preflight;
 pub mod receivers;
 pub mod settings;
