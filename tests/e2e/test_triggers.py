@@ -71,3 +71,25 @@ def test_tagging_an_instance_starts_its_migration_without_waiting_for_the_schedu
     assert status.startswith("running:migrate-")
     wait_for(lambda: executions_for(sfn, world.instance_id) and executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=60)
     assert len(executions_for(sfn, world.instance_id)) == 1
+
+
+def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn):
+    from test_cross_account import B, encrypted_image
+    from workflow import state_machine_arn
+
+    key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    image_id = encrypted_image(stack, ec2, key)
+    ec2.create_tags(Resources=[image_id], Tags=[{"Key": "amiflow:share-with", "Value": B}])
+
+    def image_status():
+        tags = {t["Key"]: t["Value"] for t in ec2.describe_images(ImageIds=[image_id])["Images"][0].get("Tags", [])}
+        return tags.get("amiflow:status")
+
+    running = wait_for(lambda: (s := image_status()) and s.startswith("running:share-") and s, what="share started")
+    execution = running.split(":", 1)[1]
+    wait_for(lambda: ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"UserId": B}], what="shared")
+    fire(stack)
+    wait_for(lambda: image_status() == f"done:{execution}", what="done", timeout=60)
+    shares = [e for e in sfn.list_executions(stateMachineArn=state_machine_arn(sfn, "ShareImage"))["executions"] if image_id in e["name"]]
+    assert [e["name"] for e in shares] == [execution]
+    assert len(stack.client("kms").list_grants(KeyId=key)["Grants"]) == 1
