@@ -252,3 +252,14 @@ def test_preflight_in_the_input_lets_a_sound_run_through(ec2, sfn, world):
     result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "preflight": True})
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     assert result.states[:4] == ["Start", "PreflightAsked", "Preflight", "CreateImage"]
+
+
+def test_a_launch_that_crashes_after_its_side_effect_is_retried_without_a_second_instance(stack, ec2, sfn, world):
+    # The function launches the instance, then its runtime dies (Lambda.Unknown): the retry must
+    # find that instance (ClientToken and tag) instead of launching another.
+    stack.control("faults", {"kind": "crash-after-side-effect", "function": "launch"})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert [f["kind"] for f in stack.control("faults")["fired"]] == ["crash-after-side-effect"]
+    made = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Reservations"] for i in r["Instances"]]
+    assert [i["InstanceId"] for i in made] == [result.output["newInstanceId"]]
