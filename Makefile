@@ -22,8 +22,10 @@ local/node_modules/.installed: local/package.json local/package-lock.json
 
 local-deps: $(VENV)/.installed local/node_modules/.installed
 
+# All targets, so that the binaries are built with the same features as the tests (the dev
+# dependencies switch on test-util features in the SDK's runtime crates): one SDK build, not two.
 bins:
-	cargo build --workspace --bins
+	cargo build --workspace --all-targets
 
 ## The local AWS stack in the foreground on 127.0.0.1:$${AMIFLOW_LOCAL_PORT:-4566}.
 local: local-deps bins
@@ -51,7 +53,7 @@ template-lint: local-deps
 	$(VENV)/bin/sam validate --lint --template template.yaml
 	for f in statemachine/*.asl.json; do $(NODE_BIN)/asl-validator --json-path $$f || exit 1; done
 
-unit:
+unit: bins
 	cargo test --workspace
 
 e2e: local-deps bins
