@@ -145,23 +145,52 @@ async fn set_delete_on_termination(
 }
 
 /// Deregisters an image and deletes its snapshots; returns the snapshot ids deleted.
-pub async fn remove_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
-    let images = ec2
+/// The snapshots EC2 made for an image that are still there: named in its mappings while it
+/// exists, and found by their description (EC2 writes "… for ami-…" and "… DestinationAmi ami-…")
+/// once it is deregistered, so that a retry after a half-done removal still finds them.
+async fn snapshots_of_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
+    let mut snapshots: Vec<String> = match ec2
         .describe_images()
         .image_ids(image_id)
         .send()
         .await
-        .map_err(aws("DescribeImages"));
-    let snapshots: Vec<String> = match images {
+        .map_err(aws("DescribeImages"))
+    {
         Ok(found) => found
             .images()
             .iter()
             .flat_map(|i| i.block_device_mappings())
             .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
             .collect(),
-        Err(Error::ImageNotFound(_)) => return Ok(Vec::new()),
+        Err(Error::ImageNotFound(_)) => Vec::new(),
         Err(e) => return Err(e),
     };
+    let described = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("description")
+                .values(format!("*{image_id}*"))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeSnapshots"))?;
+    for snapshot in described.snapshots() {
+        if let Some(id) = snapshot.snapshot_id() {
+            if !snapshots.iter().any(|s| s == id) {
+                snapshots.push(id.to_string());
+            }
+        }
+    }
+    Ok(snapshots)
+}
+
+/// Deregisters an image and deletes its snapshots; returns the snapshot ids deleted. Safe to
+/// call again after a partial removal.
+pub async fn remove_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
+    let snapshots = snapshots_of_image(ec2, image_id).await?;
     match ec2
         .deregister_image()
         .image_id(image_id)
@@ -523,6 +552,7 @@ mod mocked {
     }
 
     struct Calls {
+        no_described_snapshots: Rule,
         modify: Rule,
         describe_images: Rule,
         deregister: Rule,
@@ -535,6 +565,8 @@ mod mocked {
 
     fn calls() -> Calls {
         Calls {
+            no_described_snapshots: mock!(Client::describe_snapshots)
+                .then_output(|| DescribeSnapshotsOutput::builder().build()),
             modify: mock!(Client::modify_instance_attribute)
                 .match_requests(|req| req.instance_id() == Some("i-0new"))
                 .then_output(|| ModifyInstanceAttributeOutput::builder().build()),
@@ -580,6 +612,7 @@ mod mocked {
             aws_sdk_ec2,
             RuleMode::MatchAny,
             [
+                &c.no_described_snapshots,
                 &c.modify,
                 &c.describe_images,
                 &c.deregister,
@@ -736,6 +769,37 @@ mod mocked {
         assert_eq!(terminate.num_calls(), 1);
         // delete-on-termination for every volume, then termination protection off.
         assert_eq!(modify.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_removal_retried_after_deregistration_still_deletes_the_snapshots() {
+        let gone = mock!(Client::describe_images).then_output(|| images(vec![]));
+        let described = mock!(Client::describe_snapshots)
+            .match_requests(|r| {
+                r.filters()
+                    .iter()
+                    .any(|f| f.name() == Some("description") && f.values() == ["*ami-0abc*"])
+            })
+            .then_output(|| {
+                DescribeSnapshotsOutput::builder()
+                    .snapshots(Snapshot::builder().snapshot_id("snap-left").build())
+                    .build()
+            });
+        let deregister = mock!(Client::deregister_image).then_error(|| {
+            aws_sdk_ec2::operation::deregister_image::DeregisterImageError::generic(
+                crate::test_support::meta("InvalidAMIID.Unavailable"),
+            )
+        });
+        let delete = mock!(Client::delete_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-left"))
+            .then_output(|| DeleteSnapshotOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&gone, &described, &deregister, &delete]
+        );
+        assert_eq!(remove_image(&ec2, "ami-0abc").await.unwrap(), ["snap-left"]);
+        assert_eq!(delete.num_calls(), 1);
     }
 
     #[tokio::test]
