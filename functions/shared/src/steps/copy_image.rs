@@ -423,10 +423,13 @@ mod mocked {
             .then_output(|| DeregisterImageOutput::builder().build());
         let delete =
             mock!(Client::delete_snapshot).then_output(|| DeleteSnapshotOutput::builder().build());
+        let no_more = mock!(Client::describe_snapshots).then_output(|| {
+            aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput::builder().build()
+        });
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
-            [&describe, &deregister, &delete]
+            [&describe, &deregister, &delete, &no_more]
         );
         let parsed = CopyInput::parse(&input(), "us-east-1").unwrap();
         assert_eq!(
