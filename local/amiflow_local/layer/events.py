@@ -41,23 +41,26 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ami_event(account: str, region: str, image_id: str, state: str, error_message: str = "") -> dict[str, Any]:
+def envelope(account: str, region: str, source: str, detail_type: str, resources: list[str], detail: dict[str, Any]) -> dict[str, Any]:
+    """An event as EventBridge delivers it."""
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
-        "detail-type": "EC2 AMI State Change",
-        "source": "aws.ec2",
+        "detail-type": detail_type,
+        "source": source,
         "account": account,
         "time": _now(),
         "region": region,
-        "resources": [f"arn:aws:ec2:{region}::image/{image_id}"],
-        "detail": {
-            "RequestId": str(uuid.uuid4()),
-            "ImageId": image_id,
-            "State": state,
-            "ErrorMessage": error_message,
-        },
+        "resources": resources,
+        "detail": detail,
     }
+
+
+def ami_event(account: str, region: str, image_id: str, state: str, error_message: str = "") -> dict[str, Any]:
+    return envelope(
+        account, region, "aws.ec2", "EC2 AMI State Change", [f"arn:aws:ec2:{region}::image/{image_id}"],
+        {"RequestId": str(uuid.uuid4()), "ImageId": image_id, "State": state, "ErrorMessage": error_message},
+    )
 
 
 def emit_ami_state(account: str, region: str, image_id: str, state: str, error_message: str = "") -> None:
@@ -76,17 +79,7 @@ def fire_schedule(account: str, region: str, rule_name: str) -> dict[str, Any]:
     rule = backend.describe_event_bus("default").rules.get(rule_name)
     if rule is None or not rule.scheduled_expression:
         raise KeyError(f"no schedule rule {rule_name} in {account}")
-    event = {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": account,
-        "time": _now(),
-        "region": region,
-        "resources": [rule.arn],
-        "detail": {},
-    }
+    event = envelope(account, region, "aws.events", "Scheduled Event", [rule.arn], {})
     delivered.append((account, "default", event))
     for target in rule.targets:
         _send(rule, target, event)

@@ -8,8 +8,6 @@ moto 5.2.5 sends none.
 
 from __future__ import annotations
 
-import uuid
-
 from moto.ec2.responses.tags import TagResponse
 
 from . import events
@@ -30,23 +28,10 @@ def _emit(self: TagResponse, changed: list[str]) -> None:
             continue
         _versions[resource_id] = _versions.get(resource_id, 0) + 1
         tags = {t["key"]: t["value"] for t in self.ec2_backend.describe_tags(filters={"resource-id": [resource_id]})}
-        event = {
-            "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": "Tag Change on Resource",
-            "source": "aws.tag",
-            "account": account,
-            "time": events._now(),
-            "region": region,
-            "resources": [arn],
-            "detail": {
-                "changed-tag-keys": changed,
-                "service": "ec2",
-                "resource-type": kind,
-                "version": _versions[resource_id],
-                "tags": tags,
-            },
-        }
+        event = events.envelope(
+            account, region, "aws.tag", "Tag Change on Resource", [arn],
+            {"changed-tag-keys": changed, "service": "ec2", "resource-type": kind, "version": _versions[resource_id], "tags": tags},
+        )
         events.deliver(account, region, "default", event)
 
 
