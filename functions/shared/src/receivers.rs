@@ -197,6 +197,20 @@ fn check_image_id(field: &str, id: &str) -> Result<()> {
     }
 }
 
+fn receivers_of(
+    accounts: &[String],
+    organizations: &[String],
+    ous: &[String],
+    public: bool,
+) -> Receivers {
+    Receivers {
+        account_ids: accounts.to_vec(),
+        organization_arns: organizations.to_vec(),
+        organizational_unit_arns: ous.to_vec(),
+        public,
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -240,12 +254,12 @@ impl ShareInput {
     }
 
     pub fn receivers(&self) -> Receivers {
-        Receivers {
-            account_ids: self.account_ids.clone(),
-            organization_arns: self.organization_arns.clone(),
-            organizational_unit_arns: self.organizational_unit_arns.clone(),
-            public: self.public,
-        }
+        receivers_of(
+            &self.account_ids,
+            &self.organization_arns,
+            &self.organizational_unit_arns,
+            self.public,
+        )
     }
 
     /// The receivers, checked against the image's own account.
@@ -282,12 +296,12 @@ impl UnshareInput {
     }
 
     pub fn receivers(&self) -> Receivers {
-        Receivers {
-            account_ids: self.account_ids.clone(),
-            organization_arns: self.organization_arns.clone(),
-            organizational_unit_arns: self.organizational_unit_arns.clone(),
-            public: self.public,
-        }
+        receivers_of(
+            &self.account_ids,
+            &self.organization_arns,
+            &self.organizational_unit_arns,
+            self.public,
+        )
     }
 }
 

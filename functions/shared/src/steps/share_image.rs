@@ -42,6 +42,33 @@ pub struct SharePlan {
     pub keep_sharing: bool,
 }
 
+impl SharePlan {
+    /// The plan for an image of this account, shared as it is.
+    fn of(
+        image_id: &str,
+        image: ImageFacts,
+        kms_key_ids: Vec<String>,
+        receivers: Receivers,
+        share_snapshots: bool,
+        settings: &Settings,
+    ) -> Self {
+        SharePlan {
+            image_id: image_id.to_string(),
+            source_image_id: image_id.to_string(),
+            owner_account: image.owner,
+            reencrypted: false,
+            image_state: image.state,
+            snapshot_ids: image.snapshot_ids,
+            kms_key_ids,
+            receivers,
+            share_snapshots,
+            tags: image.tags,
+            event_wait_seconds: settings.event_wait_seconds,
+            keep_sharing: false,
+        }
+    }
+}
+
 /// What was added (share) or removed (unshare), so that it can be undone exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -233,31 +260,14 @@ pub async fn prepare_share(
             input.image_id
         )));
     }
-    let plan = |image_id: String,
-                state: String,
-                snapshots: Vec<String>,
-                keys: Vec<String>,
-                reencrypted: bool| SharePlan {
-        image_id,
-        source_image_id: input.image_id.clone(),
-        owner_account: source.owner.clone(),
-        reencrypted,
-        image_state: state,
-        snapshot_ids: snapshots,
-        kms_key_ids: keys,
-        receivers: receivers.clone(),
-        share_snapshots: input.share_snapshots,
-        tags: source.tags.clone(),
-        event_wait_seconds: settings.event_wait_seconds,
-        keep_sharing: false,
-    };
     if managed.is_empty() {
-        return Ok(plan(
-            input.image_id.clone(),
-            source.state.clone(),
-            source.snapshot_ids.clone(),
+        return Ok(SharePlan::of(
+            &input.image_id,
+            source,
             customer,
-            false,
+            receivers,
+            input.share_snapshots,
+            settings,
         ));
     }
     let Some(key) = &input.reencrypt_kms_key_id else {
@@ -313,7 +323,21 @@ pub async fn prepare_share(
         )));
     }
     tracing::info!(image_id = %input.image_id, copy_id = %copy_id, state = %copy.state, "re-encrypted copy for sharing");
-    Ok(plan(copy_id, copy.state, copy.snapshot_ids, keys, true))
+    Ok(SharePlan {
+        image_id: copy_id,
+        reencrypted: true,
+        image_state: copy.state,
+        snapshot_ids: copy.snapshot_ids,
+        kms_key_ids: keys,
+        ..SharePlan::of(
+            &input.image_id,
+            source,
+            Vec::new(),
+            receivers,
+            input.share_snapshots,
+            settings,
+        )
+    })
 }
 
 pub async fn prepare_unshare(
@@ -325,20 +349,14 @@ pub async fn prepare_unshare(
     let input = UnshareInput::parse(&request.input)?;
     let image = own_image(ec2, "imageId", &input.image_id).await?;
     let (customer, _) = keys_of(ec2, kms, &image.snapshot_ids).await?;
-    Ok(SharePlan {
-        image_id: input.image_id.clone(),
-        source_image_id: input.image_id.clone(),
-        owner_account: image.owner,
-        reencrypted: false,
-        image_state: image.state,
-        snapshot_ids: image.snapshot_ids,
-        kms_key_ids: customer,
-        receivers: input.receivers(),
-        share_snapshots: input.share_snapshots,
-        tags: image.tags,
-        event_wait_seconds: settings.event_wait_seconds,
-        keep_sharing: false,
-    })
+    Ok(SharePlan::of(
+        &input.image_id,
+        image,
+        customer,
+        input.receivers(),
+        input.share_snapshots,
+        settings,
+    ))
 }
 
 pub async fn prepare_copy(
@@ -371,22 +389,20 @@ pub async fn prepare_copy(
             input.target_account_id
         )));
     }
+    let target = Receivers {
+        account_ids: vec![input.target_account_id.clone()],
+        ..Default::default()
+    };
     Ok(SharePlan {
-        image_id: input.source_image_id.clone(),
-        source_image_id: input.source_image_id.clone(),
-        owner_account: image.owner,
-        reencrypted: false,
-        image_state: image.state,
-        snapshot_ids: image.snapshot_ids,
-        kms_key_ids: customer,
-        receivers: Receivers {
-            account_ids: vec![input.target_account_id.clone()],
-            ..Default::default()
-        },
-        share_snapshots: true,
-        tags: image.tags,
-        event_wait_seconds: settings.event_wait_seconds,
         keep_sharing: input.keep_sharing,
+        ..SharePlan::of(
+            &input.source_image_id,
+            image,
+            customer,
+            target,
+            true,
+            settings,
+        )
     })
 }
 
