@@ -33,8 +33,14 @@ def wait_for_port(port: int, timeout: float, what: str, process: subprocess.Pope
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
+# Lambda runs concurrent invocations in separate execution environments; two processes per
+# function let two invocations of one function run at the same time here too.
+ENVIRONMENTS_PER_FUNCTION = 2
+
+
 class FunctionHost:
-    """cargo-lambda's runtime API on a loopback port, and one process per function binary."""
+    """cargo-lambda's runtime API on a loopback port, and processes of each function binary that
+    all take invocations from it."""
 
     def __init__(self, cargo_lambda: str, workspace: Path, binaries: Path, log_dir: Path, base_env: dict[str, str]):
         self.cargo_lambda = cargo_lambda
@@ -44,7 +50,7 @@ class FunctionHost:
         self.base_env = base_env
         self.port = free_port()
         self.emulator: subprocess.Popen | None = None
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, list[subprocess.Popen]] = {}
         self.environments: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
 
@@ -72,9 +78,9 @@ class FunctionHost:
             raise RuntimeError(f"{error}; its log ends:\n{log}") from None
         for name, env in functions.items():
             self.environments[name] = env
-            self._spawn(name)
+            self.processes[name] = [self._spawn(name, n) for n in range(ENVIRONMENTS_PER_FUNCTION)]
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, name: str, number: int) -> subprocess.Popen:
         env = dict(self.base_env)
         env.update(self.environments[name])
         env.update({
@@ -83,10 +89,10 @@ class FunctionHost:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
             "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt/{name}",
         })
-        self.processes[name] = subprocess.Popen(
+        return subprocess.Popen(
             [str(self.binaries / name)],
             env=env,
-            stdout=open(self.log_dir / f"{name}.log", "ab"),
+            stdout=open(self.log_dir / (f"{name}.log" if number == 0 else f"{name}-{number + 1}.log"), "ab"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -100,9 +106,9 @@ class FunctionHost:
         {errorType, errorMessage}. A function whose process died is started again first, as
         Lambda starts a new execution environment."""
         with self.lock:
-            process = self.processes[name]
-            if process.poll() is not None:
-                self._spawn(name)
+            for number, process in enumerate(self.processes[name]):
+                if process.poll() is not None:
+                    self.processes[name][number] = self._spawn(name, number)
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/2015-03-31/functions/{name}/invocations",
             data=payload or b"{}",
@@ -116,10 +122,11 @@ class FunctionHost:
             return error.code, error.read()
 
     def stop(self) -> None:
-        for process in [*self.processes.values(), self.emulator]:
+        everything = [p for group in self.processes.values() for p in group] + [self.emulator]
+        for process in everything:
             if process and process.poll() is None:
                 process.terminate()
-        for process in [*self.processes.values(), self.emulator]:
+        for process in everything:
             if process:
                 try:
                     process.wait(timeout=5)

@@ -145,6 +145,29 @@ def test_create_image_records_each_volume_and_tags_each_snapshot(stack, ec2, wor
     assert all({"Key": "run", "Value": "r1"} in s["Tags"] for s in snapshots)
 
 
+def test_an_ami_name_in_use_is_refused(stack, ec2, world):
+    name = f"img-{uuid.uuid4().hex[:6]}"
+    first = ec2.create_image(InstanceId=world.instance_id, Name=name)["ImageId"]
+    with pytest.raises(ClientError) as refused:
+        ec2.create_image(InstanceId=world.instance_id, Name=name)
+    assert refused.value.response["Error"]["Code"] == "InvalidAMIName.Duplicate"
+    assert first in refused.value.response["Error"]["Message"]
+    assert len(ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]) == 1
+
+
+def test_a_repeated_client_token_launches_nothing_new(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    token = uuid.uuid4().hex
+    launch = dict(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"], ClientToken=token)
+    first = ec2.run_instances(**launch)["Instances"][0]["InstanceId"]
+    again = ec2.run_instances(**launch)["Instances"][0]["InstanceId"]
+    assert again == first
+    launched = [i for r in ec2.describe_instances(Filters=[{"Name": "image-id", "Values": [image_id]}])["Reservations"] for i in r["Instances"]]
+    assert [i["InstanceId"] for i in launched] == [first]
+
+
 def test_run_instances_builds_volumes_from_the_image_with_overrides(stack, ec2, world):
     stack.control("config", {"imageDelaySeconds": 0})
     image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
@@ -412,6 +435,20 @@ def test_another_account_needs_the_key_policy_or_a_grant_to_use_a_key(stack):
     assert b_kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
     with pytest.raises(ClientError):
         b_kms.generate_data_key_without_plaintext(KeyId=key, KeySpec="AES_256")
+
+
+def test_a_kms_denied_fault_takes_away_every_foreign_key(stack):
+    kms = stack.client("kms")
+    key = kms.create_key(Description="A's CMK")["KeyMetadata"]["Arn"]
+    kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["DescribeKey"])
+    b_kms = stack.account(B).client("kms", endpoint_url=stack.endpoint)
+    assert b_kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+    stack.control("faults", {"kind": "kms-denied", "accountId": B})
+    with pytest.raises(ClientError) as refused:
+        b_kms.describe_key(KeyId=key)
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    own = b_kms.create_key(Description="B's own")["KeyMetadata"]["KeyId"]
+    assert b_kms.describe_key(KeyId=own)["KeyMetadata"]["KeyId"] == own
 
 
 def test_a_key_policy_with_an_ou_condition_admits_only_that_ou(stack, organization):

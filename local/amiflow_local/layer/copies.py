@@ -87,7 +87,16 @@ def _may_copy_storage(backend_of_source: Any, ami: Ami, account: str) -> bool:
     return True
 
 
-def copy_image(
+# CopyImage calls are serialised, so that two with one ClientToken make one copy.
+_copy_lock = threading.Lock()
+
+
+def copy_image(self, *args: Any, **kwargs: Any) -> Ami:
+    with _copy_lock:
+        return _copy_image(self, *args, **kwargs)
+
+
+def _copy_image(
     self,
     source_image_id: str,
     source_region: str,

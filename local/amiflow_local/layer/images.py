@@ -1,6 +1,10 @@
 """Images: real volumes, and a lifecycle with pending, available, failed and deregistered.
 
-CreateImage records the instance's real volumes.
+CreateImage records the instance's real volumes, and refuses a name already in use.
+
+AWS: AMI names are unique per account and Region; a second CreateImage with a name in use fails
+with InvalidAMIName.Duplicate (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+moto 5.2.5 accepts any number of images with one name.
 
 AWS: "Amazon EC2 creates a snapshot of each EBS volume attached to the instance" and the AMI's
 block device mapping lists each of them with its size, type, IOPS, throughput and encryption
@@ -23,7 +27,7 @@ from typing import Any
 
 import threading
 
-from moto.ec2.exceptions import InvalidTaggableResourceType
+from moto.ec2.exceptions import EC2ClientError, InvalidTaggableResourceType
 from moto.ec2.models.amis import Ami, AmiBackend
 
 from . import events
@@ -43,10 +47,27 @@ def _tags(specs: list[dict[str, Any]], kind: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for s in specs if s["ResourceType"] == kind for t in s.get("Tags", [])}
 
 
+class DuplicateAmiName(EC2ClientError):
+    def __init__(self, name: str, image_id: str):
+        super().__init__("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {image_id}")
+
+
+# CreateImage calls are serialised, so that two at once cannot both take a name.
+_create_lock = threading.Lock()
+
+
 def create_image(self, instance_id: str, name: str, description: str, tag_specifications: list[dict[str, Any]]) -> Ami:
     for spec in tag_specifications:
         if spec["ResourceType"] not in ("image", "snapshot"):
             raise InvalidTaggableResourceType(spec["ResourceType"])
+    with _create_lock:
+        for existing in self.amis.values():
+            if existing.name == name and existing.owner_id == self.account_id and existing.state != "deregistered":
+                raise DuplicateAmiName(name, existing.id)
+        return _create_image(self, instance_id, name, description, tag_specifications)
+
+
+def _create_image(self, instance_id: str, name: str, description: str, tag_specifications: list[dict[str, Any]]) -> Ami:
     image_specs = [s for s in tag_specifications if s["ResourceType"] == "image"]
     ami = _original_create_image(self, instance_id, name, description, tag_specifications=image_specs)
     instance = self.get_instance(instance_id)

@@ -15,8 +15,10 @@ AWS:
 - A launch whose principal may not use the KMS key of an encrypted volume returns success; the
   instance then goes from pending to terminated with StateReason Client.InvalidKMSKey.InvalidState
   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html).
+- RunInstances with a ClientToken already used by a launch returns that launch's reservation and
+  starts nothing (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
 moto 5.2.5 ignores the image's mappings, never checks the image id, reports status `ok` at once,
-and knows no KMS.
+knows no KMS, and starts a new instance for every call whatever its ClientToken.
 """
 
 from __future__ import annotations
@@ -81,7 +83,23 @@ def _target_az(backend, kwargs: dict[str, Any]) -> str:
     return kwargs.get("placement") or f"{backend.region_name}a"
 
 
+# moto's response fills in this token when the request has none.
+_NO_TOKEN = "ABCDE"
+_launch_lock = threading.Lock()
+
+
 def run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
+    token = kwargs.get("client_token")
+    if not token or token == _NO_TOKEN:
+        return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    with _launch_lock:
+        for reservation in self.reservations.values():
+            if any(getattr(i, "client_token", None) == token for i in reservation.instances):
+                return reservation
+        return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+
+
+def _run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
     if not image_id or not image_id.startswith("ami-"):
         raise MalformedAMIIdError([image_id])
     image = sharing.visible_image(self.account_id, self.region_name, image_id)

@@ -19,6 +19,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import kms_backends
 
 from .organizations import condition_allows
+from .state import faults
 
 _original_default_key = EBSBackend._create_default_encryption_key
 
@@ -110,7 +111,7 @@ def may_use(key: Any, account: str, actions: list[str]) -> bool:
         return False
     if key.account_id == account:
         return True
-    if key.key_manager == "AWS":
+    if key.key_manager == "AWS" or faults.kms_denied(account):
         return False
     return policy_allows(key, account, actions) or grants_allow(key, account, actions)
 

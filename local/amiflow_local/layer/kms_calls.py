@@ -12,6 +12,7 @@ moto 5.2.5 looks keys up in the caller's account only and creates any grant it i
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from moto.kms.exceptions import AccessDeniedException, NotFoundException, ValidationException
@@ -93,11 +94,15 @@ def create_grant(self: KmsBackend, key_id, grantee_principal, operations, name, 
         if principal and not GRANTEE.match(principal):
             raise ValidationException(f"{field} {principal} is not a valid principal")
     key = self.describe_key(key_id)
-    if name:
-        for grant in key.grants.values():
-            if grant.name == name and grant.grantee_principal == grantee_principal and sorted(grant.operations) == sorted(operations):
-                return grant.id, grant.token
-    return _original_create_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+    with _grant_lock:  # two calls at once with one name still make one grant
+        if name:
+            for grant in key.grants.values():
+                if grant.name == name and grant.grantee_principal == grantee_principal and sorted(grant.operations) == sorted(operations):
+                    return grant.id, grant.token
+        return _original_create_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+
+
+_grant_lock = threading.Lock()
 
 
 def install() -> None:

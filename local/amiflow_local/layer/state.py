@@ -103,6 +103,7 @@ class Faults:
             self.crash_functions: dict[str, _Budget] = {}
             self.impaired_instances: set[str] = set()
             self.impair_next_instances = 0
+            self.kms_denied_accounts: set[str] = set()
             self.fired: list[dict[str, Any]] = []
 
     def arm(self, spec: dict[str, Any]) -> None:
@@ -130,6 +131,10 @@ class Faults:
                 if not spec.get("function"):
                     raise ValueError("crash-after-side-effect needs function")
                 self.crash_functions[spec["function"]] = _Budget.parse(spec)
+            elif kind == "kms-denied":
+                if not spec.get("accountId"):
+                    raise ValueError("kms-denied needs accountId")
+                self.kms_denied_accounts.add(str(spec["accountId"]))
             elif kind == "impaired":
                 if spec.get("instanceId"):
                     self.impaired_instances.add(spec["instanceId"])
@@ -138,7 +143,7 @@ class Faults:
             else:
                 raise ValueError(
                     f"unknown fault kind {kind!r}; known: throttle, server-error, insufficient-capacity, "
-                    "fail-image, drop-event, crash-after-side-effect, impaired"
+                    "fail-image, drop-event, crash-after-side-effect, impaired, kms-denied"
                 )
 
     def _record(self, kind: str, **what: Any) -> None:
@@ -192,6 +197,14 @@ class Faults:
             budget = self.crash_functions.get(function)
             if budget and budget.fire():
                 self._record("crash-after-side-effect", function=function)
+                return True
+            return False
+
+    def kms_denied(self, account: str) -> bool:
+        """True while the account may use no other account's KMS key (an explicit deny)."""
+        with self.lock:
+            if account in self.kms_denied_accounts:
+                self._record("kms-denied", accountId=account)
                 return True
             return False
 
