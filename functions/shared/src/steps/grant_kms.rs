@@ -7,6 +7,7 @@
 //! `aws:PrincipalOrgID` or `aws:PrincipalOrgPaths` conditions; the merge keeps every other
 //! statement and can be undone.
 
+use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::types::{GrantOperation, KeyManagerType};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -321,12 +322,18 @@ pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<
         for account in &receivers.account_ids {
             let name = grant_name(&request.image_id, account);
             for (_, grant_id) in existing.iter().filter(|(n, _)| *n == name) {
-                kms.revoke_grant()
+                let revoked = kms
+                    .revoke_grant()
                     .key_id(&key)
                     .grant_id(grant_id)
                     .send()
-                    .await
-                    .map_err(aws("RevokeGrant"))?;
+                    .await;
+                // A grant revoked meanwhile (by a concurrent attempt of this step) is gone, as asked.
+                if let Err(e) = revoked {
+                    if e.code() != Some("NotFoundException") {
+                        return Err(aws("RevokeGrant")(e));
+                    }
+                }
                 grants.push(GrantRecord {
                     account_id: account.clone(),
                     grant_id: grant_id.clone(),
@@ -509,16 +516,7 @@ mod mocked {
         assert_eq!(out[0].grants[0].grant_id, "g-1");
         assert_eq!(rules[2].num_calls(), 1);
 
-        let listed = mock!(Client::list_grants).then_output(|| {
-            ListGrantsOutput::builder()
-                .grants(
-                    GrantListEntry::builder()
-                        .grant_id("g-1")
-                        .name("amiflow-ami-0abc-210987654321")
-                        .build(),
-                )
-                .build()
-        });
+        let listed = one_amiflow_grant();
         let create = mock!(Client::create_grant)
             .then_output(|| CreateGrantOutput::builder().grant_id("g-2").build());
         let rules = [
@@ -619,5 +617,52 @@ mod mocked {
         let out = revoke(&kms, &request(accounts())).await.unwrap();
         assert_eq!(out[0].grants.len(), 1);
         assert_eq!(rules[2].num_calls(), 1);
+    }
+
+    fn one_amiflow_grant() -> Rule {
+        mock!(Client::list_grants).then_output(|| {
+            ListGrantsOutput::builder()
+                .grants(
+                    GrantListEntry::builder()
+                        .grant_id("g-1")
+                        .name("amiflow-ami-0abc-210987654321")
+                        .build(),
+                )
+                .build()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_grant_revoked_meanwhile_counts_as_revoked() {
+        let listed = one_amiflow_grant();
+        let gone = mock!(Client::revoke_grant).then_error(|| {
+            aws_sdk_kms::operation::revoke_grant::RevokeGrantError::generic(
+                crate::test_support::meta("NotFoundException"),
+            )
+        });
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            listed,
+            gone,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        assert!(revoke(&kms, &request(accounts())).await.is_ok());
+
+        let refused = mock!(Client::revoke_grant).then_error(|| {
+            aws_sdk_kms::operation::revoke_grant::RevokeGrantError::generic(
+                crate::test_support::meta("AccessDeniedException"),
+            )
+        });
+        let listed_again = one_amiflow_grant();
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            listed_again,
+            refused,
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        assert_eq!(
+            revoke(&kms, &request(accounts())).await.unwrap_err().name(),
+            "AwsApi"
+        );
     }
 }
