@@ -30,6 +30,9 @@ pub enum Error {
     /// The requested source action is blocked by the source's own protection attribute.
     #[error("{0}")]
     SourceProtected(String),
+    /// Another MigrateInstance run holds the source's run lock.
+    #[error("{0}")]
+    InstanceBusy(String),
     /// The image is not (yet) visible; retried, as it is right after CreateImage.
     #[error("{0}")]
     ImageNotFound(String),
@@ -91,6 +94,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "InstanceTypeNotOffered",
     "UnsupportedSource",
     "SourceProtected",
+    "InstanceBusy",
     "ImageNotFound",
     "ImageFailed",
     "ImageWaitTimedOut",
@@ -122,6 +126,7 @@ impl Error {
             Error::InstanceTypeNotOffered(_) => "InstanceTypeNotOffered",
             Error::UnsupportedSource(_) => "UnsupportedSource",
             Error::SourceProtected(_) => "SourceProtected",
+            Error::InstanceBusy(_) => "InstanceBusy",
             Error::ImageNotFound(_) => "ImageNotFound",
             Error::ImageFailed(_) => "ImageFailed",
             Error::ImageWaitTimedOut(_) => "ImageWaitTimedOut",
@@ -254,6 +259,7 @@ mod tests {
             Error::InstanceTypeNotOffered(String::new()),
             Error::UnsupportedSource(String::new()),
             Error::SourceProtected(String::new()),
+            Error::InstanceBusy(String::new()),
             Error::ImageNotFound(String::new()),
             Error::ImageFailed(String::new()),
             Error::ImageWaitTimedOut(String::new()),

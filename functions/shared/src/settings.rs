@@ -45,6 +45,8 @@ impl PollPolicy {
 pub struct Settings {
     /// The DynamoDB table holding task tokens by image id (wait-image only).
     pub task_table: Option<String>,
+    /// The DynamoDB table holding one run lock per source instance (create-image and cleanup).
+    pub lock_table: Option<String>,
     /// How long a run waits for the AMI event before it falls back to polling.
     pub event_wait_seconds: u64,
     /// The fallback polling of an image.
@@ -80,6 +82,7 @@ impl Settings {
         };
         Ok(Settings {
             task_table: var("AMIFLOW_TASK_TABLE").filter(|t| !t.is_empty()),
+            lock_table: var("AMIFLOW_LOCK_TABLE").filter(|t| !t.is_empty()),
             event_wait_seconds: number("AMIFLOW_EVENT_WAIT_SECONDS", 1800)?,
             image_poll: PollPolicy {
                 initial_seconds: number(
@@ -113,6 +116,7 @@ impl Settings {
     pub fn defaults() -> Self {
         Settings {
             task_table: None,
+            lock_table: None,
             event_wait_seconds: 1800,
             image_poll: DEFAULT_IMAGE_POLL,
             instance_poll: DEFAULT_INSTANCE_POLL,
@@ -123,6 +127,12 @@ impl Settings {
         self.task_table
             .as_deref()
             .ok_or_else(|| Error::Configuration("AMIFLOW_TASK_TABLE is not set".into()))
+    }
+
+    pub fn lock_table(&self) -> Result<&str> {
+        self.lock_table
+            .as_deref()
+            .ok_or_else(|| Error::Configuration("AMIFLOW_LOCK_TABLE is not set".into()))
     }
 }
 

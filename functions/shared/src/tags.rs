@@ -9,6 +9,8 @@ pub const SOURCE_INSTANCE: &str = "amiflow:source-instance";
 
 /// On a source whose `sourceAction` is stop or terminate: the instance that replaced it.
 pub const MIGRATED_TO: &str = "amiflow:migrated-to";
+/// On an image a rollback kept because the source was terminated during the run: why.
+pub const KEPT: &str = "amiflow:kept";
 
 /// A tag as it travels between steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::steps::create_image::CreateImageOutput;
 use crate::steps::launch::InstanceProgress;
+use crate::steps::lock::RunLock;
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +59,23 @@ pub struct RollbackRequest {
     pub state: RunState,
 }
 
+impl RollbackRequest {
+    /// The source instance, from the capture or, before there is one, from the input.
+    pub fn source_id(&self) -> Option<String> {
+        self.state
+            .image
+            .as_ref()
+            .map(|i| i.capture.instance_id.clone())
+            .or_else(|| {
+                self.state
+                    .input
+                    .get("instanceId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+    }
+}
+
 /// The parts of a run's state that a rollback uses; any of them may be missing.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,12 +103,34 @@ pub enum CleanupOutput {
     Rollback(RollbackOutput),
 }
 
-pub async fn run(ec2: &aws_sdk_ec2::Client, request: CleanupRequest) -> Result<CleanupOutput> {
+pub async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    lock: &RunLock<'_>,
+    request: CleanupRequest,
+) -> Result<CleanupOutput> {
     match request {
         CleanupRequest::Complete(r) => {
-            Ok(CleanupOutput::Complete(Box::new(complete(ec2, *r).await?)))
+            let (source, execution) = (r.input.instance_id.clone(), r.execution.clone());
+            let out = complete(ec2, *r).await?;
+            give_back(lock, Some(&source), &execution).await;
+            Ok(CleanupOutput::Complete(Box::new(out)))
         }
-        CleanupRequest::Rollback(r) => Ok(CleanupOutput::Rollback(rollback(ec2, *r).await?)),
+        CleanupRequest::Rollback(r) => {
+            let (source, execution) = (r.source_id(), r.execution.clone());
+            let out = rollback(ec2, *r).await?;
+            give_back(lock, source.as_deref(), &execution).await;
+            Ok(CleanupOutput::Rollback(out))
+        }
+    }
+}
+
+/// Gives the run lock back. A failure here fails nothing: the next run for the instance sees
+/// that this execution has ended and takes the lock over, and DynamoDB's TTL removes it.
+async fn give_back(lock: &RunLock<'_>, source: Option<&str>, execution: &str) {
+    let Some(source) = source else { return };
+    match lock.release(source, execution).await {
+        Ok(released) => tracing::info!(source, execution, released, "run lock given back"),
+        Err(e) => tracing::warn!(source, execution, error = %e, "run lock not given back"),
     }
 }
 
@@ -101,6 +141,10 @@ pub struct RollbackOutput {
     pub deregistered_image_ids: Vec<String>,
     pub deleted_snapshot_ids: Vec<String>,
     pub elastic_ip_restored_to: Option<String>,
+    /// Images kept because the source was terminated during the run (by someone else): they
+    /// may be the only copy of its data. Each carries the `amiflow:kept` tag saying why.
+    #[serde(default)]
+    pub kept_image_ids: Vec<String>,
 }
 
 /// The delete-on-termination changes that restore the source's settings. Pure.
@@ -222,20 +266,53 @@ async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result
     }
 }
 
-async fn instance_state(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<String> {
-    let found = ec2
+/// What `sourceAction` still has to do to the source, given the state it is in now. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStep {
+    Leave,
+    Stop,
+    Terminate,
+}
+
+/// States in which the source is gone or going: nothing may be done to it, and a rollback must
+/// not throw away the image, which may be the only copy of its data.
+pub fn source_gone(state: &str) -> bool {
+    matches!(state, "shutting-down" | "terminated")
+}
+
+pub fn source_step(action: SourceAction, current: &str) -> SourceStep {
+    match action {
+        SourceAction::Keep => SourceStep::Leave,
+        _ if source_gone(current) => SourceStep::Leave,
+        SourceAction::Stop if matches!(current, "stopping" | "stopped") => SourceStep::Leave,
+        SourceAction::Stop => SourceStep::Stop,
+        SourceAction::Terminate => SourceStep::Terminate,
+    }
+}
+
+/// The source's state now; an instance EC2 no longer knows is reported as terminated.
+pub async fn source_state_now(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<String> {
+    let found = match ec2
         .describe_instances()
         .instance_ids(instance_id)
         .send()
         .await
-        .map_err(aws("DescribeInstances"))?;
+    {
+        Ok(found) => found,
+        Err(e) => {
+            return match aws("DescribeInstances")(e) {
+                Error::InstanceNotFound(_) => Ok("terminated".into()),
+                other => Err(other),
+            }
+        }
+    };
     Ok(found
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
-        .next()
+        .find(|i| i.instance_id() == Some(instance_id))
         .and_then(|i| i.state()?.name().map(|n| n.as_str().to_string()))
-        .unwrap_or_else(|| "unknown".into()))
+        .unwrap_or_else(|| "terminated".into()))
 }
 
 pub async fn complete(
@@ -278,12 +355,12 @@ pub async fn complete(
     // Last, so that nothing after it can fail and roll back the only copy left running. The
     // source is first stamped with where it went: an operator sees it, and IAM allows stopping
     // and terminating only instances so stamped.
-    let source_state = match request.input.source_action {
-        SourceAction::Keep => match instance_state(ec2, source_id).await {
-            Ok(state) => state,
-            Err(_) => capture.state.clone(),
-        },
-        SourceAction::Stop => {
+    // Someone else may have stopped or terminated the source during the run: what it is now
+    // decides what is left to do.
+    let current = source_state_now(ec2, source_id).await?;
+    let source_state = match source_step(request.input.source_action, &current) {
+        SourceStep::Leave => current,
+        SourceStep::Stop => {
             stamp_source(ec2, source_id, new_id).await?;
             let stopped = ec2
                 .stop_instances()
@@ -293,7 +370,7 @@ pub async fn complete(
                 .map_err(aws("StopInstances"))?;
             changed_state(stopped.stopping_instances(), "stopping")
         }
-        SourceAction::Terminate => {
+        SourceStep::Terminate => {
             stamp_source(ec2, source_id, new_id).await?;
             let terminated = ec2
                 .terminate_instances()
@@ -384,18 +461,13 @@ pub async fn rollback(
 ) -> Result<RollbackOutput> {
     let execution = request.execution.as_str();
     let state = &request.state;
-    let source_id = state
-        .image
-        .as_ref()
-        .map(|i| i.capture.instance_id.clone())
-        .or_else(|| {
-            state
-                .input
-                .get("instanceId")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+    let source_id = request.source_id();
     let mut out = RollbackOutput::default();
+    // Only a source that existed when the run captured it can have been lost since.
+    let source_lost = match (&state.image, &source_id) {
+        (Some(_), Some(id)) => source_gone(&source_state_now(ec2, id).await?),
+        _ => false,
+    };
 
     let described = ec2
         .describe_instances()
@@ -415,7 +487,7 @@ pub async fn rollback(
             );
             continue;
         }
-        if let Some(image) = &state.image {
+        if let (Some(image), false) = (&state.image, source_lost) {
             if let Some(restored) = restore_address(ec2, &image.capture, id).await? {
                 out.elastic_ip_restored_to = Some(restored);
             }
@@ -458,6 +530,28 @@ pub async fn rollback(
             image_ids.push(image.image_id.clone());
         }
     }
+    if source_lost {
+        let source = source_id.as_deref().unwrap_or_default();
+        for image_id in &image_ids {
+            ec2.create_tags()
+                .resources(image_id)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(tags::KEPT)
+                        .value(format!(
+                            "source {source} was terminated during the run; this image may be the only copy of its data"
+                        ))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(aws("CreateTags"))?;
+            tracing::warn!(image_id, source, execution, "source gone: image kept");
+        }
+        out.kept_image_ids = image_ids;
+        tracing::info!(execution, removed = ?out, "rollback done");
+        return Ok(out);
+    }
     for image_id in image_ids {
         let snapshots = remove_image(ec2, &image_id).await?;
         out.deleted_snapshot_ids.extend(snapshots);
@@ -488,6 +582,26 @@ pub async fn rollback(
 mod tests {
     use super::*;
     use crate::capture::tests::sample_capture;
+
+    #[test]
+    fn the_source_action_left_depends_on_what_the_source_is_now() {
+        use SourceStep::*;
+        let cases = [
+            (SourceAction::Keep, "running", Leave),
+            (SourceAction::Stop, "running", Stop),
+            (SourceAction::Stop, "stopped", Leave),
+            (SourceAction::Stop, "stopping", Leave),
+            (SourceAction::Stop, "terminated", Leave),
+            (SourceAction::Terminate, "running", Terminate),
+            (SourceAction::Terminate, "stopped", Terminate),
+            (SourceAction::Terminate, "shutting-down", Leave),
+            (SourceAction::Terminate, "terminated", Leave),
+        ];
+        for (action, now, step) in cases {
+            assert_eq!(source_step(action, now), step, "{action:?} on {now}");
+        }
+        assert!(source_gone("terminated") && !source_gone("stopped"));
+    }
 
     #[test]
     fn only_volumes_kept_on_the_source_are_kept_on_the_copy() {
@@ -769,6 +883,89 @@ mod mocked {
         assert_eq!(terminate.num_calls(), 1);
         // delete-on-termination for every volume, then termination protection off.
         assert_eq!(modify.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_source_terminated_by_someone_else_keeps_the_image_and_says_why() {
+        let describe = mock!(Client::describe_instances).then_output(|| {
+            reservation(vec![
+                instance_in("i-0new", InstanceStateName::Running),
+                instance_in("i-0123456789abcdef0", InstanceStateName::Terminated),
+            ])
+        });
+        let modify = mock!(Client::modify_instance_attribute)
+            .then_output(|| ModifyInstanceAttributeOutput::builder().build());
+        let terminate = mock!(Client::terminate_instances)
+            .match_requests(|req| req.instance_ids() == ["i-0new"])
+            .then_output(|| TerminateInstancesOutput::builder().build());
+        let kept = mock!(Client::create_tags)
+            .match_requests(|req| {
+                req.resources() == ["ami-0123456789abcdef0"]
+                    && req.tags()[0].key() == Some(tags::KEPT)
+                    && req.tags()[0]
+                        .value()
+                        .is_some_and(|v| v.starts_with("source i-0123456789abcdef0 was terminated"))
+            })
+            .then_output(|| CreateTagsOutput::builder().build());
+        let c = calls();
+        let associate = mock!(Client::associate_address)
+            .then_output(|| AssociateAddressOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [
+                &describe,
+                &modify,
+                &terminate,
+                &kept,
+                &associate,
+                &c.describe_images,
+                &c.deregister,
+                &c.delete_snapshot
+            ]
+        );
+        let out = rollback(&ec2, rollback_request(true)).await.unwrap();
+        assert_eq!(out.terminated_instance_ids, ["i-0new"]);
+        assert_eq!(out.kept_image_ids, ["ami-0123456789abcdef0"]);
+        assert!(out.deregistered_image_ids.is_empty() && out.deleted_snapshot_ids.is_empty());
+        assert_eq!(out.elastic_ip_restored_to, None);
+        assert_eq!(
+            [
+                kept.num_calls(),
+                c.deregister.num_calls(),
+                c.delete_snapshot.num_calls(),
+                associate.num_calls()
+            ],
+            [1, 0, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn complete_does_nothing_to_a_source_someone_else_stopped_or_terminated() {
+        for (now, action) in [
+            (InstanceStateName::Stopped, SourceAction::Stop),
+            (InstanceStateName::Terminated, SourceAction::Stop),
+            (InstanceStateName::Terminated, SourceAction::Terminate),
+        ] {
+            let mut c = calls();
+            let state = now.clone();
+            c.describe_instances = mock!(Client::describe_instances).then_output(move || {
+                reservation(vec![instance_in("i-0123456789abcdef0", state.clone())])
+            });
+            let out = complete(&client(&c), complete_request(action, false))
+                .await
+                .unwrap();
+            assert_eq!(out.source_state, now.as_str());
+            assert_eq!(
+                [
+                    c.stamp.num_calls(),
+                    c.stop.num_calls(),
+                    c.terminate.num_calls()
+                ],
+                [0, 0, 0],
+                "{action:?} on {now:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! create-image: validates the run, captures the source's settings and makes the AMI, once per
 //! execution.
 
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName, LocationType, ResourceType, Subnet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,12 +10,15 @@ use crate::capture::{self, Attributes, Capture};
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::settings::Settings;
+use crate::steps::lock::{Claimant, RunLock};
 use crate::tags::{self, Tag};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateImageRequest {
     pub execution: String,
+    /// The execution's ARN: the holder recorded in the run lock.
+    pub execution_arn: String,
     /// The workflow input as the operator gave it; parsed and checked here.
     pub input: Value,
 }
@@ -360,6 +364,7 @@ pub async fn check_offered(ec2: &aws_sdk_ec2::Client, instance_type: &str, az: &
 
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
+    lock: &RunLock<'_>,
     settings: &Settings,
     region: &str,
     request: CreateImageRequest,
@@ -395,6 +400,13 @@ pub async fn run(
         event_wait_seconds: settings.event_wait_seconds,
     };
 
+    // The first side effect: no other run may work on this instance while this one does.
+    let claimant = Claimant {
+        execution,
+        execution_arn: &request.execution_arn,
+    };
+    lock.acquire(&input.instance_id, &claimant).await?;
+
     if let Some(existing) = find_own_image(ec2, execution).await? {
         tracing::info!(image_id = %existing, execution, "image of this execution exists already");
         return Ok(output(existing, false));
@@ -416,8 +428,22 @@ pub async fn run(
         .tag_specifications(tags::spec(ResourceType::Image, &own_tags))
         .tag_specifications(tags::spec(ResourceType::Snapshot, &own_tags))
         .send()
-        .await
-        .map_err(aws("CreateImage"))?;
+        .await;
+    let created = match created {
+        Ok(created) => created,
+        // The name comes from the execution, and AMI names are unique: an attempt running at
+        // the same moment made the image first. Answer that one.
+        Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => {
+            if let Some(existing) = find_own_image(ec2, execution).await? {
+                tracing::info!(image_id = %existing, execution, "a concurrent attempt made the image");
+                return Ok(output(existing, false));
+            }
+            return Err(Error::ImageNotFound(format!(
+                "CreateImage: {image_name} exists but is not visible yet; retried"
+            )));
+        }
+        Err(e) => return Err(aws("CreateImage")(e)),
+    };
     let image_id = created
         .image_id()
         .ok_or_else(|| Error::AwsApi("CreateImage: the answer has no ImageId".into()))?
@@ -550,8 +576,42 @@ mod mocked {
     fn request(input: serde_json::Value) -> CreateImageRequest {
         CreateImageRequest {
             execution: "run-1".into(),
+            execution_arn: "arn:aws:states:us-east-1:123456789012:execution:MigrateInstance:run-1"
+                .into(),
             input,
         }
+    }
+
+    /// Runs the step with a run lock that is free; answers the step's result and how many times
+    /// the lock was written.
+    async fn locked_run(
+        ec2: &Client,
+        req: CreateImageRequest,
+    ) -> (Result<CreateImageOutput>, usize) {
+        let put = mock!(aws_sdk_dynamodb::Client::put_item)
+            .match_requests(|r| {
+                r.item().and_then(|i| i.get("resourceId"))
+                    == Some(&aws_sdk_dynamodb::types::AttributeValue::S(
+                        "i-0123456789abcdef0".into(),
+                    ))
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::put_item::PutItemOutput::builder().build()
+            });
+        let unused = mock!(aws_sdk_sfn::Client::describe_execution).then_error(|| {
+            aws_sdk_sfn::operation::describe_execution::DescribeExecutionError::generic(meta(
+                "NotExpected",
+            ))
+        });
+        let ddb = mock_client!(aws_sdk_dynamodb, [&put]);
+        let sfn = mock_client!(aws_sdk_sfn, [&unused]);
+        let lock = RunLock {
+            ddb: &ddb,
+            sfn: &sfn,
+            table: "locks",
+        };
+        let out = run(ec2, &lock, &settings(), "us-east-1", req).await;
+        (out, put.num_calls())
     }
 
     fn default_input() -> serde_json::Value {
@@ -666,9 +726,9 @@ mod mocked {
         let mut rules = reads(true, None);
         rules.push(create());
         let ec2 = client(&rules);
-        let out = run(&ec2, &settings(), "us-east-1", request(default_input()))
-            .await
-            .unwrap();
+        let (out, locks) = locked_run(&ec2, request(default_input())).await;
+        let out = out.unwrap();
+        assert_eq!(locks, 1, "the run lock is taken before the image is made");
         assert_eq!(out.image_id, "ami-0new");
         assert!(out.created);
         assert_eq!(out.target.subnet_id, "subnet-0bbbbbbb");
@@ -686,9 +746,7 @@ mod mocked {
         let mut rules = reads(true, Some("ami-0earlier"));
         rules.push(create());
         let ec2 = client(&rules);
-        let out = run(&ec2, &settings(), "us-east-1", request(default_input()))
-            .await
-            .unwrap();
+        let out = locked_run(&ec2, request(default_input())).await.0.unwrap();
         assert_eq!(
             (out.image_id.as_str(), out.created),
             ("ami-0earlier", false)
@@ -701,9 +759,9 @@ mod mocked {
         let mut rules = reads(false, None);
         rules.push(create());
         let ec2 = client(&rules);
-        let err = run(&ec2, &settings(), "us-east-1", request(default_input()))
-            .await
-            .unwrap_err();
+        let (err, locks) = locked_run(&ec2, request(default_input())).await;
+        let err = err.unwrap_err();
+        assert_eq!(locks, 0, "a refused run takes no lock");
         assert_eq!(
             err,
             Error::InstanceTypeNotOffered(
@@ -724,24 +782,71 @@ mod mocked {
         rules.push(create());
         let ec2 = client(&rules);
         let input = json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "sourceAction": "terminate"});
-        let err = run(&ec2, &settings(), "us-east-1", request(input))
-            .await
-            .unwrap_err();
+        let err = locked_run(&ec2, request(input)).await.0.unwrap_err();
         assert_eq!(err.name(), "SourceProtected");
         assert_eq!(rules.last().unwrap().num_calls(), 0);
     }
 
     #[tokio::test]
-    async fn a_missing_instance_names_the_field() {
-        let rules = [mock!(Client::describe_instances).then_output(no_instances)];
+    async fn a_run_holding_the_instance_stops_this_one_before_the_image() {
+        use aws_sdk_sfn::types::ExecutionStatus;
+        let mut rules = reads(true, None);
+        rules.push(create());
+        let ec2 = client(&rules);
+        let put = mock!(aws_sdk_dynamodb::Client::put_item).then_error(|| {
+            aws_sdk_dynamodb::operation::put_item::PutItemError::generic(meta(
+                "ConditionalCheckFailedException",
+            ))
+        });
+        let get = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| {
+            aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder()
+                .item(
+                    "executionArn",
+                    aws_sdk_dynamodb::types::AttributeValue::S("arn:x:execution:M:run-0".into()),
+                )
+                .build()
+        });
+        let running = mock!(aws_sdk_sfn::Client::describe_execution).then_output(|| {
+            aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput::builder()
+                .execution_arn("arn:x:execution:M:run-0")
+                .state_machine_arn("arn:x:stateMachine:M")
+                .status(ExecutionStatus::Running)
+                .start_date(aws_smithy_types::DateTime::from_secs(0))
+                .build()
+                .unwrap()
+        });
+        let ddb = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&put, &get]);
+        let sfn = mock_client!(aws_sdk_sfn, [&running]);
+        let lock = RunLock {
+            ddb: &ddb,
+            sfn: &sfn,
+            table: "locks",
+        };
         let err = run(
-            &client(&rules),
+            &ec2,
+            &lock,
             &settings(),
             "us-east-1",
             request(default_input()),
         )
         .await
         .unwrap_err();
+        assert_eq!(err.name(), "InstanceBusy");
+        assert!(err.to_string().contains("run-0"), "{err}");
+        assert_eq!(
+            rules.last().unwrap().num_calls(),
+            0,
+            "no image while another run holds the instance"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_instance_names_the_field() {
+        let rules = [mock!(Client::describe_instances).then_output(no_instances)];
+        let err = locked_run(&client(&rules), request(default_input()))
+            .await
+            .0
+            .unwrap_err();
         assert_eq!(
             err,
             Error::InstanceNotFound("instanceId: i-0123456789abcdef0 does not exist".into())
@@ -752,14 +857,10 @@ mod mocked {
     async fn throttling_is_reported_as_throttled_with_the_code() {
         let rules = [mock!(Client::describe_instances)
             .then_error(|| DescribeInstancesError::generic(meta("RequestLimitExceeded")))];
-        let err = run(
-            &client(&rules),
-            &settings(),
-            "us-east-1",
-            request(default_input()),
-        )
-        .await
-        .unwrap_err();
+        let err = locked_run(&client(&rules), request(default_input()))
+            .await
+            .0
+            .unwrap_err();
         assert_eq!(err.name(), "Throttled");
         assert!(
             err.to_string()
@@ -771,13 +872,12 @@ mod mocked {
     #[tokio::test]
     async fn bad_input_makes_no_call_at_all() {
         let rules = [mock!(Client::describe_instances).then_output(no_instances)];
-        let err = run(
+        let err = locked_run(
             &client(&rules),
-            &settings(),
-            "us-east-1",
             request(json!({"instanceId": "i-0123456789abcdef0"})),
         )
         .await
+        .0
         .unwrap_err();
         assert_eq!(err.name(), "InvalidInput");
         assert_eq!(rules[0].num_calls(), 0);
@@ -790,8 +890,9 @@ mod mocked {
             .then_output(|| DescribeSubnetsOutput::builder().build());
         let input =
             json!({"instanceId": "i-0123456789abcdef0", "targetSubnetId": "subnet-0ccccccc"});
-        let err = run(&client(&rules), &settings(), "us-east-1", request(input))
+        let err = locked_run(&client(&rules), request(input))
             .await
+            .0
             .unwrap_err();
         assert_eq!(
             err,

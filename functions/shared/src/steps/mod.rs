@@ -5,6 +5,7 @@ pub mod copy_image;
 pub mod create_image;
 pub mod grant_kms;
 pub mod launch;
+pub mod lock;
 pub mod share_image;
 pub mod trigger;
 pub mod verify_instance;
