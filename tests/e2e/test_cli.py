@@ -12,7 +12,7 @@ import pytest
 from amiflow_local.seed import seed
 from amiflow_local.server import cargo_target_dir
 
-from test_cross_account import B, encrypted_image
+from accounts import B, encrypted_image
 
 CLI = str(cargo_target_dir() / "debug" / "amiflow")
 

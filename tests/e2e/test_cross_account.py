@@ -5,20 +5,13 @@ C (333333333333) is in another OU, and D (444444444444) is outside the organizat
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
-from amiflow_local.seed import base_image, seed
 from botocore.exceptions import ClientError
 
-from workflow import message, run, wait_for
-
-A, B, C, D = "123456789012", "210987654321", "333333333333", "444444444444"
-ORG_ID = "o-amiflow0001"
-APPS_OU = f"arn:aws:organizations::{A}:ou/{ORG_ID}/ou-root-appsaaaa"
-
-
+from accounts import A, APPS_OU, B, C, D, ORG_ID, as_account, copy_input, encrypted_image, launch_as
+from workflow import message, run
 
 
 @pytest.fixture
@@ -30,31 +23,6 @@ def organization(stack):
     }})
     yield
     stack.control("config", {"organization": {}})
-
-
-def encrypted_image(stack, ec2, key: str | None, tags=None) -> str:
-    """An available image of A with an encrypted data volume (key None: the aws/ebs key)."""
-    world = seed(ec2, "us-east-1", name=f"src-{uuid.uuid4().hex[:6]}")
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, **({"KmsKeyId": key} if key else {}))["VolumeId"]
-    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdh")
-    image_id = ec2.create_image(
-        InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}",
-        TagSpecifications=[{"ResourceType": "image", "Tags": tags or [{"Key": "app", "Value": "web"}]}],
-    )["ImageId"]
-    wait_for(lambda: ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available", what="image")
-    return image_id
-
-
-def as_account(stack, account: str, service: str):
-    return stack.account(account).client(service, endpoint_url=stack.endpoint)
-
-
-def launch_as(stack, account: str, image_id: str) -> str:
-    ec2 = as_account(stack, account, "ec2")
-    world = seed(ec2, "us-east-1", name=f"recv-{uuid.uuid4().hex[:6]}")
-    instance_id = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"])["Instances"][0]["InstanceId"]
-    time.sleep(1.2)  # longer than the stack's delay before a launch without key access terminates
-    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
 
 @pytest.fixture
@@ -183,14 +151,6 @@ def test_refusals_change_nothing(stack, ec2, sfn, cmk, case):
     assert len(ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Images"]) == 0
 
 
-def copy_input(image_id: str, b_key: str, name: str | None = None) -> dict:
-    return {
-        "sourceImageId": image_id, "sourceRegion": "us-east-1", "targetAccountId": B,
-        "targetRoleArn": f"arn:aws:iam::{B}:role/amiflow-copy", "externalId": "ext-b",
-        "targetKmsKeyId": b_key, "name": name or f"copy-{uuid.uuid4().hex[:6]}",
-    }
-
-
 def test_a_failed_copy_is_rolled_back_in_both_accounts(stack, ec2, sfn, cmk):
     stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     image_id = encrypted_image(stack, ec2, cmk)
@@ -220,16 +180,3 @@ def test_a_lost_event_of_the_copy_is_made_up_for_by_polling_through_the_role(sta
     assert {"StartPollingTarget", "PollTarget"} <= set(result.states)
     assert result.output["sharingKept"] is True
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"UserId": B}]
-
-
-def test_a_role_that_cannot_be_assumed_is_named(stack, ec2, sfn, cmk):
-    # moto lets any role be assumed; a throttled AssumeRole that never recovers stands in for a
-    # trust policy that refuses the caller.
-    image_id = encrypted_image(stack, ec2, cmk)
-    stack.control("faults", {"kind": "server-error", "action": "AssumeRole", "status": 403, "share": 1.0})
-    result = run(sfn, "CopyImage", copy_input(image_id, f"arn:aws:kms:us-east-1:{B}:key/11111111-2222-3333-4444-555555555555"))
-    stack.control("faults", method="DELETE")
-    assert result.status == "FAILED"
-    assert result.error == "RoleNotAssumable", result.cause
-    assert message(result).startswith("targetRoleArn:")
-    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []

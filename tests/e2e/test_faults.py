@@ -1,14 +1,16 @@
-"""The fault matrix (part of it): each row runs a workflow on the local stack under an injected
-fault, asserts its terminal state and error name, and audits what is left."""
+"""The fault matrix: each row runs a workflow on the local stack under an injected fault (or
+someone else's action), asserts its terminal state and error name, and audits what is left."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 from amiflow_local.seed import seed
 
-from workflow import instance, run, tagged
+from accounts import B, as_account, copy_input, encrypted_image
+from workflow import entered_states, finish, instance, message, run, start, tagged, wait_for
 
 
 @pytest.fixture
@@ -21,10 +23,68 @@ def audit(ec2, result, world, *, source_state: str = "running") -> None:
     source is in the state the run was allowed to leave it in."""
     left = tagged(ec2, result.name)
     if result.status == "SUCCEEDED":
-        assert left == {"instances": [result.output["newInstanceId"]], "images": [], "snapshots": []}, left
+        kept = [result.output["imageId"]] if result.output["imageKept"] else []
+        assert left["instances"] == [result.output["newInstanceId"]] and left["images"] == kept, left
+        if not kept:
+            assert left["snapshots"] == [], left
     else:
         assert left == {"instances": [], "images": [], "snapshots": []}, left
     assert instance(ec2, world.instance_id)["State"]["Name"] == source_state
+
+
+def access_left(stack, ec2, image_id: str, key: str) -> dict:
+    """What other accounts were given on A's image and key: launch permissions, snapshot
+    permissions, amiflow's grants and amiflow's key-policy statements."""
+    kms = stack.client("kms")
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+    volume_permissions = {
+        p.get("UserId") or p.get("Group")
+        for s in snapshots
+        for p in ec2.describe_snapshot_attribute(SnapshotId=s, Attribute="createVolumePermission")["CreateVolumePermissions"]
+    }
+    policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+    return {
+        "launch": ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"],
+        "volumes": sorted(volume_permissions),
+        "grants": sorted(g["GranteePrincipal"] for g in kms.list_grants(KeyId=key)["Grants"] if g.get("Name", "").startswith("amiflow-")),
+        "statements": [s["Sid"] for s in policy["Statement"] if s.get("Sid", "").startswith("Amiflow")],
+    }
+
+
+NOTHING_SHARED = {"launch": [], "volumes": [], "grants": [], "statements": []}
+SHARED_WITH_B = {"launch": [{"UserId": B}], "volumes": [B], "grants": [f"arn:aws:iam::{B}:root"], "statements": []}
+
+
+def audit_copy(stack, ec2, result, image_id: str, key: str) -> None:
+    """After a CopyImage run: A has given nothing away, and B holds the declared copy or nothing."""
+    assert access_left(stack, ec2, image_id, key) == NOTHING_SHARED
+    b_ec2 = as_account(stack, B, "ec2")
+    left = tagged(b_ec2, result.name)
+    # Every snapshot EC2 copied for B from this image names its copy: "Copied for DestinationAmi
+    # ami-… from SourceAmi ami-…". A copy that is gone must have taken its snapshots along.
+    made = {
+        s["SnapshotId"]: s["Description"].split()[3]
+        for s in b_ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        if s.get("Description", "").endswith(f"from SourceAmi {image_id}")
+    }
+    live = {i["ImageId"] for i in b_ec2.describe_images(Owners=["self"])["Images"]}
+    copies = sorted(set(made.values()) & live)
+    if result.status == "SUCCEEDED":
+        assert left["images"] == [result.output["targetImageId"]] and copies == left["images"], (left, copies)
+    else:
+        assert left["images"] == [] and copies == [], (left, copies)
+    orphans = [snapshot for snapshot, copy in made.items() if copy not in live]
+    assert orphans == [], orphans
+
+
+@pytest.fixture
+def cmk(stack):
+    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+
+
+def enter(sfn, execution_arn: str, state: str) -> None:
+    wait_for(lambda: state in entered_states(sfn, execution_arn), timeout=60, what=f"the run to enter {state}")
 
 
 MUTATING = ["CreateImage", "RunInstances", "CreateTags", "ModifyInstanceAttribute", "AssociateAddress", "DeregisterImage", "DeleteSnapshot", "StopInstances"]
@@ -79,3 +139,178 @@ def test_a_new_instance_killed_by_its_kms_key_fails_with_the_state_reason(stack,
     assert result.error == "LaunchFailed"
     assert "Client.InvalidKMSKey.InvalidState" in result.cause
     audit(ec2, result, world)
+
+
+def test_throttling_of_create_grant_is_ridden_out_by_retries(stack, ec2, sfn, cmk):
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("faults", {"kind": "throttle", "action": "CreateGrant", "count": 6})
+    result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]}, timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert any(f["action"] == "CreateGrant" for f in stack.control("faults")["fired"]), "the fault never fired"
+    assert access_left(stack, ec2, image_id, cmk) == SHARED_WITH_B
+
+
+@pytest.mark.parametrize("action", ["ModifyImageAttribute", "ModifySnapshotAttribute"])
+def test_throttling_of_a_sharing_call_is_ridden_out_by_retries(stack, ec2, sfn, cmk, action):
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("faults", {"kind": "throttle", "action": action, "count": 6})
+    result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]}, timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert access_left(stack, ec2, image_id, cmk) == SHARED_WITH_B
+
+
+def test_throttling_while_unsharing_still_takes_everything_back(stack, ec2, sfn, cmk):
+    image_id = encrypted_image(stack, ec2, cmk)
+    assert run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]}).status == "SUCCEEDED"
+    stack.control("faults", [{"kind": "throttle", "action": "RevokeGrant", "count": 6},
+                             {"kind": "throttle", "action": "ModifyImageAttribute", "count": 6}])
+    result = run(sfn, "UnshareImage", {"imageId": image_id, "accountIds": [B]}, timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert access_left(stack, ec2, image_id, cmk) == NOTHING_SHARED
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "throttle", "action": "CopyImage", "count": 6},
+    {"kind": "server-error", "action": "CopyImage", "status": 503, "count": 5},
+    {"kind": "throttle", "action": "CreateTags", "count": 6},
+], ids=["throttled CopyImage", "503 on CopyImage", "throttled CreateTags"])
+def test_a_copy_rides_out_throttling_and_5xx(stack, ec2, sfn, cmk, fault):
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk)
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    stack.control("faults", fault)
+    result = run(sfn, "CopyImage", copy_input(image_id, b_key), timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert any(f["action"] == fault["action"] for f in stack.control("faults")["fired"]), "the fault never fired"
+    audit_copy(stack, ec2, result, image_id, cmk)
+
+
+def test_kms_access_denied_during_a_copy_fails_it_and_takes_everything_back(stack, ec2, sfn, cmk):
+    # B's use of A's key is denied (as an explicit deny in B, or a key policy change, would):
+    # EC2 cannot read the source snapshots for B, and the copy fails.
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk)
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    stack.control("faults", {"kind": "kms-denied", "accountId": B})
+    result = run(sfn, "CopyImage", copy_input(image_id, b_key))
+    assert result.status == "FAILED"
+    assert result.error == "ImageFailed"
+    assert "KMS key cannot be used" in result.cause, result.cause
+    assert {"RemoveTargetCopy", "UndoPermissions", "UndoKeyAccess"} <= set(result.states)
+    audit_copy(stack, ec2, result, image_id, cmk)
+
+
+def test_a_role_that_cannot_be_assumed_is_named_and_nothing_is_left(stack, ec2, sfn, cmk):
+    # moto lets any role be assumed; AssumeRole refused every time stands in for a trust policy
+    # that refuses the caller.
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("faults", {"kind": "server-error", "action": "AssumeRole", "status": 403, "share": 1.0})
+    result = run(sfn, "CopyImage", copy_input(image_id, f"arn:aws:kms:us-east-1:{B}:key/11111111-2222-3333-4444-555555555555"))
+    stack.control("faults", method="DELETE")
+    assert result.status == "FAILED"
+    assert result.error == "RoleNotAssumable", result.cause
+    assert message(result).startswith("targetRoleArn:")
+    audit_copy(stack, ec2, result, image_id, cmk)
+
+
+@pytest.mark.parametrize("function", ["create-image", "launch", "cleanup"])
+def test_a_migration_step_that_crashes_after_its_side_effect_makes_nothing_twice(stack, ec2, sfn, world, function):
+    stack.control("faults", {"kind": "crash-after-side-effect", "function": function})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "sourceAction": "stop"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert {"kind": "crash-after-side-effect", "function": function} in stack.control("faults")["fired"]
+    audit(ec2, result, world, source_state=instance(ec2, world.instance_id)["State"]["Name"])
+    assert instance(ec2, world.instance_id)["State"]["Name"] in ("stopping", "stopped")
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:amiflow:source-instance", "Values": [world.instance_id]}])["Images"]
+    assert images == [], "the image (made once) is removed by Complete"
+
+
+@pytest.mark.parametrize("function", ["grant-kms", "copy-image"])
+def test_a_copy_step_that_crashes_after_its_side_effect_makes_nothing_twice(stack, ec2, sfn, cmk, function):
+    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    image_id = encrypted_image(stack, ec2, cmk)
+    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    stack.control("faults", {"kind": "crash-after-side-effect", "function": function})
+    result = run(sfn, "CopyImage", copy_input(image_id, b_key))
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert {"kind": "crash-after-side-effect", "function": function} in stack.control("faults")["fired"]
+    audit_copy(stack, ec2, result, image_id, cmk)
+
+
+def test_a_second_run_for_an_instance_being_migrated_is_refused(stack, ec2, sfn, world):
+    stack.control("config", {"imageDelaySeconds": 3})
+    payload = {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"}
+    first_name, first_arn = start(sfn, "MigrateInstance", payload)
+    enter(sfn, first_arn, "WaitForImage")
+    second = run(sfn, "MigrateInstance", {**payload, "targetAvailabilityZone": "us-east-1c"})
+    first = finish(sfn, first_name, first_arn)
+    assert second.status == "FAILED"
+    assert second.error == "InstanceBusy"
+    assert message(second).startswith(f"instanceId: {world.instance_id} is being migrated by execution ")
+    assert first_name in message(second)
+    audit(ec2, second, world)
+    assert first.status == "SUCCEEDED", (first.error, first.cause)
+    audit(ec2, first, world)
+    # The lock was given back: the next run for the instance goes ahead.
+    stack.control("config", {"imageDelaySeconds": 1})
+    third = run(sfn, "MigrateInstance", {**payload, "targetAvailabilityZone": "us-east-1c"})
+    assert third.status == "SUCCEEDED", (third.error, third.cause)
+
+
+def test_the_lock_of_an_aborted_run_is_taken_over(stack, ec2, sfn, world):
+    stack.control("config", {"imageDelaySeconds": 3})
+    payload = {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"}
+    aborted_name, aborted_arn = start(sfn, "MigrateInstance", payload)
+    enter(sfn, aborted_arn, "WaitForImage")
+    sfn.stop_execution(executionArn=aborted_arn, error="Operator", cause="changed my mind")
+    # The local interpreter marks the run ABORTED once its current task returns.
+    wait_for(lambda: sfn.describe_execution(executionArn=aborted_arn)["status"] == "ABORTED", what="the run to be aborted")
+    result = run(sfn, "MigrateInstance", payload)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+
+
+def interfered(sfn, world, source_action: str, interfere):
+    """A run during whose image wait someone else acts on the source."""
+    name, arn = start(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "sourceAction": source_action})
+    enter(sfn, arn, "WaitForImage")
+    interfere(InstanceIds=[world.instance_id])
+    return finish(sfn, name, arn)
+
+
+def test_a_source_stopped_by_someone_else_mid_run_is_migrated_and_left_stopped(stack, ec2, sfn, world):
+    stack.control("config", {"imageDelaySeconds": 3})
+    result = interfered(sfn, world, "stop", ec2.stop_instances)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.output["sourceState"] == "stopped"
+    audit(ec2, result, world, source_state="stopped")
+    assert not any(t["Key"] == "amiflow:migrated-to" for t in instance(ec2, world.instance_id).get("Tags", [])), \
+        "amiflow stopped nothing: the source was already stopped"
+
+
+def test_a_source_terminated_by_someone_else_mid_run_still_gets_its_replacement(stack, ec2, sfn, world):
+    stack.control("config", {"imageDelaySeconds": 3})
+    result = interfered(sfn, world, "terminate", ec2.terminate_instances)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.output["sourceState"] == "terminated"
+    audit(ec2, result, world, source_state="terminated")
+    address = ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]
+    assert address.get("InstanceId") == result.output["newInstanceId"]
+
+
+def test_a_failed_run_whose_source_was_terminated_keeps_the_image(stack, ec2, sfn, world):
+    # The new instance fails its checks after someone terminated the source: the AMI may now be
+    # the only copy of the source's data, so the rollback keeps it and says why.
+    stack.control("config", {"imageDelaySeconds": 3})
+    stack.control("faults", {"kind": "impaired"})
+    result = interfered(sfn, world, "keep", ec2.terminate_instances)
+    assert result.status == "FAILED"
+    assert result.error == "StatusCheckFailed"
+    left = tagged(ec2, result.name)
+    assert left["instances"] == [] and len(left["images"]) == 1, left
+    kept = ec2.describe_images(ImageIds=left["images"])["Images"][0]
+    assert kept["State"] == "available"
+    reason = {t["Key"]: t["Value"] for t in kept["Tags"]}["amiflow:kept"]
+    assert reason.startswith(f"source {world.instance_id} was terminated during the run")
+    assert sorted(left["snapshots"]) == sorted(m["Ebs"]["SnapshotId"] for m in kept["BlockDeviceMappings"])
+    address = ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]
+    assert address["AllocationId"] == world.allocation_id, "the Elastic IP stays allocated"

@@ -74,7 +74,7 @@ def test_tagging_an_instance_starts_its_migration_without_waiting_for_the_schedu
 
 
 def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn):
-    from test_cross_account import B, encrypted_image
+    from accounts import B, encrypted_image
     from workflow import state_machine_arn
 
     key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]

@@ -30,16 +30,22 @@ def entered_states(sfn, execution_arn: str) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
 
 
-def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e2e") -> Run:
+def start(sfn, machine: str, payload: dict, prefix: str = "e2e") -> tuple[str, str]:
+    """Starts a run; answers its name and execution ARN."""
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     started = sfn.start_execution(stateMachineArn=state_machine_arn(sfn, machine), name=name, input=json.dumps(payload))
+    return name, started["executionArn"]
+
+
+def finish(sfn, name: str, execution_arn: str, timeout: float = 180) -> Run:
+    """Follows a started run to its end."""
     deadline = time.monotonic() + timeout
     while True:
-        described = sfn.describe_execution(executionArn=started["executionArn"])
+        described = sfn.describe_execution(executionArn=execution_arn)
         if described["status"] != "RUNNING":
             break
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name} still running after {timeout} s: {entered_states(sfn, started['executionArn'])}")
+            raise AssertionError(f"{name} still running after {timeout} s: {entered_states(sfn, execution_arn)}")
         time.sleep(0.25)
     output = described.get("output")
     return Run(
@@ -48,8 +54,13 @@ def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e
         output=json.loads(output) if output else None,
         error=described.get("error"),
         cause=described.get("cause"),
-        states=entered_states(sfn, started["executionArn"]),
+        states=entered_states(sfn, execution_arn),
     )
+
+
+def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e2e") -> Run:
+    name, execution_arn = start(sfn, machine, payload, prefix)
+    return finish(sfn, name, execution_arn, timeout)
 
 
 def wait_for(check, timeout: float = 30.0, what: str = "condition"):
