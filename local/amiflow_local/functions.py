@@ -88,6 +88,8 @@ class FunctionHost:
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
             "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt/{name}",
+            # Its own access key, so that the stack can tell which function made a call.
+            "AWS_ACCESS_KEY_ID": f"function-{name}",
         })
         return subprocess.Popen(
             [str(self.binaries / name)],

@@ -5,6 +5,7 @@ DELETE /_amiflow/faults   removes every fault
 GET    /_amiflow/faults   the faults that fired so far
 GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.update)
 GET    /_amiflow/events   every event the layer put on a bus
+GET    /_amiflow/calls    every API call answered: principal, IAM action, count; DELETE forgets them
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
 POST   /_amiflow/target-account   {"accountId", "externalId"}: deploys target-account.yaml in that account
 POST   /_amiflow/fire-schedule    {"rule"}: a schedule rule's time has come (Scheduled Event to its targets)
@@ -20,7 +21,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from . import events
-from .state import config, faults
+from .state import calls, config, faults
 
 # Actions the launcher adds (they need the templates, which the layer does not read).
 hooks: dict[str, Callable[[dict], Any]] = {}
@@ -68,6 +69,14 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", "us-east-1"), body["rule"]))
         if path == "/_amiflow/target-account" and method == "POST":
             return _json(start_response, "200 OK", hooks["target-account"](body or {}))
+        if path == "/_amiflow/calls" and method == "DELETE":
+            calls.reset()
+            return _json(start_response, "200 OK", {"reset": True})
+        if path == "/_amiflow/calls":
+            return _json(start_response, "200 OK", [
+                {"principal": principal_of(key), "action": f"{service}:{action}", "count": count}
+                for key, service, action, count in calls.listed()
+            ])
         if path == "/_amiflow/events":
             return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e} for a, b, e in events.delivered])
     except (ValueError, TypeError, KeyError) as error:
@@ -107,6 +116,30 @@ def _json_error(start_response: Callable, status: int, code: str, message: str) 
     return [body]
 
 
+def _signer(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """The access key and SigV4 service of a signed request (Authorization or presigned query)."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" not in header:
+        return None
+    scope = header.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+    return (scope[0], scope[3]) if len(scope) >= 4 else None
+
+
+def principal_of(access_key: str) -> str:
+    """function:<binary> for a function of the stack (each signs with its own key),
+    role:<arn> for credentials from STS AssumeRole, else the key itself."""
+    if access_key.startswith("function-"):
+        return "function:" + access_key[len("function-"):]
+    from moto.sts.models import sts_backends
+
+    for account in list(sts_backends.keys()):
+        for backend in list(sts_backends[account].values()):
+            role = backend.get_assumed_role_from_access_key(access_key)
+            if role is not None:
+                return "role:" + role.role_arn
+    return access_key
+
+
 class FaultInjector:
     """WSGI middleware: the control endpoint, then throttling and server errors by action."""
 
@@ -117,6 +150,9 @@ class FaultInjector:
         if environ.get("PATH_INFO", "").startswith("/_amiflow/"):
             return control(environ, start_response)
         action, protocol = _action(environ)
+        signer = _signer(environ)
+        if action and signer:
+            calls.record(signer[0], signer[1], action)
         if action:
             error = _query_error if protocol == "query" else _json_error
             if faults.throttled(action):

@@ -230,3 +230,28 @@ def _action(spec: dict[str, Any]) -> str:
 
 config = Config()
 faults = Faults()
+
+
+class Calls:
+    """Every API call the stack answered, by the access key that signed it and its SigV4 service:
+    which principal called what, for the check of the calls against the templates' policies."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[str, str, str], int] = {}
+
+    def record(self, access_key: str, service: str, action: str) -> None:
+        with self.lock:
+            key = (access_key, service, action)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts = {}
+
+    def listed(self) -> list[tuple[str, str, str, int]]:
+        with self.lock:
+            return [(*key, count) for key, count in sorted(self.counts.items())]
+
+
+calls = Calls()
