@@ -47,6 +47,10 @@ def test_every_migration_step_twice_at_once_leaves_what_once_leaves(stack, ec2, 
     execution, execution_arn = names()
     migration = {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "sourceAction": "stop"}
 
+    checks = twice_at_once(stack, "preflight", {"workflow": "migrate", "input": migration})
+    assert checks[0] == checks[1]
+    assert tagged(ec2, execution) == {"instances": [], "images": [], "snapshots": []}
+
     made = twice_at_once(stack, "create-image", {"execution": execution, "executionArn": execution_arn, "input": migration})
     image = made[0]
     assert made[1]["imageId"] == image["imageId"]
