@@ -4,13 +4,14 @@ someone else's action), asserts its terminal state and error name, and audits wh
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
 from amiflow_local.seed import seed
 
 from accounts import B, as_account, copy_input, encrypted_image
-from workflow import entered_states, finish, instance, message, run, start, tagged, wait_for
+from workflow import entered_states, finish, instance, message, run, start, state_machine_arn, tagged, wait_for
 
 
 @pytest.fixture
@@ -257,16 +258,24 @@ def test_a_second_run_for_an_instance_being_migrated_is_refused(stack, ec2, sfn,
     assert third.status == "SUCCEEDED", (third.error, third.cause)
 
 
-def test_the_lock_of_an_aborted_run_is_taken_over(stack, ec2, sfn, world):
-    stack.control("config", {"imageDelaySeconds": 3})
+def test_a_lock_left_by_an_ended_run_is_taken_over(stack, ec2, sfn, world):
+    # A run that ended without giving its lock back (aborted by an operator, or its cleanup never
+    # ran): the lock item still names it. The next run sees that it is not RUNNING and goes ahead.
     payload = {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"}
-    aborted_name, aborted_arn = start(sfn, "MigrateInstance", payload)
-    enter(sfn, aborted_arn, "WaitForImage")
-    sfn.stop_execution(executionArn=aborted_arn, error="Operator", cause="changed my mind")
-    # The local interpreter marks the run ABORTED once its current task returns.
-    wait_for(lambda: sfn.describe_execution(executionArn=aborted_arn)["status"] == "ABORTED", what="the run to be aborted")
-    result = run(sfn, "MigrateInstance", payload)
-    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    stack.control("faults", {"kind": "impaired"})
+    ended = run(sfn, "MigrateInstance", payload)
+    assert ended.status == "FAILED"
+    ddb = stack.client("dynamodb")
+    table = next(t for t in ddb.list_tables()["TableNames"] if "RunLock" in t)
+    ended_arn = state_machine_arn(sfn, "MigrateInstance").replace(":stateMachine:", ":execution:") + ":" + ended.name
+    for holder in (ended_arn, ended_arn + "-never-existed"):
+        ddb.put_item(TableName=table, Item={
+            "resourceId": {"S": world.instance_id}, "execution": {"S": holder.rsplit(":", 1)[1]},
+            "executionArn": {"S": holder}, "expiresAt": {"N": str(int(time.time()) + 3600)},
+        })
+        result = run(sfn, "MigrateInstance", payload)
+        assert result.status == "SUCCEEDED", (holder, result.error, result.cause)
+        assert "Item" not in ddb.get_item(TableName=table, Key={"resourceId": {"S": world.instance_id}}), "the lock was given back"
 
 
 def interfered(sfn, world, source_action: str, interfere):
