@@ -9,6 +9,7 @@ use aws_config::BehaviorVersion;
 
 use crate::error::Result;
 use crate::settings::Settings;
+use crate::steps::lock::RunLock;
 
 pub struct Deps {
     pub config: aws_config::SdkConfig,
@@ -48,6 +49,15 @@ impl Deps {
             kms: aws_sdk_kms::Client::new(config),
             settings,
         }
+    }
+
+    /// The run lock on the table in `AMIFLOW_LOCK_TABLE` (create-image and cleanup).
+    pub fn run_lock(&self) -> Result<RunLock<'_>> {
+        Ok(RunLock {
+            ddb: &self.dynamodb,
+            sfn: &self.sfn,
+            table: self.settings.lock_table()?,
+        })
     }
 
     /// An EC2 client acting in another account through a role there, derived from the one
