@@ -266,6 +266,43 @@ async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result
     }
 }
 
+/// Terminates an instance the execution made, volumes and all. One that is already going (another
+/// attempt of the rollback terminated it meanwhile, and EC2 refuses changes to it) counts as
+/// removed by that attempt: false.
+async fn remove_instance(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+    devices: &[String],
+) -> Result<bool> {
+    let removal = async {
+        set_delete_on_termination(ec2, instance_id, devices, true).await?;
+        ec2.modify_instance_attribute()
+            .instance_id(instance_id)
+            .disable_api_termination(AttributeBooleanValue::builder().value(false).build())
+            .send()
+            .await
+            .map_err(aws("ModifyInstanceAttribute"))?;
+        ec2.terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(aws("TerminateInstances"))?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    match removal {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            if source_gone(&source_state_now(ec2, instance_id).await?) {
+                tracing::info!(instance_id, error = %e, "already being terminated by another attempt");
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// What `sourceAction` still has to do to the source, given the state it is in now. Pure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceStep {
@@ -290,7 +327,8 @@ pub fn source_step(action: SourceAction, current: &str) -> SourceStep {
     }
 }
 
-/// The source's state now; an instance EC2 no longer knows is reported as terminated.
+/// An instance's state now (the source's, or one the run made); one EC2 no longer knows is
+/// reported as terminated.
 pub async fn source_state_now(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<String> {
     let found = match ec2
         .describe_instances()
@@ -497,20 +535,10 @@ pub async fn rollback(
             .iter()
             .filter_map(|m| m.device_name().map(str::to_string))
             .collect();
-        set_delete_on_termination(ec2, id, &devices, true).await?;
-        ec2.modify_instance_attribute()
-            .instance_id(id)
-            .disable_api_termination(AttributeBooleanValue::builder().value(false).build())
-            .send()
-            .await
-            .map_err(aws("ModifyInstanceAttribute"))?;
-        ec2.terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(aws("TerminateInstances"))?;
-        tracing::info!(instance_id = id, execution, "new instance terminated");
-        out.terminated_instance_ids.push(id.to_string());
+        if remove_instance(ec2, id, &devices).await? {
+            tracing::info!(instance_id = id, execution, "new instance terminated");
+            out.terminated_instance_ids.push(id.to_string());
+        }
     }
 
     let images = ec2
@@ -938,6 +966,65 @@ mod mocked {
             ],
             [1, 0, 0, 0]
         );
+    }
+
+    /// A rollback whose ModifyInstanceAttribute is refused for the new instance, which is in
+    /// state `now` when the rollback looks again. Answers the result and TerminateInstances calls.
+    async fn rollback_refused_while(now: InstanceStateName) -> (Result<RollbackOutput>, usize) {
+        let listed = mock!(Client::describe_instances)
+            .match_requests(|r| !r.filters().is_empty())
+            .then_output(|| reservation(vec![instance_in("i-0new", InstanceStateName::Running)]));
+        let again = mock!(Client::describe_instances)
+            .match_requests(|r| r.instance_ids() == ["i-0new"])
+            .then_output(move || reservation(vec![instance_in("i-0new", now.clone())]));
+        let source = mock!(Client::describe_instances).then_output(|| {
+            reservation(vec![instance_in(
+                "i-0123456789abcdef0",
+                InstanceStateName::Running,
+            )])
+        });
+        let refused = mock!(Client::modify_instance_attribute).then_error(|| {
+            aws_sdk_ec2::operation::modify_instance_attribute::ModifyInstanceAttributeError::generic(
+                crate::test_support::meta("IncorrectInstanceState"),
+            )
+        });
+        let terminate = mock!(Client::terminate_instances)
+            .then_output(|| TerminateInstancesOutput::builder().build());
+        let addresses = mock!(Client::describe_addresses)
+            .then_output(|| DescribeAddressesOutput::builder().build());
+        let no_images = mock!(Client::describe_images).then_output(|| images(vec![]));
+        let no_snapshots = mock!(Client::describe_snapshots)
+            .then_output(|| DescribeSnapshotsOutput::builder().build());
+        let deregister = mock!(Client::deregister_image)
+            .then_output(|| DeregisterImageOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [
+                &listed,
+                &again,
+                &source,
+                &refused,
+                &terminate,
+                &addresses,
+                &no_images,
+                &no_snapshots,
+                &deregister
+            ]
+        );
+        let out = rollback(&ec2, rollback_request(true)).await;
+        (out, terminate.num_calls())
+    }
+
+    #[tokio::test]
+    async fn a_rollback_racing_another_counts_the_instance_it_terminated_as_removed() {
+        let (out, terminations) = rollback_refused_while(InstanceStateName::ShuttingDown).await;
+        let out = out.unwrap();
+        assert!(out.terminated_instance_ids.is_empty(), "{out:?}");
+        assert_eq!(terminations, 0);
+        // An instance still running when a change is refused is an error, not a success.
+        let (out, _) = rollback_refused_while(InstanceStateName::Running).await;
+        assert_eq!(out.unwrap_err().name(), "AwsApi");
     }
 
     #[tokio::test]
