@@ -103,6 +103,15 @@ def test_throttling_of_a_mutating_call_is_ridden_out_by_retries(stack, ec2, sfn,
     assert instance(ec2, world.instance_id)["State"]["Name"] in ("stopping", "stopped")
 
 
+def test_throttling_of_terminate_instances_is_ridden_out_by_retries(stack, ec2, sfn, world):
+    stack.control("faults", {"kind": "throttle", "action": "TerminateInstances", "count": 6})
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "sourceAction": "terminate"}, timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert any(f["action"] == "TerminateInstances" for f in stack.control("faults")["fired"]), "the fault never fired"
+    assert result.output["sourceState"] in ("shutting-down", "terminated")
+    audit(ec2, result, world, source_state=instance(ec2, world.instance_id)["State"]["Name"])
+
+
 @pytest.mark.parametrize("action", ["CreateImage", "RunInstances"])
 def test_a_5xx_is_retried(stack, ec2, sfn, world, action):
     stack.control("faults", {"kind": "server-error", "action": action, "status": 503, "count": 5})
