@@ -47,6 +47,27 @@ pub fn spec(
 }
 
 /// The Describe* filter for what one execution made.
+/// Puts one tag on one resource (the source's stamp, a kept image's reason, a trigger's status).
+pub async fn put(
+    ec2: &aws_sdk_ec2::Client,
+    resource: &str,
+    key: &str,
+    value: &str,
+) -> crate::error::Result<()> {
+    ec2.create_tags()
+        .resources(resource)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(crate::error::aws("CreateTags"))?;
+    Ok(())
+}
+
 pub fn execution_filter(execution: &str) -> aws_sdk_ec2::types::Filter {
     aws_sdk_ec2::types::Filter::builder()
         .name(format!("tag:{EXECUTION}"))

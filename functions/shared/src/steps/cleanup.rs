@@ -446,18 +446,7 @@ fn changed_state(changes: &[aws_sdk_ec2::types::InstanceStateChange], fallback: 
 }
 
 async fn stamp_source(ec2: &aws_sdk_ec2::Client, source_id: &str, new_id: &str) -> Result<()> {
-    ec2.create_tags()
-        .resources(source_id)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key(tags::MIGRATED_TO)
-                .value(new_id)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(aws("CreateTags"))?;
-    Ok(())
+    tags::put(ec2, source_id, tags::MIGRATED_TO, new_id).await
 }
 
 /// Puts the Elastic IP back on the source if this run moved it to `new_id`.
@@ -561,19 +550,10 @@ pub async fn rollback(
     if source_lost {
         let source = source_id.as_deref().unwrap_or_default();
         for image_id in &image_ids {
-            ec2.create_tags()
-                .resources(image_id)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(tags::KEPT)
-                        .value(format!(
-                            "source {source} was terminated during the run; this image may be the only copy of its data"
-                        ))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(aws("CreateTags"))?;
+            let reason = format!(
+                "source {source} was terminated during the run; this image may be the only copy of its data"
+            );
+            tags::put(ec2, image_id, tags::KEPT, &reason).await?;
             tracing::warn!(image_id, source, execution, "source gone: image kept");
         }
         out.kept_image_ids = image_ids;

@@ -306,18 +306,7 @@ fn tags_of(tags: &[aws_sdk_ec2::types::Tag]) -> HashMap<String, String> {
 }
 
 async fn set_status(ec2: &aws_sdk_ec2::Client, resource: &str, value: &str) -> Result<()> {
-    ec2.create_tags()
-        .resources(resource)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key(STATUS)
-                .value(tag_safe(value))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(aws("CreateTags"))?;
-    Ok(())
+    crate::tags::put(ec2, resource, STATUS, &tag_safe(value)).await
 }
 
 /// The resources that ask for work: (resource id, workflow, tags). `only` limits the sweep to
