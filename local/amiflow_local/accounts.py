@@ -4,6 +4,7 @@ source bus policy that accepts its events (template.yaml's TargetAccountEventsPo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 
@@ -37,35 +38,46 @@ def accept_events_from(endpoint: str, region: str, template: Template, accounts:
             )
 
 
-def deploy_target_account(root, endpoint: str, region: str, source_account: str, account: str, external_id: str = "amiflow-local") -> dict:
-    """Creates, in `account`, the resources of target-account.yaml: the copy role and the rule
-    forwarding its AMI events to the source account's default bus."""
+def deploy_target_account(
+    root, endpoint: str, region: str, source: Template, account: str, external_id: str = "amiflow-local",
+    template_file: str = "target-account.yaml", target_kms_key_arn: str | None = None,
+) -> dict:
+    """Creates, in `account`, the resources of target-account.yaml (or of a copy of it, given by
+    path): the copy role and the rule forwarding its AMI events to the source account's default
+    bus. The role trusts the roles the source stack's TrustedRoleArns output names. Deploying
+    again updates the role's trust and policies."""
+    path = Path(template_file) if Path(template_file).is_absolute() else Path(root) / template_file
     target = Template(
-        root,
+        path.parent,
         account,
         region,
         {
-            "SourceAccountId": source_account,
-            "TrustedRoleArns": f"arn:aws:iam::{source_account}:role/amiflow-local-execution",
+            "SourceAccountId": source.account,
+            "TrustedRoleArns": source.output("TrustedRoleArns"),
             "ExternalId": external_id,
-            "TargetKmsKeyArn": f"arn:aws:kms:{region}:{account}:key/00000000-0000-0000-0000-000000000000",
+            "TargetKmsKeyArn": target_kms_key_arn or f"arn:aws:kms:{region}:{account}:key/00000000-0000-0000-0000-000000000000",
             "SourceRegion": region,
         },
-        file="target-account.yaml",
+        file=path.name,
     )
     session = session_for(endpoint, region, account)
     iam = session.client("iam", endpoint_url=endpoint)
     events = session.client("events", endpoint_url=endpoint)
-    made: dict = {"accountId": account, "roles": [], "rules": []}
+    made: dict = {"accountId": account, "roles": [], "rules": [], "targetKmsKeyArn": target.parameters["TargetKmsKeyArn"]}
     for logical_id, resource in target.resources_of("AWS::IAM::Role"):
         props = target.resolve(resource["Properties"])
         name = props.get("RoleName", f"amiflow-{logical_id}")
+        trust = json.dumps(props["AssumeRolePolicyDocument"])
         try:
-            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"]))
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)
         except iam.exceptions.EntityAlreadyExistsException:
-            pass
-        for policy in props.get("Policies", []):
-            iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"]))
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=trust)
+        wanted = {policy["PolicyName"]: policy["PolicyDocument"] for policy in props.get("Policies", []) if policy["PolicyDocument"].get("Statement")}
+        for old in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            if old not in wanted:
+                iam.delete_role_policy(RoleName=name, PolicyName=old)
+        for policy_name, document in wanted.items():
+            iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
         made["roles"].append(f"arn:aws:iam::{account}:role/{name}")
     for logical_id, resource in target.resources_of("AWS::Events::Rule"):
         props = resource["Properties"]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Shorter waits than on AWS, where images and instances take minutes; --parameter overrides.
-LOCAL_PARAMETERS = {"EventWaitSeconds": "10", "ImagePollSeconds": "1", "InstancePollSeconds": "1"}
+LOCAL_PARAMETERS = {"EventWaitSeconds": "10", "ImagePollSeconds": "1", "InstancePollSeconds": "1",
+                    "AccessPropagationSeconds": "2"}
 ACCOUNT = "123456789012"
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
 
@@ -86,18 +87,47 @@ class InvokeRouter:
         return [body]
 
 
+LAMBDA_TRUST = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+
+
+def deploy_function_roles(iam, template) -> dict[str, str]:
+    """Each function's role with the inline policies of its Policies in the template, as SAM
+    deploys them; policies no longer in the template are removed (a stack update). Returns
+    binary -> role ARN, which the layer's IAM judges the function's calls by."""
+    arns = {}
+    for function in template.functions():
+        try:
+            arn = iam.create_role(RoleName=function.role_name, AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            arn = iam.get_role(RoleName=function.role_name)["Role"]["Arn"]
+        wanted = {f"{function.binary}-policy-{n}": policy for n, policy in enumerate(function.policies) if policy.get("Statement")}
+        for name in iam.list_role_policies(RoleName=function.role_name)["PolicyNames"]:
+            if name not in wanted:
+                iam.delete_role_policy(RoleName=function.role_name, PolicyName=name)
+        for name, policy in wanted.items():
+            iam.put_role_policy(RoleName=function.role_name, PolicyName=name, PolicyDocument=json.dumps(policy))
+        arns[function.binary] = arn
+    return arns
+
+
 def bootstrap(endpoint: str, region: str, template) -> None:
     """Creates the stack's resources as template.yaml describes them."""
     import boto3
 
+    from .layer import iam as layer_iam
+
     session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region)
     iam = session.client("iam", endpoint_url=endpoint)
+    # The state machines' role (the local interpreter does not use it; the functions' roles are
+    # their own, below).
     role = iam.create_role(
-        RoleName="amiflow-local-execution",
+        RoleName="amiflow-local-states",
         AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
-            "Action": "sts:AssumeRole"}]}),
+            "Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
     )["Role"]["Arn"]
+    function_roles = deploy_function_roles(iam, template)
+    layer_iam.function_roles.update(function_roles)
 
     dynamodb = session.client("dynamodb", endpoint_url=endpoint)
     for table in template.tables():
@@ -122,7 +152,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
         lam.create_function(
             FunctionName=function.binary,
             Runtime="provided.al2023",
-            Role=role,
+            Role=function_roles[function.binary],
             Handler="bootstrap",
             Code={"ZipFile": archive.getvalue()},
             Environment={"Variables": function.environment},
@@ -185,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     layer.install()
+    layer.iam.start(layer.iam.node_binary())
     layer.config.image_delay_seconds = args.image_delay
     layer.config.status_check_delay_seconds = args.status_check_delay
 
@@ -214,15 +245,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
 
+    target_keys: dict[str, str] = {}
+
     def target_account(body: dict) -> dict:
         from .accounts import accept_events_from, deploy_target_account
 
-        made = deploy_target_account(ROOT, endpoint, args.region, ACCOUNT, body["accountId"], body.get("externalId", "amiflow-local"))
+        account = body["accountId"]
+        key = body.get("targetKmsKeyArn") or target_keys.get(account)
+        if not key:
+            # The account's own key for the copies (the stack parameter TargetKmsKeyArn), made once.
+            from .accounts import session_for
+
+            kms = session_for(endpoint, args.region, account).client("kms", endpoint_url=endpoint)
+            key = kms.create_key(Description="CMK-B: amiflow copies are encrypted with it")["KeyMetadata"]["Arn"]
+        target_keys[account] = key
+        made = deploy_target_account(
+            ROOT, endpoint, args.region, template, account, body.get("externalId", "amiflow-local"),
+            template_file=body.get("template", "target-account.yaml"), target_kms_key_arn=key,
+        )
         accept_events_from(endpoint, args.region, template, [body["accountId"]])
         return made
 
+    def deploy(body: dict) -> dict:
+        """A stack update from a copy of template.yaml: the functions' role policies it holds."""
+        import boto3
+
+        updated = Template(Path(body["template"]).parent, ACCOUNT, args.region, parameters, file=Path(body["template"]).name)
+        iam = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=args.region).client("iam", endpoint_url=endpoint)
+        return {"functionRoles": deploy_function_roles(iam, updated)}
+
     layer.control.hooks["target-account"] = target_account
-    app = layer.FaultInjector(InvokeRouter(DomainDispatcherApplication(create_backend_app), host))
+    layer.control.hooks["deploy"] = deploy
+    app = layer.FaultInjector(layer.iam.Gate(InvokeRouter(DomainDispatcherApplication(create_backend_app), host)))
     class QuietHandler(WSGIRequestHandler):
         def log_request(self, *_args, **_kwargs) -> None:  # one line per AWS call is noise here
             pass
@@ -242,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.shutdown()
         host.stop()
+        layer.iam.stop()
     return 0
 
 

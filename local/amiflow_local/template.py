@@ -53,6 +53,9 @@ class Function:
     binary: str
     environment: dict[str, str]
     events: dict[str, Any]
+    role_name: str = ""
+    # Its role's inline policies, resolved, as SAM makes them from the function's Policies.
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,7 +121,15 @@ class Template:
             return self.state_machine_arn(name)
         raise ValueError(f"Ref to {kind} {name} is not supported locally")
 
+    def function_role_name(self, logical_id: str) -> str:
+        """The role SAM makes for a function (logical id `<Function>Role`), as the local stack names it."""
+        return f"amiflow-local-{logical_id}Role"
+
     def get_att(self, logical_id: str, attribute: str) -> str:
+        if logical_id not in self.resources and logical_id.endswith("Role") and attribute == "Arn":
+            function = logical_id[: -len("Role")]
+            if self.resources.get(function, {}).get("Type") == "AWS::Serverless::Function":
+                return f"arn:aws:iam::{self.account}:role/{self.function_role_name(function)}"
         kind = self.resources[logical_id]["Type"]
         if kind == "AWS::Serverless::Function" and attribute == "Arn":
             return self.function_arn(logical_id)
@@ -183,9 +194,14 @@ class Template:
                     binary=self.function_name(logical_id),
                     environment={k: str(self.resolve(v)) for k, v in env.items()},
                     events=props.get("Events", {}),
+                    role_name=self.function_role_name(logical_id),
+                    policies=[self.resolve(p) for p in props.get("Policies", []) or [] if "Statement" in p],
                 )
             )
         return out
+
+    def output(self, name: str) -> Any:
+        return self.resolve(self.doc["Outputs"][name]["Value"])
 
     def tables(self) -> list[Table]:
         return [

@@ -14,6 +14,8 @@ from amiflow_local.seed import base_image, seed
 from workflow import wait_for
 
 B = "210987654321"
+# What the EBS encryption guide requires of whoever has EC2 use a key: what a receiver is granted.
+EBS_GRANT = ["CreateGrant", "Decrypt", "DescribeKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo"]
 
 
 
@@ -284,7 +286,7 @@ def test_a_shared_image_is_visible_to_and_launchable_by_the_receiver(stack, ec2,
     assert launched["ImageId"] == image_id
 
 
-def test_launching_without_access_to_the_key_terminates_with_invalid_kms_key(stack, ec2, world):
+def test_launching_without_access_to_the_key_terminates_with_a_client_error(stack, ec2, world):
     kms = stack.client("kms")
     key = kms.create_key(Description="owner's CMK")["KeyMetadata"]["Arn"]
     volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, KmsKeyId=key)["VolumeId"]
@@ -302,10 +304,10 @@ def test_launching_without_access_to_the_key_terminates_with_invalid_kms_key(sta
 
     assert state()["State"]["Name"] == "pending"
     ended = wait_for(lambda: (s := state())["State"]["Name"] == "terminated" and s, what="terminated")
-    assert ended["StateReason"]["Code"] == "Client.InvalidKMSKey.InvalidState"
+    assert ended["StateReason"] == {"Code": "Client.InternalError", "Message": "Client.InternalError: Client error on launch"}
 
-    # With a grant for B, the same launch runs.
-    kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom", "GenerateDataKeyWithoutPlaintext"])
+    # With a grant for B of what the EBS guide lists, the same launch runs.
+    kms.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=EBS_GRANT)
     again = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]
     time.sleep(1)
     assert b_ec2.describe_instances(InstanceIds=[again["InstanceId"]])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
@@ -353,7 +355,7 @@ def test_a_cross_account_copy_belongs_to_the_caller_untagged_and_re_encrypted(st
         ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
     stack.client("kms").create_grant(
         KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
-        Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom", "GenerateDataKeyWithoutPlaintext"],
+        Operations=EBS_GRANT,
     )
     b = stack.account(B)
     b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
@@ -471,9 +473,12 @@ def test_the_aws_managed_ebs_key_is_never_usable_by_another_account(stack, ec2, 
     aws_ebs = stack.client("kms").describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]
     assert aws_ebs["KeyManager"] == "AWS"
     b_kms = stack.account(B).client("kms", endpoint_url=stack.endpoint)
-    stack.client("kms").create_grant(KeyId=aws_ebs["Arn"], GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["DescribeKey"])
     with pytest.raises(ClientError) as refused:
         b_kms.describe_key(KeyId=aws_ebs["Arn"])
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    # Its policy lets the account use it only through EC2: not even the owner can grant it away.
+    with pytest.raises(ClientError) as refused:
+        stack.client("kms").create_grant(KeyId=aws_ebs["Arn"], GranteePrincipal=f"arn:aws:iam::{B}:root", Operations=["DescribeKey"])
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
 
 
@@ -540,7 +545,7 @@ def test_a_cross_account_copy_without_a_key_uses_the_callers_aws_ebs_key(stack, 
     for snapshot in shared_image["snapshots"]:
         ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
     stack.client("kms").create_grant(KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
-                                     Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom"])
+                                     Operations=EBS_GRANT)
     b = stack.account(B)
     b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
     copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy")["ImageId"]
@@ -554,9 +559,96 @@ def test_a_copy_into_a_key_the_caller_may_not_use_fails(stack, ec2, shared_image
     for snapshot in shared_image["snapshots"]:
         ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
     stack.client("kms").create_grant(KeyId=shared_image["key"], GranteePrincipal=f"arn:aws:iam::{B}:root",
-                                     Operations=["Decrypt", "DescribeKey", "CreateGrant", "ReEncryptFrom"])
+                                     Operations=EBS_GRANT)
     # B names a key of A's that A never opened to B as the destination key.
     foreign = stack.client("kms").create_key(Description="not B's")["KeyMetadata"]["Arn"]
     b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
     copy_id = b_ec2.copy_image(SourceImageId=shared_image["image_id"], SourceRegion="us-east-1", Name="copy", Encrypted=True, KmsKeyId=foreign)["ImageId"]
     wait_for(lambda: image_state(b_ec2, copy_id) == "failed", what="copy failed")
+
+
+# 10. EC2's refusals --------------------------------------------------------------------------
+
+def test_a_pending_image_cannot_be_launched_shared_or_copied(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 3})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    for call in (
+        lambda: ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"]),
+        lambda: ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]}),
+        lambda: ec2.copy_image(SourceImageId=image_id, SourceRegion="us-east-1", Name=f"copy-{uuid.uuid4().hex[:6]}"),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["Error"]["Code"] == "InvalidAMIID.Unavailable"
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
+
+
+def test_a_client_token_used_again_with_other_parameters_is_refused(stack, ec2, world):
+    image_id = ec2.describe_instances(InstanceIds=[world.instance_id])["Reservations"][0]["Instances"][0]["ImageId"]
+    token = uuid.uuid4().hex
+    launch = dict(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"], ClientToken=token)
+    first = ec2.run_instances(**launch)["Instances"][0]["InstanceId"]
+    assert ec2.run_instances(**launch)["Instances"][0]["InstanceId"] == first
+    with pytest.raises(ClientError) as refused:
+        ec2.run_instances(**{**launch, "SubnetId": world.subnets["us-east-1c"]})
+    assert refused.value.response["Error"]["Code"] == "IdempotentParameterMismatch"
+    stack.control("config", {"imageDelaySeconds": 0})
+    source = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, source) == "available", what="available")
+    copy = dict(SourceImageId=source, SourceRegion="us-east-1", Name="copy-a", ClientToken=token)
+    assert ec2.copy_image(**copy)["ImageId"] == ec2.copy_image(**copy)["ImageId"]
+    with pytest.raises(ClientError) as refused:
+        ec2.copy_image(**{**copy, "Name": "copy-b"})
+    assert refused.value.response["Error"]["Code"] == "IdempotentParameterMismatch"
+
+
+def test_describe_images_answers_what_meets_every_criterion(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    mine = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
+    b_world = seed(b_ec2, "us-east-1", name=f"theirs-{uuid.uuid4().hex[:6]}")
+    theirs = b_ec2.create_image(InstanceId=b_world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(b_ec2, theirs) == "available", what="available")
+    b_ec2.modify_image_attribute(ImageId=theirs, LaunchPermission={"Add": [{"UserId": "123456789012"}]})
+    assert {i["ImageId"] for i in ec2.describe_images(ImageIds=[mine, theirs])["Images"]} == {mine, theirs}
+    assert [i["ImageId"] for i in ec2.describe_images(ImageIds=[mine, theirs], Owners=["self"])["Images"]] == [mine]
+    assert [i["ImageId"] for i in ec2.describe_images(ImageIds=[mine, theirs], ExecutableUsers=["self"])["Images"]] == [theirs]
+    assert ec2.describe_images(ImageIds=[theirs], Owners=["self"])["Images"] == []
+    assert ec2.describe_images(ImageIds=[mine], Filters=[{"Name": "name", "Values": ["no-such-name"]}])["Images"] == []
+
+
+def test_a_just_deregistered_image_is_described_as_nothing(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    ec2.deregister_image(ImageId=image_id)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"] == []
+
+
+def test_deregistering_with_its_snapshots_deletes_those_the_caller_may(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdm")
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}",
+                                TagSpecifications=[{"ResourceType": kind, "Tags": [{"Key": "amiflow:execution", "Value": "x"}]}
+                                                   for kind in ("image", "snapshot")])["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    snapshots = sorted(m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"])
+    # The first snapshot loses its tag: the cleanup function may delete only tagged ones.
+    ec2.delete_tags(Resources=[snapshots[0]], Tags=[{"Key": "amiflow:execution"}])
+    cleanup = boto3_function_client(stack, "cleanup")
+    answer = cleanup.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+    codes = {r["SnapshotId"]: r["ReturnCode"] for r in answer["DeleteSnapshotResults"]}
+    assert codes == {snapshots[0]: "missing-permissions", **{s: "success" for s in snapshots[1:]}}
+    assert [s["SnapshotId"] for s in ec2.describe_snapshots(SnapshotIds=[snapshots[0]])["Snapshots"]] == [snapshots[0]]
+    for deleted in snapshots[1:]:
+        with pytest.raises(ClientError):
+            ec2.describe_snapshots(SnapshotIds=[deleted])
+
+
+def boto3_function_client(stack, binary: str):
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name="us-east-1")
+    return session.client("ec2", endpoint_url=stack.endpoint)

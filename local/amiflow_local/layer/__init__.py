@@ -2,11 +2,11 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import control, copies, events, images, instances, kms, kms_calls, stepfunctions, tagging
+from . import consistency, control, copies, events, iam, images, instances, kms, kms_calls, stepfunctions, tagging
 from .control import FaultInjector
 from .state import config, faults
 
-__all__ = ["FaultInjector", "config", "faults", "install"]
+__all__ = ["FaultInjector", "config", "faults", "iam", "install"]
 
 
 def install() -> None:
@@ -18,3 +18,4 @@ def install() -> None:
     kms_calls.install()
     stepfunctions.install()
     tagging.install()
+    consistency.install()

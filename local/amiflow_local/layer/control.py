@@ -7,7 +7,10 @@ GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.
 GET    /_amiflow/events   every event the layer put on a bus
 GET    /_amiflow/calls    every API call answered: principal, IAM action, count; DELETE forgets them
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
-POST   /_amiflow/target-account   {"accountId", "externalId"}: deploys target-account.yaml in that account
+POST   /_amiflow/target-account   {"accountId", "externalId", "template"?}: deploys target-account.yaml
+                                  (or the copy of it at "template") in that account
+POST   /_amiflow/deploy   {"template"}: updates the functions' role policies from a copy of template.yaml
+GET    /_amiflow/denials  every call IAM refused (principal, action, resource, decision); DELETE forgets them
 POST   /_amiflow/fire-schedule    {"rule"}: a schedule rule's time has come (Scheduled Event to its targets)
 GET    /_amiflow/health   200 once the stack serves
 """
@@ -17,10 +20,11 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
-from . import events
+from . import events, iam
 from .state import calls, config, faults
 
 # Actions the launcher adds (they need the templates, which the layer does not read).
@@ -69,6 +73,13 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", "us-east-1"), body["rule"]))
         if path == "/_amiflow/target-account" and method == "POST":
             return _json(start_response, "200 OK", hooks["target-account"](body or {}))
+        if path == "/_amiflow/deploy" and method == "POST":
+            return _json(start_response, "200 OK", hooks["deploy"](body or {}))
+        if path == "/_amiflow/denials" and method == "DELETE":
+            iam.denials.clear()
+            return _json(start_response, "200 OK", {"reset": True})
+        if path == "/_amiflow/denials":
+            return _json(start_response, "200 OK", list(iam.denials))
         if path == "/_amiflow/calls" and method == "DELETE":
             calls.reset()
             return _json(start_response, "200 OK", {"reset": True})
@@ -84,6 +95,30 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
     return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})
 
 
+@dataclass
+class RequestFacts:
+    """What the layer needs to know of a signed API request."""
+
+    action: str
+    protocol: str  # "query" (EC2, STS, IAM) or "json"
+    service: str  # the SigV4 signing name: ec2, kms, dynamodb, states, sts, ...
+    region: str
+    access_key: str
+    params: dict[str, Any]
+
+
+def _body(environ: dict[str, Any]) -> bytes:
+    """The request body, left readable for the next reader."""
+    cached = environ.get("amiflow.body")
+    if cached is not None:
+        return cached
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(raw)
+    environ["amiflow.body"] = raw
+    return raw
+
+
 def _action(environ: dict[str, Any]) -> tuple[str | None, str]:
     """The API action of a request and its protocol family: ("RunInstances", "query") or
     ("CreateGrant", "json")."""
@@ -91,12 +126,35 @@ def _action(environ: dict[str, Any]) -> tuple[str | None, str]:
     if target:
         return target.rsplit(".", 1)[-1], "json"
     if environ.get("REQUEST_METHOD") == "POST" and "x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        raw = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(raw)
+        raw = _body(environ)
         action = parse_qs(raw.decode("utf-8", "replace")).get("Action", [None])[0]
         return action, "query"
     return None, ""
+
+
+def request_facts(environ: dict[str, Any]) -> RequestFacts | None:
+    """The facts of a signed API call, or None for anything else (the control endpoint, unsigned
+    or REST calls)."""
+    cached = environ.get("amiflow.facts", False)
+    if cached is not False:
+        return cached
+    facts = None
+    action, protocol = _action(environ)
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if action and "Credential=" in header:
+        scope = header.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) >= 4:
+            raw = _body(environ)
+            if protocol == "query":
+                params: dict[str, Any] = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+            else:
+                try:
+                    params = json.loads(raw or b"{}")
+                except ValueError:
+                    params = {}
+            facts = RequestFacts(action, protocol, scope[3], scope[2], scope[0], params)
+    environ["amiflow.facts"] = facts
+    return facts
 
 
 def _query_error(start_response: Callable, status: int, code: str, message: str) -> list[bytes]:
@@ -114,15 +172,6 @@ def _json_error(start_response: Callable, status: int, code: str, message: str) 
     reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     start_response(f"{status} {reason}", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _signer(environ: dict[str, Any]) -> tuple[str, str] | None:
-    """The access key and SigV4 service of a signed request (Authorization or presigned query)."""
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if "Credential=" not in header:
-        return None
-    scope = header.split("Credential=", 1)[1].split(",", 1)[0].split("/")
-    return (scope[0], scope[3]) if len(scope) >= 4 else None
 
 
 def principal_of(access_key: str) -> str:
@@ -150,9 +199,9 @@ class FaultInjector:
         if environ.get("PATH_INFO", "").startswith("/_amiflow/"):
             return control(environ, start_response)
         action, protocol = _action(environ)
-        signer = _signer(environ)
-        if action and signer:
-            calls.record(signer[0], signer[1], action)
+        facts = request_facts(environ)
+        if facts is not None:
+            calls.record(facts.access_key, facts.service, facts.action)
         if action:
             error = _query_error if protocol == "query" else _json_error
             if faults.throttled(action):

@@ -12,7 +12,13 @@ https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CopyImage.html):
 - The copy belongs to the caller; tags, launch permissions and createVolumePermission are not copied.
 - Images with billing products (Marketplace, some Windows) cannot be copied to another account.
 - DescribeImages by id, with ExecutableUsers=self, and with Owners returns other accounts' images
-  that the caller may launch (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/usingsharedamis-finding.html).
+  that the caller may launch (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/usingsharedamis-finding.html);
+  ImageIds, Owners, ExecutableUsers and Filters together answer the images that meet all of them,
+  and an image just deregistered is answered with nothing rather than an error
+  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeImages.html).
+- A source that is not `available` cannot be copied (InvalidAMIID.Unavailable); a ClientToken
+  used again with other parameters is IdempotentParameterMismatch
+  (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
 moto 5.2.5 copies within the caller's account only, ignores Encrypted and KmsKeyId, and describes
 only the caller's images.
 """
@@ -25,10 +31,11 @@ from typing import Any
 from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import Ami, AmiBackend, random_ami_id
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.core.responses import ActionResult
 
-from . import images, kms, sharing
+from . import consistency, images, kms, sharing
 
 _original_describe_images = AmiBackend.describe_images
 
@@ -47,6 +54,9 @@ class BillingProductNotCopyable(EC2ClientError):
 
 
 def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=None):
+    from moto.ec2.exceptions import MalformedAMIIdError
+    from moto.ec2.utils import generic_filter
+
     account = self.account_id
     foreign: list[Any] = []
     for backends in list(ec2_backends.values()):
@@ -56,35 +66,61 @@ def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=No
         for ami in list(backend.amis.values()):
             if sharing.may_launch(ami, account):
                 foreign.append(ami)
+    own = [a for a in self.amis.copy().values() if not consistency.settling(a)]
+    foreign = [a for a in foreign if not consistency.settling(a)]
     if ami_ids:
-        try:
-            own = _original_describe_images(self, ami_ids=ami_ids, filters=filters)
-        except InvalidAMIIdError:
-            own = []
-        shared = [a for a in foreign if a.id in ami_ids]
-        if not own and not shared:
+        malformed = [i for i in ami_ids if not i.startswith("ami-")]
+        if malformed:
+            raise MalformedAMIIdError(malformed)
+        images = [a for a in own + foreign if a.id in ami_ids]
+        deregistered = [i for i in ami_ids if i in self.deleted_amis]
+        if not images and not deregistered:
             raise InvalidAMIIdError(ami_ids)
-        return own + shared
-    own = _original_describe_images(self, filters=filters, exec_users=exec_users, owners=owners)
-    if exec_users and "self" in exec_users:
-        shared = [a for a in foreign if not a.is_public or "all" in exec_users]
-    elif owners:
-        wanted = {o for o in owners if o not in ("self", "amazon", "aws-marketplace")}
-        shared = [a for a in foreign if a.owner_id in wanted]
     else:
-        shared = []
-    if filters and shared:
-        from moto.ec2.utils import generic_filter
+        images = own + (foreign if exec_users or owners else [])
+    if exec_users:
+        users = {account if u == "self" else u for u in exec_users}
+        images = [a for a in images if _executable_by(a, users)]
+    if owners:
+        wanted = {account if o == "self" else o for o in owners}
+        images = [a for a in images if a.owner_id in wanted or a.owner_alias in wanted]
+    if filters:
+        images = generic_filter(filters, images)
+    return images
 
-        shared = generic_filter(filters, shared)
-    return own + [a for a in shared if a not in own]
+
+def _executable_by(ami: Any, users: set[str]) -> bool:
+    """ExecutableUsers: images whose launch permissions name one of the users explicitly, or
+    public images for `all`."""
+    for user in users:
+        if user == "all":
+            if ami.is_public:
+                return True
+        elif ami.owner_id != user and sharing.named_in_permissions(ami, user):
+            return True
+    return False
 
 
 def _may_copy_storage(backend_of_source: Any, ami: Ami, account: str) -> bool:
     for snapshot in images.snapshots_of(backend_of_source, ami):
+        made = getattr(snapshot, "amiflow_permission_at", {})
+        if consistency.young(made.get(account)) or consistency.young(made.get("all")):
+            return False
         if not ({"all"} & snapshot.create_volume_permission_groups or account in snapshot.create_volume_permission_userids):
             return False
     return True
+
+
+_original_add_volume_permission = EBSBackend.add_create_volume_permission
+
+
+def add_create_volume_permission(self, snapshot_id: str, user_ids: list[str], groups: list[str]) -> None:
+    _original_add_volume_permission(self, snapshot_id, user_ids, groups)
+    snapshot = self.get_snapshot(snapshot_id)
+    made = getattr(snapshot, "amiflow_permission_at", {})
+    for who in list(user_ids or []) + list(groups or []):
+        made.setdefault(who, consistency.deadline())
+    snapshot.amiflow_permission_at = made
 
 
 # CopyImage calls are serialised, so that two with one ClientToken make one copy.
@@ -106,10 +142,15 @@ def _copy_image(
     kms_key_id: str | None = None,
     client_token: str | None = None,
 ) -> Ami:
+    from .instances import IdempotentParameterMismatch
+
     account = self.account_id
+    fingerprint = (source_image_id, source_region, name, bool(encrypted), kms_key_id)
     if client_token:
         for ami in self.amis.values():
             if getattr(ami, "amiflow_client_token", None) == client_token:
+                if getattr(ami, "amiflow_fingerprint", fingerprint) != fingerprint:
+                    raise IdempotentParameterMismatch("CopyImage")
                 return ami
     source_backend = ec2_backends[account][source_region]
     source = source_backend.amis.get(source_image_id)
@@ -124,6 +165,7 @@ def _copy_image(
         if not _may_copy_storage(source_backend, source, account):
             raise StorageNotAccessible()
 
+    images.require_available(source)
     copy = Ami(self, random_ami_id(), source_ami=source, name=name, description=description)
     self.snapshots.pop(copy.ebs_snapshot.id, None)
     key_failure = None
@@ -134,7 +176,7 @@ def _copy_image(
         if source_snapshot is None:
             continue
         source_key = source_snapshot.kms_key_id if source_snapshot.encrypted else None
-        if source_key and not kms.ec2_may_use(account, source_region, source_key, "copy-source"):
+        if source_key and kms.ec2_key_problem(account, source_region, source_key):
             key_failure = "the source snapshot's KMS key cannot be used by this account"
         if encrypted and kms_key_id:
             key = kms_key_id
@@ -144,9 +186,10 @@ def _copy_image(
             key = kms.default_ebs_key(account, self.region_name)
         else:
             key = None
-        if key and kms.locate(key, account, self.region_name) is None:
+        problem = kms.ec2_key_problem(account, self.region_name, key) if key else None
+        if problem == "missing":
             key_failure = f"the KMS key {key} does not exist"
-        elif key and not kms.ec2_may_use(account, self.region_name, key, "copy-target"):
+        elif problem:
             key_failure = f"the KMS key {key} cannot be used by this account"
         volume = self.create_volume(size=source_snapshot.volume.size, zone_name=f"{self.region_name}a")
         snapshot = self.create_snapshot(volume.id, f"Copied for DestinationAmi {copy.id} from SourceAmi {source.id}", account, from_ami=copy.id)
@@ -164,6 +207,8 @@ def _copy_image(
     copy.root_device_name = source.root_device_name
     copy.root_device_type = source.root_device_type
     copy.amiflow_client_token = client_token
+    copy.amiflow_fingerprint = fingerprint
+    consistency.stamp(copy)
     self.amis[copy.id] = copy
     if key_failure:
         copy.amiflow_failure = f"Client.InvalidKMSKey.InvalidState: {key_failure}"
@@ -192,5 +237,6 @@ def copy_image_response(self: AmisResponse):
 
 def install() -> None:
     AmiBackend.describe_images = describe_images
+    EBSBackend.add_create_volume_permission = add_create_volume_permission
     AmiBackend.copy_image = copy_image
     AmisResponse.copy_image = copy_image_response

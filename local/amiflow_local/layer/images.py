@@ -19,22 +19,32 @@ it `deregistered` (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Im
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitor-ami-events.html). Each change to
 available, failed and deregistered sends an EC2 AMI State Change event (events.py).
 moto 5.2.5 makes images available at once and sends no event.
+
+Refusals. AWS: an image that is not `available` (pending, failed) cannot be shared; a
+DeregisterImage with DeleteAssociatedSnapshots deletes each snapshot of the image that no other
+image uses and answers DeleteSnapshotResults, one return code per snapshot: `success`, `skipped`
+(another image uses it), `missing-permissions` (the caller may not ec2:DeleteSnapshot it)
+(https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeregisterImage.html,
+https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteSnapshotReturnCode.html).
+moto 5.2.5 shares pending images and ignores DeleteAssociatedSnapshots.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-import threading
-
+from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError, InvalidTaggableResourceType
 from moto.ec2.models.amis import Ami, AmiBackend
+from moto.ec2.responses.amis import AmisResponse
 
-from . import events
+from . import consistency, events
 from .state import config, faults
 
 _original_create_image = AmiBackend.create_image
 _original_deregister_image = AmiBackend.deregister_image
+_original_modify_image_attribute = AmiBackend.modify_image_attribute
 _original_mappings = Ami.block_device_mappings
 
 
@@ -101,6 +111,7 @@ def _create_image(self, instance_id: str, name: str, description: str, tag_speci
     ami.amiflow_mappings = mappings
     ami.root_device_name = instance.root_device_name
     ami.root_device_type = "ebs"
+    consistency.stamp(ami)
     start_lifecycle(self, ami)
     return ami
 
@@ -143,10 +154,75 @@ def deregister_image(self, ami_id: str) -> None:
     ami = self.amis.get(ami_id)
     _original_deregister_image(self, ami_id)
     if ami is not None:
+        consistency.note_deregistered([s.id for s in snapshots_of(self, ami)])
         events.emit_ami_state(ami.owner_id, self.region_name, ami_id, "deregistered")
+
+
+class ImageUnavailable(EC2ClientError):
+    def __init__(self, image_id: str, state: str):
+        super().__init__("InvalidAMIID.Unavailable", f"The image id '[{image_id}]' is not available (it is {state})")
+
+
+def require_available(ami: Ami) -> None:
+    """An image that is pending or failed cannot be launched, shared or copied."""
+    if ami.state != "available":
+        raise ImageUnavailable(ami.id, ami.state)
+
+
+def modify_image_attribute(self, ami_id: str, launch_permissions_to_add, launch_permissions_to_remove) -> None:
+    ami = self.amis.get(ami_id)
+    if ami is not None and launch_permissions_to_add:
+        require_available(ami)
+    result = _original_modify_image_attribute(self, ami_id, launch_permissions_to_add, launch_permissions_to_remove)
+    if ami is not None:
+        made = getattr(ami, "amiflow_permission_at", {})
+        for permission in launch_permissions_to_add:
+            made.setdefault(permission_key(permission), consistency.deadline())
+        for permission in launch_permissions_to_remove:
+            made.pop(permission_key(permission), None)
+        ami.amiflow_permission_at = made
+    return result
+
+
+def permission_key(permission: dict[str, str]) -> tuple:
+    return tuple(sorted(permission.items()))
+
+
+def delete_associated_snapshots(backend, ami: Ami) -> list[dict[str, str]]:
+    """What DeregisterImage with DeleteAssociatedSnapshots does to each snapshot of the image,
+    after the image itself is gone: one return code per snapshot."""
+    from . import iam, iam_requests
+
+    results = []
+    for snapshot in snapshots_of(backend, ami):
+        others = [a for a in backend.amis.values() if a.id != ami.id and snapshot in snapshots_of(backend, a)]
+        if others:
+            results.append({"SnapshotId": snapshot.id, "ReturnCode": "skipped"})
+            continue
+        principal = iam.current_principal(backend.account_id)
+        check = iam_requests.Ec2(principal, backend.region_name).existing("ec2:DeleteSnapshot", snapshot.id)
+        if iam.judge_checks(principal, [check], backend.region_name) is not None:
+            results.append({"SnapshotId": snapshot.id, "ReturnCode": "missing-permissions"})
+            continue
+        backend.snapshots.pop(snapshot.id, None)
+        results.append({"SnapshotId": snapshot.id, "ReturnCode": "success"})
+    return results
+
+
+def deregister_image_response(self: AmisResponse) -> ActionResult:
+    ami_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    ami = self.ec2_backend.amis.get(ami_id)
+    self.ec2_backend.deregister_image(ami_id)
+    result: dict[str, Any] = {"Return": True}
+    if ami is not None and str(self._get_param("DeleteAssociatedSnapshots", False)).lower() == "true":
+        result["DeleteSnapshotResults"] = delete_associated_snapshots(self.ec2_backend, ami)
+    return ActionResult(result)
 
 
 def install() -> None:
     AmiBackend.create_image = create_image
     AmiBackend.deregister_image = deregister_image
+    AmiBackend.modify_image_attribute = modify_image_attribute
+    AmisResponse.deregister_image = deregister_image_response
     Ami.block_device_mappings = property(_mappings)

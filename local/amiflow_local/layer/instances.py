@@ -13,10 +13,15 @@ AWS:
 - A new instance's system and instance status checks are `initializing` before they are `ok`, or
   `impaired` (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-system-instance-status-check.html).
 - A launch whose principal may not use the KMS key of an encrypted volume returns success; the
-  instance then goes from pending to terminated with StateReason Client.InvalidKMSKey.InvalidState
-  (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html).
+  instance then goes from pending to terminated with StateReason Client.InternalError ("Client
+  error on launch"); a key that is disabled or pending deletion gives
+  Client.InvalidKMSKey.InvalidState instead
+  (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html#troubleshooting-launch-internal).
 - RunInstances with a ClientToken already used by a launch returns that launch's reservation and
-  starts nothing (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
+  starts nothing; the same token with other parameters is IdempotentParameterMismatch
+  (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
+- An image that is not `available` (pending, failed) cannot be launched: InvalidAMIID.Unavailable
+  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
 moto 5.2.5 ignores the image's mappings, never checks the image id, reports status `ok` at once,
 knows no KMS, and starts a new instance for every call whatever its ClientToken.
 """
@@ -32,7 +37,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, MalformedAMII
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.responses.instances import InstanceResponse
 
-from . import kms, sharing
+from . import consistency, images, kms, sharing
 from .state import config, faults
 
 _original_run_instances = InstanceBackend.run_instances
@@ -88,15 +93,33 @@ _NO_TOKEN = "ABCDE"
 _launch_lock = threading.Lock()
 
 
+class IdempotentParameterMismatch(EC2ClientError):
+    def __init__(self, action: str):
+        super().__init__(
+            "IdempotentParameterMismatch",
+            f"The client token you have provided is associated with a {action} request with different parameters.",
+        )
+
+
+def launch_fingerprint(image_id: str, count: int, kwargs: dict[str, Any]) -> tuple:
+    """What makes two launches with one ClientToken the same request. Pure."""
+    return (image_id, count, kwargs.get("instance_type"), kwargs.get("subnet_id"), kwargs.get("key_name"))
+
+
 def run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
     token = kwargs.get("client_token")
     if not token or token == _NO_TOKEN:
         return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    fingerprint = launch_fingerprint(image_id, count, kwargs)
     with _launch_lock:
         for reservation in self.reservations.values():
             if any(getattr(i, "client_token", None) == token for i in reservation.instances):
+                if getattr(reservation, "amiflow_fingerprint", fingerprint) != fingerprint:
+                    raise IdempotentParameterMismatch("RunInstances")
                 return reservation
-        return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+        reservation = _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+        reservation.amiflow_fingerprint = fingerprint
+        return reservation
 
 
 def _run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
@@ -105,6 +128,7 @@ def _run_instances(self, image_id: str, count: int, user_data, security_group_na
     image = sharing.visible_image(self.account_id, self.region_name, image_id)
     if image is None:
         raise InvalidAMIIdError([image_id])
+    images.require_available(image)
     az = _target_az(self, kwargs)
     if faults.capacity_refused(az):
         raise InsufficientInstanceCapacity(az, kwargs.get("instance_type", "m1.small"))
@@ -139,6 +163,7 @@ def _run_instances(self, image_id: str, count: int, user_data, security_group_na
     ]
     reservation = _original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
     for instance in reservation.instances:
+        consistency.stamp(instance)
         keys = set()
         for device, ebs, snapshot, encrypted, key, _size in plan:
             block = instance.block_device_mapping.get(device)
@@ -155,22 +180,27 @@ def _run_instances(self, image_id: str, count: int, user_data, security_group_na
                 keys.add(key)
         instance.amiflow_checks_at = time.monotonic() + config.status_check_delay_seconds
         faults.claim_impairment(instance.id)
-        refused = [k for k in sorted(keys) if not kms.ec2_may_use(self.account_id, self.region_name, k, "launch")]
-        if refused:
-            _fail_for_kms(instance)
+        problems = {kms.ec2_key_problem(self.account_id, self.region_name, k) for k in sorted(keys)} - {None}
+        if problems:
+            _fail_for_kms(instance, problems)
     return reservation
 
 
-def _fail_for_kms(instance: Instance) -> None:
+def launch_failure(problems: set[str]) -> tuple[str, str]:
+    """The StateReason (code, message) of a launch whose volumes' keys EC2 could not use. Pure."""
+    if problems & {"invalid-state", "missing"}:
+        return "Client.InvalidKMSKey.InvalidState", "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state"
+    return "Client.InternalError", "Client.InternalError: Client error on launch"
+
+
+def _fail_for_kms(instance: Instance, problems: set[str]) -> None:
     instance._state.name = "pending"
     instance._state.code = 0
+    code, message = launch_failure(problems)
 
     def terminate() -> None:
         instance.terminate()
-        instance.state_reason = StateReason(
-            "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state",
-            "Client.InvalidKMSKey.InvalidState",
-        )
+        instance.state_reason = StateReason(message, code)
 
     timer = threading.Timer(config.kms_failure_delay_seconds, terminate)
     timer.daemon = True

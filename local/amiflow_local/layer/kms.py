@@ -1,34 +1,48 @@
-"""KMS keys across accounts: key policies, grants, AWS managed keys, and the uses EC2 makes of a
-key on a caller's behalf.
+"""KMS keys: key policies and grants as one resource policy, the AWS managed EBS key's own policy,
+and the uses EC2 makes of a key on a caller's behalf.
 
-AWS: a principal of another account may use a key only if the key policy allows it (and, on AWS,
-its own IAM policy) or a grant names it; AWS managed keys such as aws/ebs can never be used by
-another account (https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-modifying-external-accounts.html,
-https://docs.aws.amazon.com/kms/latest/developerguide/grants.html). EC2 needs the key to create
-volumes from an encrypted snapshot (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html).
-moto 5.2.5 finds keys only in the caller's own account.
+AWS:
+- Access to a key is the key policy, the IAM policies where the key policy delegates to the
+  account, and the grants, combined; an explicit deny wins. A grant gives its grantee the grant's
+  operations; a grant to an account lets that account's principals use them as far as their own
+  IAM policies allow (https://docs.aws.amazon.com/kms/latest/developerguide/control-access.html,
+  https://docs.aws.amazon.com/kms/latest/developerguide/grant-authorization.html,
+  https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-modifying-external-accounts.html).
+- An AWS managed key's policy lets the account's principals use it only through its service
+  (`kms:ViaService`, `kms:CallerAccount`), so no other account can ever use aws/ebs
+  (https://docs.aws.amazon.com/kms/latest/developerguide/concepts.html#aws-managed-key).
+- When EC2 uses a customer managed key for a caller (creating the volumes of a launch from an
+  encrypted snapshot, encrypting a copy), the caller must be allowed kms:CreateGrant, Decrypt,
+  DescribeKey, GenerateDataKeyWithoutPlaintext and ReEncrypt* on it, the calls reaching KMS
+  through EC2 (`kms:ViaService` = ec2.<region>.amazonaws.com)
+  (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption-requirements.html). A snapshot
+  of an encrypted volume keeps the volume's data key, so CreateImage asks nothing of KMS
+  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Snapshot.html, DataEncryptionKeyId).
+moto 5.2.5 finds keys only in the caller's own account, treats aws/ebs as customer managed, and
+never checks a key EC2 uses.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from typing import Any
 
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import kms_backends
 
-from .organizations import condition_allows
 from .state import faults
 
 _original_default_key = EBSBackend._create_default_encryption_key
 
-# What EC2 asks of a key for each use, on the caller's behalf.
-EC2_USES = {
-    "launch": ["kms:DescribeKey", "kms:Decrypt", "kms:CreateGrant"],
-    "copy-source": ["kms:DescribeKey", "kms:Decrypt", "kms:ReEncryptFrom", "kms:CreateGrant"],
-    "copy-target": ["kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:CreateGrant"],
-}
+# What the EBS encryption guide requires of a caller for whom EC2 uses a key.
+EBS_KEY_ACTIONS = [
+    "kms:CreateGrant",
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+]
 
 
 def locate(key_ref: str, caller: str, region: str) -> Any | None:
@@ -52,73 +66,93 @@ def default_ebs_key(account: str, region: str) -> str:
     return ec2_backends[account][region]._create_default_encryption_key()
 
 
+def aws_managed_ebs_policy(account: str, region: str) -> dict[str, Any]:
+    """The key policy AWS gives aws/ebs: use through EC2 by the account's principals, and reading
+    its metadata by the account."""
+    return {
+        "Version": "2012-10-17",
+        "Id": "auto-ebs-2",
+        "Statement": [
+            {
+                "Sid": "Allow access through EBS for all principals in the account that are authorized to use EBS",
+                "Effect": "Allow",
+                "Principal": {"AWS": "*"},
+                "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                           "kms:CreateGrant", "kms:DescribeKey"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:CallerAccount": account,
+                                               "kms:ViaService": f"ec2.{region}.amazonaws.com"}},
+            },
+            {
+                "Sid": "Allow direct access to key metadata to the account",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
+                "Resource": "*",
+            },
+        ],
+    }
+
+
 def _create_default_encryption_key(self) -> str:
-    """moto creates aws/ebs as a customer managed key; on AWS it is AWS managed."""
+    """moto creates aws/ebs as a customer managed key with the default policy; on AWS it is AWS
+    managed, with the policy above."""
     arn = _original_default_key(self)
     key = locate(arn, self.account_id, self.region_name)
-    if key is not None:
+    if key is not None and key.key_manager != "AWS":
         key.key_manager = "AWS"
+        key.policy = json.dumps(aws_managed_ebs_policy(self.account_id, self.region_name))
     return arn
 
 
-def _principal_account(principal: str) -> str | None:
-    if principal.isdigit() and len(principal) == 12:
-        return principal
-    if principal.startswith("arn:aws:iam::"):
-        return principal.split(":")[4]
-    return None
-
-
-def _as_list(value: Any) -> list[Any]:
-    return [value] if isinstance(value, (str, dict)) else list(value or [])
-
-
-def policy_allows(key: Any, account: str, actions: list[str]) -> bool:
-    """Whether the key policy allows a principal of `account` every one of `actions`."""
-    if not key.policy:
-        return False
+def effective_policy(key: Any) -> dict[str, Any]:
+    """The key policy with one Allow statement per grant, for its grantee and operations: what IAM
+    evaluates as the key's resource policy."""
     try:
-        document = json.loads(key.policy)
+        document = json.loads(key.policy) if key.policy else {"Version": "2012-10-17", "Statement": []}
     except ValueError:
-        return False
-    granted: set[str] = set()
-    for statement in _as_list(document.get("Statement")):
-        if statement.get("Effect") != "Allow":
-            continue
-        principal = statement.get("Principal", {})
-        principals = _as_list(principal.get("AWS") if isinstance(principal, dict) else principal)
-        matches = any(_principal_account(p) == account for p in principals)
-        if not matches and "*" in principals:
-            matches = condition_allows(statement.get("Condition", {}), account)
-        if not matches:
-            continue
-        for action in actions:
-            if any(fnmatch.fnmatchcase(action, pattern) for pattern in _as_list(statement.get("Action"))):
-                granted.add(action)
-    return all(a in granted for a in actions)
+        document = {"Version": "2012-10-17", "Statement": []}
+    statements = document.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else list(statements)
+    from .consistency import settling
 
-
-def grants_allow(key: Any, account: str, actions: list[str]) -> bool:
-    wanted = {a.split(":", 1)[1] for a in actions}
     for grant in key.grants.values():
-        if _principal_account(grant.grantee_principal) == account and wanted <= set(grant.operations):
-            return True
-    return False
+        if settling(grant):
+            continue  # a grant takes a while to be in force (consistency.py)
+        grantee = grant.grantee_principal or ""
+        if not grantee.startswith("arn:"):
+            continue  # a service principal's grant is the service's, not a caller's
+        statements.append({
+            "Sid": f"Grant{grant.id[:16]}",
+            "Effect": "Allow",
+            "Principal": {"AWS": grantee},
+            "Action": [f"kms:{op}" for op in grant.operations],
+            "Resource": "*",
+        })
+    return {"Version": document.get("Version", "2012-10-17"), "Statement": statements}
 
 
-def may_use(key: Any, account: str, actions: list[str]) -> bool:
-    if key.key_state != "Enabled":
-        return False
-    if key.account_id == account:
-        return True
-    if key.key_manager == "AWS" or faults.kms_denied(account):
-        return False
-    return policy_allows(key, account, actions) or grants_allow(key, account, actions)
+def ec2_key_problem(account: str, region: str, key_ref: str) -> str | None:
+    """Why EC2 cannot use a key for the caller of the request being answered: "missing",
+    "invalid-state" (disabled or pending deletion), "denied" (the caller may not use it), or None."""
+    from . import iam
 
-
-def ec2_may_use(account: str, region: str, key_ref: str, use: str) -> bool:
     key = locate(key_ref, account, region)
-    return key is not None and may_use(key, account, EC2_USES[use])
+    if key is None:
+        return "missing"
+    if key.key_state != "Enabled":
+        return "invalid-state"
+    if key.account_id != account and faults.kms_denied(account):
+        return "denied"
+    principal = iam.current_principal(account)
+    context = {"kms:ViaService": f"ec2.{region}.amazonaws.com", "kms:CallerAccount": account}
+    checks = [
+        iam.Check(action, key.arn, key.account_id,
+                  {**context, **({"kms:GrantIsForAWSResource": "true"} if action == "kms:CreateGrant" else {})},
+                  effective_policy(key))
+        for action in EBS_KEY_ACTIONS
+    ]
+    return "denied" if iam.judge_checks(principal, checks, region) is not None else None
 
 
 def install() -> None:

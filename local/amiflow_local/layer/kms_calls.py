@@ -1,9 +1,10 @@
 """Direct KMS calls with another account's key, and grant validation.
 
 AWS: a principal may call DescribeKey, CreateGrant, ListGrants, Encrypt, Decrypt, ReEncrypt and
-GenerateDataKey* on a key of another account (naming it by ARN) only if the key policy or a grant
-allows it; otherwise AccessDeniedException
-(https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-modifying-external-accounts.html).
+GenerateDataKey* on a key of another account by naming it by ARN
+(https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-modifying-external-accounts.html);
+whether it may is IAM's decision, with the key policy and grants (iam.py, kms.effective_policy).
+An explicit deny for the account (the `kms-denied` fault) answers AccessDeniedException.
 CreateGrant checks its operations and grantee, and a grant with a Name is not created twice for
 the same parameters (https://docs.aws.amazon.com/kms/latest/APIReference/API_CreateGrant.html).
 moto 5.2.5 looks keys up in the caller's account only and creates any grant it is given.
@@ -19,7 +20,8 @@ from moto.kms.exceptions import AccessDeniedException, NotFoundException, Valida
 from moto.kms.models import KmsBackend, kms_backends
 from moto.kms.responses import KmsResponse
 
-from . import kms
+from . import consistency, kms
+from .state import faults
 
 GRANT_OPERATIONS = {
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
@@ -67,7 +69,7 @@ def _cross_account(name: str, parameter: str, action: str):
         key = kms.locate(key_ref, self.current_account, self.region)
         if key is None:
             raise NotFoundException(f"Key '{key_ref}' does not exist")
-        if not kms.may_use(key, self.current_account, [action]):
+        if faults.kms_denied(self.current_account):
             raise AccessDeniedException(
                 f"User: arn:aws:iam::{self.current_account}:root is not authorized to perform: {action} "
                 f"on resource: {key.arn} because no resource-based policy allows the {action} action"
@@ -99,13 +101,21 @@ def create_grant(self: KmsBackend, key_id, grantee_principal, operations, name, 
             for grant in key.grants.values():
                 if grant.name == name and grant.grantee_principal == grantee_principal and sorted(grant.operations) == sorted(operations):
                     return grant.id, grant.token
-        return _original_create_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+        grant_id, token = _original_create_grant(self, key_id, grantee_principal, operations, name, constraints, retiring_principal)
+        consistency.stamp(key.grants[grant_id])
+        return grant_id, token
 
 
 _grant_lock = threading.Lock()
 
 
+def _validate_key_policy(self: KmsResponse, key_id: str, action: str) -> None:
+    """moto refuses DescribeKey to everyone when any Deny statement names the action, whatever its
+    principal; the key policy is IAM's to judge, with its principals (iam.py)."""
+
+
 def install() -> None:
+    KmsResponse._validate_key_policy = _validate_key_policy
     KmsResponse.kms_backend = property(_backend)
     for name, (parameter, action) in CALLS.items():
         setattr(KmsResponse, name, _cross_account(name, parameter, action))

@@ -18,8 +18,22 @@ from .organizations import in_organization, in_ou
 def may_launch(ami: Any, account: str) -> bool:
     if ami.owner_id == account:
         return True
-    for permission in ami.launch_permissions:
-        if permission.get("Group") == "all" or permission.get("UserId") == account:
+    return any(p.get("Group") == "all" for p in in_force(ami)) or named_in_permissions(ami, account)
+
+
+def in_force(ami: Any) -> list[dict[str, str]]:
+    """The image's launch permissions that are in force (eventual consistency: consistency.py)."""
+    from .consistency import young
+    from .images import permission_key
+
+    made = getattr(ami, "amiflow_permission_at", {})
+    return [p for p in ami.launch_permissions if not young(made.get(permission_key(p)))]
+
+
+def named_in_permissions(ami: Any, account: str) -> bool:
+    """Whether a launch permission names the account, its organization or one of its OUs."""
+    for permission in in_force(ami):
+        if permission.get("UserId") == account:
             return True
         if permission.get("OrganizationArn") and in_organization(account, permission["OrganizationArn"]):
             return True

@@ -22,6 +22,10 @@ class Config:
     # The organization's management account and id, for organization ARNs.
     organization_id: str = "o-amiflow0001"
     management_account: str = "123456789012"
+    # Whether every signed call is judged by IAM (layer/iam.py). Off only for a comparison run.
+    iam_enforced: bool = True
+    # How long a change takes to be seen everywhere (layer/consistency.py); 0: at once.
+    eventual_consistency_seconds: float = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         names = {
@@ -31,6 +35,8 @@ class Config:
             "organization": "organization",
             "organizationId": "organization_id",
             "managementAccount": "management_account",
+            "iamEnforced": "iam_enforced",
+            "eventualConsistencySeconds": "eventual_consistency_seconds",
         }
         for key, value in values.items():
             if key not in names:
@@ -45,6 +51,8 @@ class Config:
             "organization": self.organization,
             "organizationId": self.organization_id,
             "managementAccount": self.management_account,
+            "iamEnforced": self.iam_enforced,
+            "eventualConsistencySeconds": self.eventual_consistency_seconds,
         }
 
     def organization_arn(self) -> str:
