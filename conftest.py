@@ -59,7 +59,8 @@ def stack(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("stack-logs")
     try:
         # A short wait for the AMI event, so that the lost-event test reaches the fallback quickly.
-        running = RunningStack(log_dir, parameters={"EventWaitSeconds": "6"})
+        # The external id of the target role that test accounts deploy (amiflow:copy-to tags).
+        running = RunningStack(log_dir, parameters={"EventWaitSeconds": "6", "CopyExternalId": "ext-b"})
     except RuntimeError as error:
         pytest.fail(str(error))
     yield Stack(running.endpoint, log_dir)
@@ -70,7 +71,7 @@ def stack(tmp_path_factory):
 def clean_faults(stack):
     """Every test starts and ends with no fault armed and the default delays."""
     stack.control("faults", method="DELETE")
-    stack.control("config", {"imageDelaySeconds": 1, "statusCheckDelaySeconds": 1})
+    stack.control("config", {"imageDelaySeconds": 1, "statusCheckDelaySeconds": 1, "eventualConsistencySeconds": 0})
     yield
     stack.control("faults", method="DELETE")
 

@@ -11,72 +11,13 @@ import pytest
 from amiflow_local.seed import seed
 
 from accounts import B, as_account, copy_input, encrypted_image
+from audits import NOTHING_SHARED, SHARED_WITH_B, access_left, audit, audit_copy
 from workflow import entered_states, finish, instance, message, run, start, state_machine_arn, tagged, wait_for
 
 
 @pytest.fixture
 def world(ec2):
     return seed(ec2, "us-east-1", name=f"fault-{uuid.uuid4().hex[:6]}")
-
-
-def audit(ec2, result, world, *, source_state: str = "running") -> None:
-    """Everything tagged with the execution is a declared output of a successful run, or gone; the
-    source is in the state the run was allowed to leave it in."""
-    left = tagged(ec2, result.name)
-    if result.status == "SUCCEEDED":
-        kept = [result.output["imageId"]] if result.output["imageKept"] else []
-        assert left["instances"] == [result.output["newInstanceId"]] and left["images"] == kept, left
-        if not kept:
-            assert left["snapshots"] == [], left
-    else:
-        assert left == {"instances": [], "images": [], "snapshots": []}, left
-    assert instance(ec2, world.instance_id)["State"]["Name"] == source_state
-
-
-def access_left(stack, ec2, image_id: str, key: str) -> dict:
-    """What other accounts were given on A's image and key: launch permissions, snapshot
-    permissions, amiflow's grants and amiflow's key-policy statements."""
-    kms = stack.client("kms")
-    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
-    snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
-    volume_permissions = {
-        p.get("UserId") or p.get("Group")
-        for s in snapshots
-        for p in ec2.describe_snapshot_attribute(SnapshotId=s, Attribute="createVolumePermission")["CreateVolumePermissions"]
-    }
-    policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
-    return {
-        "launch": ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"],
-        "volumes": sorted(volume_permissions),
-        "grants": sorted(g["GranteePrincipal"] for g in kms.list_grants(KeyId=key)["Grants"] if g.get("Name", "").startswith("amiflow-")),
-        "statements": [s["Sid"] for s in policy["Statement"] if s.get("Sid", "").startswith("Amiflow")],
-    }
-
-
-NOTHING_SHARED = {"launch": [], "volumes": [], "grants": [], "statements": []}
-SHARED_WITH_B = {"launch": [{"UserId": B}], "volumes": [B], "grants": [f"arn:aws:iam::{B}:root"], "statements": []}
-
-
-def audit_copy(stack, ec2, result, image_id: str, key: str) -> None:
-    """After a CopyImage run: A has given nothing away, and B holds the declared copy or nothing."""
-    assert access_left(stack, ec2, image_id, key) == NOTHING_SHARED
-    b_ec2 = as_account(stack, B, "ec2")
-    left = tagged(b_ec2, result.name)
-    # Every snapshot EC2 copied for B from this image names its copy: "Copied for DestinationAmi
-    # ami-… from SourceAmi ami-…". A copy that is gone must have taken its snapshots along.
-    made = {
-        s["SnapshotId"]: s["Description"].split()[3]
-        for s in b_ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-        if s.get("Description", "").endswith(f"from SourceAmi {image_id}")
-    }
-    live = {i["ImageId"] for i in b_ec2.describe_images(Owners=["self"])["Images"]}
-    copies = sorted(set(made.values()) & live)
-    if result.status == "SUCCEEDED":
-        assert left["images"] == [result.output["targetImageId"]] and copies == left["images"], (left, copies)
-    else:
-        assert left["images"] == [] and copies == [], (left, copies)
-    orphans = [snapshot for snapshot, copy in made.items() if copy not in live]
-    assert orphans == [], orphans
 
 
 @pytest.fixture
@@ -88,7 +29,9 @@ def enter(sfn, execution_arn: str, state: str) -> None:
     wait_for(lambda: state in entered_states(sfn, execution_arn), timeout=60, what=f"the run to enter {state}")
 
 
-MUTATING = ["CreateImage", "RunInstances", "CreateTags", "ModifyInstanceAttribute", "AssociateAddress", "DeregisterImage", "DeleteSnapshot", "StopInstances"]
+# Complete deletes the snapshots within DeregisterImage (DeleteAssociatedSnapshots): a successful
+# migration makes no DeleteSnapshot call of its own.
+MUTATING = ["CreateImage", "RunInstances", "CreateTags", "ModifyInstanceAttribute", "AssociateAddress", "DeregisterImage", "StopInstances"]
 
 
 @pytest.mark.parametrize("action", MUTATING)
@@ -185,9 +128,9 @@ def test_throttling_while_unsharing_still_takes_everything_back(stack, ec2, sfn,
     {"kind": "throttle", "action": "CreateTags", "count": 6},
 ], ids=["throttled CopyImage", "503 on CopyImage", "throttled CreateTags"])
 def test_a_copy_rides_out_throttling_and_5xx(stack, ec2, sfn, cmk, fault):
-    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    deployed = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     image_id = encrypted_image(stack, ec2, cmk)
-    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    b_key = deployed["targetKmsKeyArn"]
     stack.control("faults", fault)
     result = run(sfn, "CopyImage", copy_input(image_id, b_key), timeout=300)
     assert result.status == "SUCCEEDED", (result.error, result.cause)
@@ -198,9 +141,9 @@ def test_a_copy_rides_out_throttling_and_5xx(stack, ec2, sfn, cmk, fault):
 def test_kms_access_denied_during_a_copy_fails_it_and_takes_everything_back(stack, ec2, sfn, cmk):
     # B's use of A's key is denied (as an explicit deny in B, or a key policy change, would):
     # EC2 cannot read the source snapshots for B, and the copy fails.
-    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    deployed = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     image_id = encrypted_image(stack, ec2, cmk)
-    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    b_key = deployed["targetKmsKeyArn"]
     stack.control("faults", {"kind": "kms-denied", "accountId": B})
     result = run(sfn, "CopyImage", copy_input(image_id, b_key))
     assert result.status == "FAILED"
@@ -237,9 +180,9 @@ def test_a_migration_step_that_crashes_after_its_side_effect_makes_nothing_twice
 
 @pytest.mark.parametrize("function", ["grant-kms", "copy-image"])
 def test_a_copy_step_that_crashes_after_its_side_effect_makes_nothing_twice(stack, ec2, sfn, cmk, function):
-    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    deployed = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     image_id = encrypted_image(stack, ec2, cmk)
-    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    b_key = deployed["targetKmsKeyArn"]
     stack.control("faults", {"kind": "crash-after-side-effect", "function": function})
     result = run(sfn, "CopyImage", copy_input(image_id, b_key))
     assert result.status == "SUCCEEDED", (result.error, result.cause)

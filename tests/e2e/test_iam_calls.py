@@ -6,10 +6,10 @@ every workflow, on its success and its rollback paths, and then checks each call
 statements of the caller's role in template.yaml or target-account.yaml. A permission missing from
 a template fails here, as it would fail the first run on AWS.
 
-Only actions are compared: moto's own IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) cannot run
-these policies (it evaluates every statement against resource "*" and treats a condition it has no
-value for as a deny), so resource scoping and conditions are checked statically by
-tests/policy/test_least_privilege.py."""
+The stack also refuses, as IAM would, any call the role does not allow on the resources it
+touches (local/tests/test_iam.py, test_iam_enforced.py). This test adds that every role is
+exercised by the four workflows, on success and rollback paths.
+"""
 
 from __future__ import annotations
 
@@ -72,10 +72,10 @@ def succeeds(sfn, machine: str, payload: dict) -> None:
 
 
 def test_every_call_of_every_function_is_granted_by_its_role(stack, ec2, sfn, organization):
-    stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
+    deployed = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     kms = stack.client("kms")
     cmk = kms.create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
-    b_key = as_account(stack, B, "kms").create_key(Description="CMK-B")["KeyMetadata"]["Arn"]
+    b_key = deployed["targetKmsKeyArn"]
     image_id = encrypted_image(stack, ec2, cmk)
     managed_image = encrypted_image(stack, ec2, None)
     stack.control("calls", method="DELETE")

@@ -93,3 +93,30 @@ def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn):
     shares = [e for e in sfn.list_executions(stateMachineArn=state_machine_arn(sfn, "ShareImage"))["executions"] if image_id in e["name"]]
     assert [e["name"] for e in shares] == [execution]
     assert len(stack.client("kms").list_grants(KeyId=key)["Grants"]) == 1
+
+
+def test_an_image_tagged_copy_to_in_the_explicit_form_is_copied(stack, ec2, sfn):
+    """The <account>:<role ARN>:<key> form assumes the role with the stack's CopyExternalId."""
+    from accounts import B, as_account, encrypted_image
+
+    b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
+    key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    image_id = encrypted_image(stack, ec2, key)
+    ec2.create_tags(Resources=[image_id], Tags=[{"Key": "amiflow:copy-to", "Value": f"{B}:arn:aws:iam::{B}:role/amiflow-copy:{b_key}"}])
+
+    def image_status():
+        tags = {t["Key"]: t["Value"] for t in ec2.describe_images(ImageIds=[image_id])["Images"][0].get("Tags", [])}
+        return tags.get("amiflow:status") or ""
+
+    running = wait_for(lambda: (s := image_status()).startswith("running:copy-") and s, what="copy started")
+    execution = running.split(":", 1)[1]
+    copied = wait_for(lambda: [i for i in as_account(stack, B, "ec2").describe_images(Owners=["self"])["Images"]
+                               if {"Key": "amiflow:execution", "Value": execution} in i.get("Tags", [])], what="the copy in B", timeout=90)
+    assert copied[0]["OwnerId"] == B
+    from workflow import finish, state_machine_arn
+
+    arn = f"{state_machine_arn(sfn, 'CopyImage').replace(':stateMachine:', ':execution:')}:{execution}"
+    result = finish(sfn, execution, arn)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    fire(stack)
+    wait_for(lambda: image_status() == f"done:{execution}", what="done", timeout=60)

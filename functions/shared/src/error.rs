@@ -116,6 +116,11 @@ pub const ERROR_NAMES: &[&str] = &[
 ];
 
 impl Error {
+    /// Whether the state machines retry this error (it names a rate limit or a transient failure).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Throttled(_) | Error::ServiceUnavailable(_))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Error::InvalidInput { .. } => "InvalidInput",
@@ -165,15 +170,9 @@ impl From<Error> for Diagnostic {
     }
 }
 
-/// Codes that mean "slow down"; the SDK has already retried them a few times when we see them.
-const THROTTLING_CODES: &[&str] = &[
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "RequestThrottled",
-    "ProvisionedThroughputExceededException",
-];
+// Codes that mean "slow down", and codes of a transient failure: the SDK's own lists, which its
+// retry strategy has already applied a few times when we see them.
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 
 /// Classifies an AWS error by its code, HTTP status and kind. Pure, so every branch is tested.
 pub fn classify(
@@ -188,7 +187,8 @@ pub fn classify(
         message.unwrap_or("no message")
     );
     match code {
-        Some(c) if THROTTLING_CODES.contains(&c) => Error::Throttled(text),
+        Some(c) if THROTTLING_ERRORS.contains(&c) => Error::Throttled(text),
+        Some(c) if TRANSIENT_ERRORS.contains(&c) => Error::ServiceUnavailable(text),
         Some("InsufficientInstanceCapacity") | Some("InsufficientCapacity") => {
             Error::InsufficientCapacity(text)
         }
@@ -305,6 +305,29 @@ mod tests {
             e,
             Error::Throttled("CreateImage: RequestLimitExceeded: slow down".into())
         );
+    }
+
+    #[test]
+    fn every_code_the_sdk_retries_is_retried_here_too() {
+        for code in [
+            "RequestThrottledException",
+            "EC2ThrottledException",
+            "ThrottlingException",
+            "TooManyRequestsException",
+        ] {
+            assert_eq!(
+                classify("CreateGrant", Some(code), None, Some(400)).name(),
+                "Throttled",
+                "{code}"
+            );
+        }
+        for code in ["RequestTimeout", "RequestTimeoutException"] {
+            assert_eq!(
+                classify("CopyImage", Some(code), None, Some(400)).name(),
+                "ServiceUnavailable",
+                "{code}"
+            );
+        }
     }
 
     #[test]

@@ -49,11 +49,18 @@ pub struct Settings {
     pub lock_table: Option<String>,
     /// How long a run waits for the AMI event before it falls back to polling.
     pub event_wait_seconds: u64,
+    /// How long CopyImage lets a new grant, launch permission and snapshot permission take
+    /// effect before the target account copies: EC2 cannot carry grant tokens, and a grant can
+    /// take up to about five minutes.
+    pub access_propagation_seconds: u64,
     /// The fallback polling of an image.
     pub image_poll: PollPolicy,
     /// The polling of a new instance until it runs and passes its status checks.
     pub instance_poll: PollPolicy,
 }
+
+/// KMS: a grant can take up to about five minutes to be in force everywhere.
+pub const DEFAULT_ACCESS_PROPAGATION_SECONDS: u64 = 300;
 
 pub const DEFAULT_IMAGE_POLL: PollPolicy = PollPolicy {
     initial_seconds: 30,
@@ -84,6 +91,10 @@ impl Settings {
             task_table: var("AMIFLOW_TASK_TABLE").filter(|t| !t.is_empty()),
             lock_table: var("AMIFLOW_LOCK_TABLE").filter(|t| !t.is_empty()),
             event_wait_seconds: number("AMIFLOW_EVENT_WAIT_SECONDS", 1800)?,
+            access_propagation_seconds: number(
+                "AMIFLOW_ACCESS_PROPAGATION_SECONDS",
+                DEFAULT_ACCESS_PROPAGATION_SECONDS,
+            )?,
             image_poll: PollPolicy {
                 initial_seconds: number(
                     "AMIFLOW_IMAGE_POLL_SECONDS",
@@ -118,6 +129,7 @@ impl Settings {
             task_table: None,
             lock_table: None,
             event_wait_seconds: 1800,
+            access_propagation_seconds: DEFAULT_ACCESS_PROPAGATION_SECONDS,
             image_poll: DEFAULT_IMAGE_POLL,
             instance_poll: DEFAULT_INSTANCE_POLL,
         }

@@ -10,7 +10,7 @@
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, EbsInstanceBlockDeviceSpecification,
-    InstanceBlockDeviceMappingSpecification,
+    InstanceBlockDeviceMappingSpecification, SnapshotReturnCodes,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,6 +49,19 @@ pub struct MigrateOutput {
     pub source_action: SourceAction,
     pub source_state: String,
     pub not_carried: Vec<String>,
+    /// What Complete could not remove after the new instance was verified (a snapshot still in
+    /// use, a permission missing): reported here for the operator, never a reason to undo the
+    /// migration.
+    #[serde(default)]
+    pub leftovers: Vec<Leftover>,
+}
+
+/// A resource of the run that Complete left behind, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leftover {
+    pub resource_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,25 +244,85 @@ async fn snapshots_of_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result
     Ok(snapshots)
 }
 
-/// Deregisters an image and deletes its snapshots; returns the snapshot ids deleted. Safe to
-/// call again after a partial removal.
+/// Deregisters an image and deletes its snapshots (a rollback's removal); returns the snapshot
+/// ids deleted. Anything left is an error, which the rollback's retries try again: a snapshot of
+/// an image just deregistered can still be in use for a while. Safe to call again after a
+/// partial removal.
 pub async fn remove_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
+    let (deleted, leftovers) = retire_image(ec2, image_id).await?;
+    if !leftovers.is_empty() {
+        let listed: Vec<String> = leftovers
+            .iter()
+            .map(|l| format!("{} ({})", l.resource_id, l.reason))
+            .collect();
+        return Err(Error::AwsApi(format!(
+            "{image_id} not entirely removed: {}",
+            listed.join("; ")
+        )));
+    }
+    Ok(deleted)
+}
+
+/// Complete's removal of the AMI: one DeregisterImage that deletes the snapshots too
+/// (DeleteAssociatedSnapshots), so that no separate DeleteSnapshot races the deregistration
+/// (InvalidSnapshot.InUse). A snapshot EC2 did not delete, or an image that cannot be removed, is
+/// a leftover; only a throttled or transient failure is an error, which the state machine retries.
+/// Safe to call again: an image already gone leaves its snapshots to delete one by one.
+pub async fn retire_image(
+    ec2: &aws_sdk_ec2::Client,
+    image_id: &str,
+) -> Result<(Vec<String>, Vec<Leftover>)> {
     let snapshots = snapshots_of_image(ec2, image_id).await?;
+    let mut deleted = Vec::new();
+    let mut leftovers = Vec::new();
     match ec2
         .deregister_image()
         .image_id(image_id)
+        .delete_associated_snapshots(true)
         .send()
         .await
         .map_err(aws("DeregisterImage"))
     {
-        Ok(_) | Err(Error::ImageNotFound(_)) => {}
-        Err(e) => return Err(e),
+        Ok(answer) => {
+            for result in answer.delete_snapshot_results() {
+                let id = result.snapshot_id().unwrap_or_default().to_string();
+                match result.return_code() {
+                    Some(SnapshotReturnCodes::Success) => deleted.push(id),
+                    code => leftovers.push(Leftover {
+                        resource_id: id,
+                        reason: format!(
+                            "DeregisterImage did not delete it: {}",
+                            code.map(|c| c.as_str()).unwrap_or("no return code")
+                        ),
+                    }),
+                }
+            }
+        }
+        Err(Error::ImageNotFound(_)) => {}
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => {
+            leftovers.push(Leftover {
+                resource_id: image_id.to_string(),
+                reason: e.to_string(),
+            });
+            return Ok((deleted, leftovers));
+        }
     }
-    for snapshot in &snapshots {
-        delete_snapshot(ec2, snapshot).await?;
+    for snapshot in snapshots {
+        if deleted.contains(&snapshot) || leftovers.iter().any(|l| l.resource_id == snapshot) {
+            continue;
+        }
+        match delete_snapshot(ec2, &snapshot).await {
+            Ok(()) => deleted.push(snapshot),
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => leftovers.push(Leftover {
+                resource_id: snapshot,
+                reason: e.to_string(),
+            }),
+        }
     }
-    tracing::info!(image_id, snapshots = ?snapshots, "image and snapshots removed");
-    Ok(snapshots)
+    tracing::info!(image_id, deleted = ?deleted, leftovers = ?leftovers, "image retired");
+    Ok((deleted, leftovers))
 }
 
 async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<()> {
@@ -384,10 +457,10 @@ pub async fn complete(
             .map_err(aws("ModifyInstanceAttribute"))?;
     }
 
-    let deleted_snapshot_ids = if request.input.keep_image {
-        Vec::new()
+    let (deleted_snapshot_ids, leftovers) = if request.input.keep_image {
+        (Vec::new(), Vec::new())
     } else {
-        remove_image(ec2, &request.image.image_id).await?
+        retire_image(ec2, &request.image.image_id).await?
     };
 
     // Last, so that nothing after it can fail and roll back the only copy left running. The
@@ -434,6 +507,7 @@ pub async fn complete(
         source_action: request.input.source_action,
         source_state,
         not_carried: capture.not_carried.clone(),
+        leftovers,
     })
 }
 
@@ -637,6 +711,7 @@ mod mocked {
     use aws_sdk_ec2::types::{
         Address, ImageState, InstanceState, InstanceStateChange, InstanceStateName, Snapshot,
     };
+    use aws_sdk_ec2::types::{DeleteSnapshotReturnCode, SnapshotReturnCodes};
     use aws_sdk_ec2::Client;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
     use serde_json::json;
@@ -745,6 +820,39 @@ mod mocked {
                 &c.terminate
             ]
         )
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_ec2_would_not_delete_is_a_leftover_not_a_rollback() {
+        let mut c = calls();
+        c.deregister = mock!(Client::deregister_image)
+            .match_requests(|req| req.delete_associated_snapshots() == Some(true))
+            .then_output(|| {
+                DeregisterImageOutput::builder()
+                    .delete_snapshot_results(
+                        DeleteSnapshotReturnCode::builder()
+                            .snapshot_id("snap-root")
+                            .return_code(SnapshotReturnCodes::Success)
+                            .build(),
+                    )
+                    .delete_snapshot_results(
+                        DeleteSnapshotReturnCode::builder()
+                            .snapshot_id("snap-data")
+                            .return_code(SnapshotReturnCodes::ErrorMissingPermissions)
+                            .build(),
+                    )
+                    .build()
+            });
+        let out = complete(&client(&c), complete_request(SourceAction::Stop, false))
+            .await
+            .unwrap();
+        assert_eq!(out.deleted_snapshot_ids, ["snap-root"]);
+        assert_eq!(out.leftovers.len(), 1);
+        assert_eq!(out.leftovers[0].resource_id, "snap-data");
+        assert!(out.leftovers[0].reason.contains("missing-permissions"));
+        // One call removed the image and its snapshots; the source action still happened.
+        assert_eq!(c.delete_snapshot.num_calls(), 0);
+        assert_eq!([c.stamp.num_calls(), c.stop.num_calls()], [1, 1]);
     }
 
     #[tokio::test]

@@ -129,7 +129,10 @@ pub async fn copy(
         .encrypted(true)
         .kms_key_id(&input.target_kms_key_id)
         .client_token(client_token(execution, "copy"))
+        // The copy's snapshots carry the run's tag from the start: a rollback removes only what
+        // carries it, and the copy may fail before TagCopy.
         .tag_specifications(tags::spec(ResourceType::Image, &own))
+        .tag_specifications(tags::spec(ResourceType::Snapshot, &own))
         .send()
         .await
         .map_err(aws("CopyImage"))
@@ -246,6 +249,7 @@ mod tests {
             tags: vec![Tag::new("app", "web"), Tag::new("amiflow:share-with", "x")],
             event_wait_seconds: 5,
             keep_sharing: false,
+            access_propagation_seconds: 0,
         }
     }
 
@@ -343,6 +347,7 @@ mod mocked {
             tags: vec![Tag::new("app", "web")],
             event_wait_seconds: 5,
             keep_sharing: false,
+            access_propagation_seconds: 0,
         }
     }
 

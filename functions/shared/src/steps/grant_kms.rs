@@ -15,12 +15,17 @@ use serde_json::{json, Value};
 use crate::error::{aws, Error, Result};
 use crate::receivers::Receivers;
 
-/// What EC2 needs of a key, on a receiver's behalf, to launch from and copy the image.
-pub const GRANT_OPERATIONS: [&str; 5] = [
+/// What EC2 needs of a key, on a receiver's behalf, to launch from and copy the image: the
+/// actions the EBS encryption guide requires of whoever uses EBS encryption (CreateGrant, Decrypt,
+/// DescribeKey, GenerateDataKeyWithoutPlaintext, ReEncrypt*), with GenerateDataKey for the
+/// receivers' own tools. Grants take no wildcards, so ReEncrypt* is both of its operations.
+pub const GRANT_OPERATIONS: [&str; 7] = [
     "DescribeKey",
     "Decrypt",
     "ReEncryptFrom",
+    "ReEncryptTo",
     "CreateGrant",
+    "GenerateDataKey",
     "GenerateDataKeyWithoutPlaintext",
 ];
 
@@ -401,7 +406,10 @@ mod tests {
             statements[2]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"],
             json!(["o-abcdef1234/*/ou-ab12-cdef5678/*"])
         );
-        assert_eq!(statements[1]["Action"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            statements[1]["Action"].as_array().unwrap().len(),
+            GRANT_OPERATIONS.len()
+        );
     }
 
     #[test]
@@ -502,7 +510,7 @@ mod mocked {
         let create = mock!(Client::create_grant)
             .match_requests(|r| {
                 r.name() == Some("amiflow-ami-0abc-210987654321")
-                    && r.operations().len() == 5
+                    && r.operations().len() == GRANT_OPERATIONS.len()
                     && r.grantee_principal() == Some("arn:aws:iam::210987654321:root")
             })
             .then_output(|| CreateGrantOutput::builder().grant_id("g-1").build());

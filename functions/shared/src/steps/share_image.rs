@@ -40,6 +40,10 @@ pub struct SharePlan {
     /// CopyImage: keep the sharing after the copy (from the input; false otherwise).
     #[serde(default)]
     pub keep_sharing: bool,
+    /// CopyImage: how long the workflow lets the grants and permissions take effect before the
+    /// target copies (0 for the other workflows).
+    #[serde(default)]
+    pub access_propagation_seconds: u64,
 }
 
 impl SharePlan {
@@ -65,6 +69,7 @@ impl SharePlan {
             tags: image.tags,
             event_wait_seconds: settings.event_wait_seconds,
             keep_sharing: false,
+            access_propagation_seconds: 0,
         }
     }
 }
@@ -242,6 +247,21 @@ async fn own_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<S
         .find_map(|i| i.image_id().map(str::to_string)))
 }
 
+/// Only an available image can be shared or copied: EC2 refuses the others
+/// (InvalidAMIID.Unavailable), so a run stops before it changes anything. Pure.
+pub fn require_available(field: &str, image_id: &str, state: &str) -> Result<()> {
+    match state {
+        "available" => Ok(()),
+        "failed" | "deregistered" | "disabled" | "error" => Err(Error::ImageFailed(format!(
+            "{field}: {image_id} is {state}; only an available image can be shared or copied"
+        ))),
+        other => Err(Error::invalid(
+            field,
+            format!("{image_id} is {other}; only an available image can be shared or copied, so wait until it is available"),
+        )),
+    }
+}
+
 pub async fn prepare_share(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
@@ -251,6 +271,7 @@ pub async fn prepare_share(
 ) -> Result<SharePlan> {
     let input = ShareInput::parse(&request.input)?;
     let source = own_image(ec2, "imageId", &input.image_id).await?;
+    require_available("imageId", &input.image_id, &source.state)?;
     let receivers = input.receivers_for(&source.owner)?;
     let (customer, managed) = keys_of(ec2, kms, &source.snapshot_ids).await?;
     let encrypted = !customer.is_empty() || !managed.is_empty();
@@ -300,7 +321,9 @@ pub async fn prepare_share(
                 .encrypted(true)
                 .kms_key_id(key)
                 .client_token(client_token(&request.execution, "reencrypt"))
+                // Its snapshots too, from the start: a rollback removes only what is tagged.
                 .tag_specifications(tags::spec(ResourceType::Image, &own))
+                .tag_specifications(tags::spec(ResourceType::Snapshot, &own))
                 .send()
                 .await
                 .map_err(aws("CopyImage"))?
@@ -368,6 +391,7 @@ pub async fn prepare_copy(
 ) -> Result<SharePlan> {
     let input = CopyInput::parse(&request.input, region)?;
     let image = own_image(ec2, "sourceImageId", &input.source_image_id).await?;
+    require_available("sourceImageId", &input.source_image_id, &image.state)?;
     if input.target_account_id == image.owner {
         return Err(Error::invalid(
             "targetAccountId",
@@ -395,6 +419,7 @@ pub async fn prepare_copy(
     };
     Ok(SharePlan {
         keep_sharing: input.keep_sharing,
+        access_propagation_seconds: settings.access_propagation_seconds,
         ..SharePlan::of(
             &input.source_image_id,
             image,
@@ -651,6 +676,23 @@ mod mocked {
         mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule])
     }
 
+    #[test]
+    fn only_an_available_image_is_shared_or_copied() {
+        assert!(require_available("sourceImageId", "ami-1", "available").is_ok());
+        let pending = require_available("sourceImageId", "ami-1", "pending").unwrap_err();
+        assert_eq!(pending.name(), "InvalidInput");
+        assert!(
+            pending.to_string().starts_with("sourceImageId:"),
+            "{pending}"
+        );
+        assert_eq!(
+            require_available("imageId", "ami-1", "failed")
+                .unwrap_err()
+                .name(),
+            "ImageFailed"
+        );
+    }
+
     fn prepare(input: Value) -> PrepareRequest {
         PrepareRequest {
             execution: "run-1".into(),
@@ -795,7 +837,7 @@ mod mocked {
                 r.encrypted() == Some(true)
                     && r.kms_key_id() == Some("alias/share")
                     && r.client_token().is_some()
-                    && r.tag_specifications().len() == 1
+                    && r.tag_specifications().len() == 2
             })
             .then_output(|| CopyImageOutput::builder().image_id("ami-0copy").build());
         let describe =
@@ -893,6 +935,7 @@ mod mocked {
             tags: vec![],
             event_wait_seconds: 5,
             keep_sharing: false,
+            access_propagation_seconds: 0,
         };
         let image_rule = mock!(aws_sdk_ec2::Client::modify_image_attribute)
             .match_requests(|r| {

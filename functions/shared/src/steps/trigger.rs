@@ -162,6 +162,13 @@ pub fn copy_request(
                 format!("{key:?} is not a KMS key ARN or alias"),
             ));
         }
+        if default_external_id.is_empty() {
+            return Err(Error::invalid(
+                COPY_TO,
+                "the <account>:<role ARN>:<key> form needs the stack parameter CopyExternalId (the external id \
+                 the target role expects); name a profile of CopyProfiles instead",
+            ));
+        }
         CopyProfile {
             target_account_id: account.to_string(),
             target_role_arn: role.to_string(),
@@ -621,6 +628,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("amiflow:copy-to:"), "{e}");
+        // Without the stack's external id the explicit form cannot assume the role: refused.
+        let e = copy_request(
+            "ami-0123456789abcdef0",
+            value,
+            "us-east-1",
+            &HashMap::new(),
+            "",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("CopyExternalId"), "{e}");
     }
 
     #[test]

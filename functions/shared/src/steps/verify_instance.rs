@@ -151,20 +151,31 @@ pub async fn run(
     request: VerifyRequest,
 ) -> Result<InstanceProgress> {
     let instance_id = request.instance.instance_id.as_str();
-    let described = ec2
+    let described = match ec2
         .describe_instances()
         .instance_ids(instance_id)
         .send()
         .await
-        .map_err(aws("DescribeInstances"))?;
-    let instance = described
+        .map_err(aws("DescribeInstances"))
+    {
+        Ok(described) => described,
+        // EC2 is eventually consistent: an instance just launched may not be found yet. It is
+        // still pending; the wait ends at InstanceWaitLimitSeconds if it never shows.
+        Err(Error::InstanceNotFound(_)) => {
+            tracing::info!(instance_id, "not visible yet");
+            return next_check(&request.instance, "pending", &settings.instance_poll);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(instance) = described
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
         .next()
-        .ok_or_else(|| {
-            Error::InstanceNotFound(format!("the new instance {instance_id} is not visible"))
-        })?;
+    else {
+        tracing::info!(instance_id, "not visible yet");
+        return next_check(&request.instance, "pending", &settings.instance_poll);
+    };
     let state = instance
         .state()
         .and_then(|s| s.name())
@@ -395,6 +406,21 @@ mod mocked {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         let out = run(&ec2, &settings(), request()).await.unwrap();
         assert_eq!((out.ready, out.attempt, out.wait_seconds), (false, 1, 20));
+    }
+
+    #[tokio::test]
+    async fn an_instance_not_visible_yet_is_still_pending() {
+        let rules = [mock!(Client::describe_instances).then_error(|| {
+            aws_sdk_ec2::operation::describe_instances::DescribeInstancesError::generic(
+                crate::test_support::meta("InvalidInstanceID.NotFound"),
+            )
+        })];
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let out = run(&ec2, &settings(), request()).await.unwrap();
+        assert_eq!(
+            (out.ready, out.state.as_str(), out.attempt),
+            (false, "pending", 1)
+        );
     }
 
     #[tokio::test]

@@ -196,6 +196,9 @@ async fn waiting(
             .table_name(table)
             .key_condition_expression("imageId = :id")
             .expression_attribute_values(":id", AttributeValue::S(image_id.into()))
+            // A token stored a moment ago must be seen: an eventually consistent read may miss it,
+            // and the run would then wait EventWaitSeconds for nothing.
+            .consistent_read(true)
             .set_exclusive_start_key(start)
             .send()
             .await
