@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := local/node_modules/.bin
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint unit e2e build clean
+.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint unit e2e peer-test build clean
 
 $(VENV)/.installed: local/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ unit: bins
 
 e2e: local-deps bins
 	$(PY) -m pytest -q
+
+## moto's own tests for EC2 images, volumes, instances and tags, KMS, EventBridge and Step
+## Functions, run in-process with the fidelity layer installed; failures other than those
+## local/peer-expected.txt explains fail the target. Not part of `make test`.
+peer-test: local-deps
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r local/requirements-peer.txt
+	$(PY) local/peer_test.py
 
 ## Deployable artefacts: sam build with cargo-lambda (release, arm64). Not part of `make test`.
 build: local-deps

@@ -63,8 +63,24 @@ def stack(tmp_path_factory):
         running = RunningStack(log_dir, parameters={"EventWaitSeconds": "6", "CopyExternalId": "ext-b"})
     except RuntimeError as error:
         pytest.fail(str(error))
-    yield Stack(running.endpoint, log_dir)
-    running.stop()
+    stack = Stack(running.endpoint, log_dir)
+    yield stack
+    try:
+        JUDGED.update(stack.control("iam"))
+    finally:
+        running.stop()
+
+
+# What IAM judging cost the session, shown at its end (local/README.md: IAM on every signed call).
+JUDGED: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if JUDGED:
+        terminalreporter.write_line(
+            f"local stack IAM: {JUDGED['requests']} calls judged with {JUDGED['simulations']} simulations "
+            f"in {JUDGED['seconds']:.1f} s, {JUDGED['denials']} refused (enforced: {JUDGED['enforced']})"
+        )
 
 
 @pytest.fixture(autouse=True)

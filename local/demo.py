@@ -58,6 +58,8 @@ def main() -> int:
         print(f"AMI            {out['imageId']} {'kept' if out['imageKept'] else 'removed, with snapshots ' + ', '.join(out['deletedSnapshotIds'])}")
         for note in out["notCarried"]:
             print(f"not carried    {note}")
+        for left in out.get("leftovers", []):
+            print(f"left behind    {left['resourceId']}: {left['reason']}")
         ok = (
             new["Placement"]["AvailabilityZone"] == f"{REGION}b"
             and address.get("InstanceId") == out["newInstanceId"]

@@ -11,6 +11,7 @@ POST   /_amiflow/target-account   {"accountId", "externalId", "template"?}: depl
                                   (or the copy of it at "template") in that account
 POST   /_amiflow/deploy   {"template"}: updates the functions' role policies from a copy of template.yaml
 GET    /_amiflow/denials  every call IAM refused (principal, action, resource, decision); DELETE forgets them
+GET    /_amiflow/iam      how much judging there was: evaluator requests, simulations, seconds spent
 POST   /_amiflow/fire-schedule    {"rule"}: a schedule rule's time has come (Scheduled Event to its targets)
 GET    /_amiflow/health   200 once the stack serves
 """
@@ -80,6 +81,15 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             return _json(start_response, "200 OK", {"reset": True})
         if path == "/_amiflow/denials":
             return _json(start_response, "200 OK", list(iam.denials))
+        if path == "/_amiflow/iam":
+            judge = iam.judge
+            return _json(start_response, "200 OK", {
+                "enforced": config.iam_enforced,
+                "requests": judge.sequence if judge else 0,
+                "simulations": judge.simulations if judge else 0,
+                "seconds": round(judge.seconds, 3) if judge else 0,
+                "denials": len(iam.denials),
+            })
         if path == "/_amiflow/calls" and method == "DELETE":
             calls.reset()
             return _json(start_response, "200 OK", {"reset": True})

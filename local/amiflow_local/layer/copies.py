@@ -90,15 +90,11 @@ def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=No
 
 
 def _executable_by(ami: Any, users: set[str]) -> bool:
-    """ExecutableUsers: images whose launch permissions name one of the users explicitly, or
-    public images for `all`."""
-    for user in users:
-        if user == "all":
-            if ami.is_public:
-                return True
-        elif ami.owner_id != user and sharing.named_in_permissions(ami, user):
-            return True
-    return False
+    """ExecutableUsers: images whose launch permissions name one of the users (an account, or its
+    organization or OU), and public images, which everyone may launch."""
+    if any(p.get("Group") == "all" for p in sharing.in_force(ami)):
+        return True
+    return any(sharing.named_in_permissions(ami, user) for user in users if user != "all")
 
 
 def _may_copy_storage(backend_of_source: Any, ami: Ami, account: str) -> bool:

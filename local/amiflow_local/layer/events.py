@@ -135,6 +135,9 @@ def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sen
 
 
 def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
+    """One target's delivery. `ingestion-time`, moto's own field, goes only to moto's deliveries."""
+    moto_event = event
+    event = {k: v for k, v in event.items() if k != "ingestion-time"}
     arn = parse_arn(target["Arn"])
     if arn.service == "lambda":
         name = arn.resource_id.split(":")[0]
@@ -151,14 +154,25 @@ def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
 
         sqs_backends[arn.account][arn.region].send_message(queue_name=arn.resource_id, message_body=json.dumps(event))
     else:
-        # Other targets (SQS, CloudWatch Logs, archives) as moto delivers them.
+        # Other targets (SQS, CloudWatch Logs, archives) as moto delivers them, with the event's
+        # own time (PutEvents may set it; EventBridge keeps it).
         legacy = dict(event)
-        legacy["time"] = datetime.now(timezone.utc).timestamp()
-        legacy["ingestion-time"] = legacy["time"]
+        legacy["time"] = _timestamp(event.get("time"))
+        legacy["ingestion-time"] = moto_event.get("ingestion-time") or datetime.now(timezone.utc).timestamp()
         single = Rule.__new__(Rule)
         single.__dict__.update(rule.__dict__)
         single.targets = [target]
         _original_send_to_targets(single, legacy)
+
+
+def _timestamp(time: Any) -> float:
+    """An event's `time` (ISO 8601, or moto's epoch seconds) as epoch seconds. Pure but for now."""
+    if isinstance(time, (int, float)):
+        return float(time)
+    try:
+        return datetime.strptime(str(time), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return datetime.now(timezone.utc).timestamp()
 
 
 def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
@@ -168,9 +182,9 @@ def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input
     event = dict(original_event)
     if isinstance(event.get("time"), (int, float)):
         event["time"] = datetime.fromtimestamp(event["time"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    event.pop("ingestion-time", None)
+    ingestion = event.pop("ingestion-time", None)
     for target in self.targets:
-        _send(self, target, event)
+        _send(self, target, {**event, **({"ingestion-time": ingestion} if ingestion else {})})
 
 
 def install() -> None:

@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +64,18 @@ class Judge:
         )
         self.sequence = 0
         self.simulations = 0
+        self.seconds = 0.0
 
     def decide(self, simulations: list[dict[str, Any]]) -> list[dict[str, str]]:
         with self.lock:
+            started = time.monotonic()
             self.sequence += 1
             self.simulations += len(simulations)
             assert self.process.stdin and self.process.stdout
             self.process.stdin.write(json.dumps({"id": self.sequence, "simulations": simulations}) + "\n")
             self.process.stdin.flush()
             line = self.process.stdout.readline()
+            self.seconds += time.monotonic() - started
         if not line:
             raise RuntimeError("the IAM evaluator (local/iam/evaluate.mjs) exited; run `make local-deps`")
         return json.loads(line)["results"]

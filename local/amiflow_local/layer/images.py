@@ -126,6 +126,9 @@ def start_lifecycle(backend, ami: Ami) -> None:
     ami.state = "pending"
     for snapshot in snapshots_of(backend, ami):
         snapshot.status = "pending"
+    if config.image_delay_seconds <= 0:
+        settle(backend, ami.id)
+        return
     timer = threading.Timer(config.image_delay_seconds, settle, args=(backend, ami.id))
     timer.daemon = True
     timer.start()

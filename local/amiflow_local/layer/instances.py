@@ -123,6 +123,9 @@ def run_instances(self, image_id: str, count: int, user_data, security_group_nam
 
 
 def _run_instances(self, image_id: str, count: int, user_data, security_group_names, **kwargs: Any):
+    if not image_id and kwargs.get("launch_template"):
+        # A launch from a template takes the template's image.
+        image_id = self._get_template_from_args(kwargs["launch_template"]).data.get("ImageId")
     if not image_id or not image_id.startswith("ami-"):
         raise MalformedAMIIdError([image_id])
     image = sharing.visible_image(self.account_id, self.region_name, image_id)
