@@ -134,7 +134,7 @@ def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sen
             _send(rule, target, event)
 
 
-def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
+def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any], transform_input: bool = True) -> None:
     """One target's delivery. `ingestion-time`, moto's own field, goes only to moto's deliveries."""
     moto_event = event
     event = {k: v for k, v in event.items() if k != "ingestion-time"}
@@ -162,7 +162,7 @@ def _send(rule: Rule, target: dict[str, Any], event: dict[str, Any]) -> None:
         single = Rule.__new__(Rule)
         single.__dict__.update(rule.__dict__)
         single.targets = [target]
-        _original_send_to_targets(single, legacy)
+        _original_send_to_targets(single, legacy, transform_input)
 
 
 def _timestamp(time: Any) -> float:
@@ -184,7 +184,8 @@ def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input
         event["time"] = datetime.fromtimestamp(event["time"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     ingestion = event.pop("ingestion-time", None)
     for target in self.targets:
-        _send(self, target, {**event, **({"ingestion-time": ingestion} if ingestion else {})})
+        # A replay passes its events untransformed (they keep `replay-name`), as moto's own does.
+        _send(self, target, {**event, **({"ingestion-time": ingestion} if ingestion else {})}, transform_input)
 
 
 def install() -> None:
