@@ -32,6 +32,12 @@ class Stack:
         options = {"config": Config(**config)} if config else {}
         return self.session.client(service, endpoint_url=self.endpoint, **options)
 
+    def as_function(self, binary: str, service: str):
+        """A client that signs as the stack's function `binary` does (its own access key), so that
+        the stack judges its calls by that function's role."""
+        session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name=REGION)
+        return session.client(service, endpoint_url=self.endpoint)
+
     def account(self, account_id: str) -> boto3.session.Session:
         """A session whose calls belong to another account (credentials from STS AssumeRole)."""
         sts = self.client("sts")

@@ -27,12 +27,6 @@ def allow(actions, resources="*", condition=None, effect="Allow") -> dict:
     return statement
 
 
-def as_function(stack, binary: str, service: str):
-    """A client that signs as a function of the stack does (its own key): it acts as its role."""
-    session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name="us-east-1")
-    return session.client(service, endpoint_url=stack.endpoint)
-
-
 def make_role(stack, statements, account: str = A, trust_principal: str | None = None, external_id: str | None = None) -> str:
     """A role in `account` with these identity statements; it trusts `trust_principal` (default:
     the account itself)."""
@@ -80,7 +74,7 @@ def encrypted_image(stack, ec2, world, key: str) -> str:
 
 
 def test_a_function_may_make_only_the_calls_its_role_allows(stack, world):
-    launch = as_function(stack, "launch", "ec2")
+    launch = stack.as_function("launch", "ec2")
     assert launch.describe_instances(InstanceIds=[world.instance_id])["Reservations"]
     message = refused(lambda: launch.terminate_instances(InstanceIds=[world.instance_id]), "UnauthorizedOperation")
     assert "assumed-role/amiflow-local-LaunchFunctionRole/launch" in message
@@ -89,27 +83,27 @@ def test_a_function_may_make_only_the_calls_its_role_allows(stack, world):
 
 
 def test_json_services_answer_access_denied_exception(stack):
-    wait_image = as_function(stack, "wait-image", "dynamodb")
+    wait_image = stack.as_function("wait-image", "dynamodb")
     wait_image.put_item(TableName="TaskTokenTable", Item={"imageId": {"S": "ami-1"}, "tokenKey": {"S": "t"}})
     refused(lambda: wait_image.put_item(TableName="RunLockTable", Item={"resourceId": {"S": "i-1"}}), "AccessDeniedException")
-    refused(lambda: as_function(stack, "wait-image", "kms").create_key(), "AccessDeniedException")
-    refused(lambda: as_function(stack, "wait-image", "stepfunctions").list_executions(
+    refused(lambda: stack.as_function("wait-image", "kms").create_key(), "AccessDeniedException")
+    refused(lambda: stack.as_function("wait-image", "stepfunctions").list_executions(
         stateMachineArn=f"arn:aws:states:us-east-1:{A}:stateMachine:MigrateInstance"), "AccessDeniedException")
 
 
 def test_a_resource_tag_condition_is_judged_on_the_resource(stack, ec2, world):
-    cleanup = as_function(stack, "cleanup", "ec2")
+    cleanup = stack.as_function("cleanup", "ec2")
     refused(lambda: cleanup.terminate_instances(InstanceIds=[world.instance_id]), "UnauthorizedOperation")
     ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:execution", "Value": "x"}])
     assert cleanup.terminate_instances(InstanceIds=[world.instance_id])["TerminatingInstances"]
 
 
 def test_tags_are_judged_by_their_keys_and_by_the_action_that_creates_them(stack, ec2, world):
-    trigger = as_function(stack, "trigger", "ec2")
+    trigger = stack.as_function("trigger", "ec2")
     trigger.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:status", "Value": "done:x"}])
     refused(lambda: trigger.create_tags(Resources=[world.instance_id], Tags=[{"Key": "amiflow:migrate-to", "Value": "us-east-1b"}]),
             "UnauthorizedOperation")
-    launch = as_function(stack, "launch", "ec2")
+    launch = stack.as_function("launch", "ec2")
     refused(lambda: launch.create_tags(Resources=[world.instance_id], Tags=[{"Key": "a", "Value": "b"}]), "UnauthorizedOperation")
     image_id = ec2.describe_instances(InstanceIds=[world.instance_id])["Reservations"][0]["Instances"][0]["ImageId"]
     made = launch.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],

@@ -637,7 +637,7 @@ def test_deregistering_with_its_snapshots_deletes_those_the_caller_may(stack, ec
     snapshots = sorted(m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"])
     # The first snapshot loses its tag: the cleanup function may delete only tagged ones.
     ec2.delete_tags(Resources=[snapshots[0]], Tags=[{"Key": "amiflow:execution"}])
-    cleanup = boto3_function_client(stack, "cleanup")
+    cleanup = stack.as_function("cleanup", "ec2")
     answer = cleanup.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
     codes = {r["SnapshotId"]: r["ReturnCode"] for r in answer["DeleteSnapshotResults"]}
     assert codes == {snapshots[0]: "missing-permissions", **{s: "success" for s in snapshots[1:]}}
@@ -645,10 +645,3 @@ def test_deregistering_with_its_snapshots_deletes_those_the_caller_may(stack, ec
     for deleted in snapshots[1:]:
         with pytest.raises(ClientError):
             ec2.describe_snapshots(SnapshotIds=[deleted])
-
-
-def boto3_function_client(stack, binary: str):
-    import boto3
-
-    session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name="us-east-1")
-    return session.client("ec2", endpoint_url=stack.endpoint)

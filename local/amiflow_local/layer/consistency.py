@@ -19,7 +19,6 @@ the write.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 

@@ -207,7 +207,8 @@ def _context(principal: Principal, region: str) -> dict[str, Any]:
     return context
 
 
-def simulation(principal: Principal, check: Check, region: str) -> dict[str, Any]:
+def simulation(principal: Principal, check: Check, region: str, identity: list[dict[str, Any]]) -> dict[str, Any]:
+    """One check as the evaluator takes it; `identity` is the principal's policies, read once per call."""
     context = _context(principal, region)
     context.update(check.context)
     sim: dict[str, Any] = {
@@ -217,7 +218,7 @@ def simulation(principal: Principal, check: Check, region: str) -> dict[str, Any
             "resource": {"resource": check.resource, "accountId": check.account},
             "contextVariables": {k: v for k, v in context.items() if v is not None},
         },
-        "identityPolicies": principal.identity_policies(),
+        "identityPolicies": identity,
         "serviceControlPolicies": [],
         "resourceControlPolicies": [],
     }
@@ -246,7 +247,8 @@ def judge_checks(principal: Principal, checks: list[Check], region: str) -> Deni
     todo = [c for c in checks if not (principal.administrator and c.resource_policy is None)]
     if not todo or judge is None or not config.iam_enforced:
         return None
-    results = judge.decide([simulation(principal, c, region) for c in todo])
+    identity = principal.identity_policies()
+    results = judge.decide([simulation(principal, c, region, identity) for c in todo])
     for check, result in zip(todo, results):
         if result["decision"] == "Invalid":
             raise LayerError(f"{check.action} on {check.resource}: {result['detail'][:600]}")

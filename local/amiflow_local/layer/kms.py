@@ -146,10 +146,11 @@ def ec2_key_problem(account: str, region: str, key_ref: str) -> str | None:
         return "denied"
     principal = iam.current_principal(account)
     context = {"kms:ViaService": f"ec2.{region}.amazonaws.com", "kms:CallerAccount": account}
+    policy = effective_policy(key)
     checks = [
         iam.Check(action, key.arn, key.account_id,
                   {**context, **({"kms:GrantIsForAWSResource": "true"} if action == "kms:CreateGrant" else {})},
-                  effective_policy(key))
+                  policy)
         for action in EBS_KEY_ACTIONS
     ]
     return "denied" if iam.judge_checks(principal, checks, region) is not None else None
