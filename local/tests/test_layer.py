@@ -187,6 +187,46 @@ def test_run_instances_builds_volumes_from_the_image_with_overrides(stack, ec2, 
     assert root["Size"] == 8 and root["SnapshotId"].startswith("snap-")
 
 
+def root_device(ec2, image_id: str) -> str:
+    return ec2.describe_images(ImageIds=[image_id])["Images"][0]["RootDeviceName"]
+
+
+def deletes_on_termination(ec2, instance_id: str) -> dict[str, bool]:
+    described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {m["DeviceName"]: m["Ebs"]["DeleteOnTermination"] for m in described["BlockDeviceMappings"]}
+
+
+def test_delete_on_termination_comes_from_the_image_unless_the_launch_says(stack, ec2, world):
+    stack.control("config", {"imageDelaySeconds": 0})
+    root = root_device(ec2, base_image(ec2))
+    keeper = ec2.run_instances(
+        ImageId=base_image(ec2), MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": {"DeleteOnTermination": True}}],
+    )["Instances"][0]["InstanceId"]
+    image_id = ec2.create_image(InstanceId=keeper, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    image_root = ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"][0]
+    assert image_root["Ebs"]["DeleteOnTermination"] is True
+    # A mapping that resizes the root without naming DeleteOnTermination keeps the image's; a new
+    # data volume attached at launch through the API is deleted with the instance by default.
+    silent = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": {"VolumeSize": 20}},
+                             {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 5}}],
+    )["Instances"][0]["InstanceId"]
+    assert deletes_on_termination(ec2, silent) == {root: True, "/dev/sdf": True}
+    kept = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": {"DeleteOnTermination": False}}],
+    )["Instances"][0]["InstanceId"]
+    assert deletes_on_termination(ec2, kept) == {root: False}
+    # A device the image does not map needs a size or a snapshot.
+    with pytest.raises(ClientError) as refused:
+        ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=world.subnets["us-east-1b"],
+                          BlockDeviceMappings=[{"DeviceName": "/dev/sdg", "Ebs": {"DeleteOnTermination": True}}])
+    assert refused.value.response["Error"]["Code"] == "MissingParameter"
+
+
 @pytest.mark.parametrize("image_id, code", [("ami-00000000000000000", "InvalidAMIID.NotFound"), ("img-123", "InvalidAMIID.Malformed")])
 def test_run_instances_refuses_an_image_it_cannot_see(ec2, world, image_id, code):
     with pytest.raises(ClientError) as refused:

@@ -7,6 +7,12 @@ AWS:
   snapshot's key unless the request names another
   (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html,
   https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html).
+  A request's mapping of a device the AMI maps may change one setting alone (DeleteOnTermination,
+  say); a device the AMI does not map needs a size or a snapshot.
+- DeleteOnTermination is what the launch's mapping says, else what the AMI's mapping says, else
+  true: a root volume, and a data volume attached at launch through the API, are deleted with the
+  instance by default
+  (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/preserving-volumes-on-termination.html).
 - An image id the caller cannot see is refused with InvalidAMIID.NotFound, a malformed one with
   InvalidAMIID.Malformed (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
 - No capacity in an AZ is InsufficientInstanceCapacity (same page).
@@ -22,7 +28,8 @@ AWS:
   (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
 - An image that is not `available` (pending, failed) cannot be launched: InvalidAMIID.Unavailable
   (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
-moto 5.2.5 ignores the image's mappings, never checks the image id, reports status `ok` at once,
+moto 5.2.5 ignores the image's mappings, wants a size or snapshot in every mapping, turns a
+mapping silent on DeleteOnTermination into false, never checks the image id, reports status `ok` at once,
 knows no KMS, and starts a new instance for every call whatever its ClientToken.
 """
 
@@ -33,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, MalformedAMIIdError
+from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, InvalidRequest, MalformedAMIIdError, MissingParameterError
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.responses.instances import InstanceResponse
 
@@ -79,7 +86,27 @@ def _parse_mappings(self: InstanceResponse) -> list[dict[str, Any]]:
         parsed["Ebs"]["Throughput"] = (given.get("Ebs") or {}).get("Throughput")
         if not (given.get("Ebs") or {}).get("Encrypted"):
             parsed["Ebs"]["Encrypted"] = None
+        if "DeleteOnTermination" not in (given.get("Ebs") or {}):
+            parsed["Ebs"]["DeleteOnTermination"] = None
     return mappings
+
+
+def _validate_mapping(device_mapping: dict[str, Any]) -> None:
+    # moto's own check, less the size-or-snapshot rule, which needs the image (see _run_instances).
+    if "NoDevice" in device_mapping:
+        if device_mapping["NoDevice"] != "":
+            raise InvalidRequest()
+        return
+    if "Ebs" not in device_mapping:
+        raise MissingParameterError("ebs")
+
+
+def unsized_device(merged: list[dict[str, Any]]) -> str | None:
+    """The first device of a merged mapping with neither a size nor a snapshot. Pure."""
+    for mapping in merged:
+        if not mapping["Ebs"].get("VolumeSize") and not mapping["Ebs"].get("SnapshotId"):
+            return mapping["DeviceName"]
+    return None
 
 
 def _target_az(backend, kwargs: dict[str, Any]) -> str:
@@ -138,6 +165,8 @@ def _run_instances(self, image_id: str, count: int, user_data, security_group_na
 
     owner_backend = sharing.backend_of(image)
     merged = merge_mappings(image.block_device_mappings, kwargs.get("block_device_mappings") or [])
+    if unsized_device(merged):
+        raise MissingParameterError("size or snapshotId")
     # Volumes are created without a snapshot of another account (moto looks snapshots up in the
     # caller's account); the snapshot's size and encryption are applied below instead.
     plan = []
@@ -158,7 +187,7 @@ def _run_instances(self, image_id: str, count: int, user_data, security_group_na
                 # The real type, IOPS and throughput are set on the volume below: moto's
                 # create_volume would want IOPS it is not given.
                 "VolumeType": "gp2",
-                "DeleteOnTermination": bool(ebs.get("DeleteOnTermination")),
+                "DeleteOnTermination": ebs.get("DeleteOnTermination") is not False,
                 "Encrypted": False,
             },
         }
@@ -223,5 +252,6 @@ def _status(self: Instance) -> dict[str, Any]:
 def install() -> None:
     InstanceBackend.run_instances = run_instances
     InstanceResponse._parse_block_device_mapping = _parse_mappings
+    InstanceResponse._validate_block_device_mapping = staticmethod(_validate_mapping)
     Instance.instance_status = property(_status)
     Instance.system_status = property(_status)
