@@ -111,3 +111,19 @@ def sfn(stack):
 @pytest.fixture
 def lambda_(stack):
     return stack.client("lambda")
+
+
+@pytest.fixture
+def stack_parameters(stack):
+    """stack_parameters(Name=value, …): a stack update with these parameter values (the functions
+    restart with the new environment, as Lambda does); the stack's own values come back when the
+    test ends."""
+    updated = []
+
+    def apply(**values: str) -> None:
+        stack.control("deploy", {"parameters": values})
+        updated.append(values)
+
+    yield apply
+    if updated:
+        stack.control("deploy", {"parameters": {}})

@@ -103,6 +103,28 @@ class FunctionHost:
     def names(self) -> set[str]:
         return set(self.environments)
 
+    def reconfigure(self, functions: dict[str, dict[str, str]]) -> list[str]:
+        """A stack update that changes functions' environment variables: as Lambda does, the next
+        invocations run in new execution environments with the new values. Returns the functions
+        whose environment changed."""
+        changed = []
+        with self.lock:
+            for name, env in functions.items():
+                if self.environments.get(name) == env:
+                    continue
+                for process in self.processes.get(name, []):
+                    if process.poll() is None:
+                        process.terminate()
+                for process in self.processes.get(name, []):
+                    try:
+                        process.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                self.environments[name] = env
+                self.processes[name] = [self._spawn(name, n) for n in range(ENVIRONMENTS_PER_FUNCTION)]
+                changed.append(name)
+        return changed
+
     def invoke(self, name: str, payload: bytes, timeout: float = 900) -> tuple[int, bytes]:
         """Invokes a function; returns (status, body) as cargo-lambda answers: 200, or 500 with
         {errorType, errorMessage}. A function whose process died is started again first, as

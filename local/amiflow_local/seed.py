@@ -68,3 +68,12 @@ def seed(ec2, region: str, name: str = "web-1", instance_type: str = "t3.micro")
         public_ip=address["PublicIp"],
         source_az=azs[0],
     )
+
+
+def organization_root(org) -> str:
+    """The root of the caller's organization in AWS Organizations, made first if there is none."""
+    try:
+        org.describe_organization()
+    except org.exceptions.AWSOrganizationsNotInUseException:
+        org.create_organization(FeatureSet="ALL")
+    return org.list_roots()["Roots"][0]["Id"]

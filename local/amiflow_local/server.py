@@ -270,12 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         return made
 
     def deploy(body: dict) -> dict:
-        """A stack update from a copy of template.yaml: the functions' role policies it holds."""
+        """A stack update: from a copy of template.yaml (`template`), with parameter values
+        (`parameters`, over the stack's own). The functions' role policies and environment
+        variables follow it; functions whose environment changed start new execution environments."""
         import boto3
 
-        updated = Template(Path(body["template"]).parent, ACCOUNT, args.region, parameters, file=Path(body["template"]).name)
+        source = Path(body.get("template") or ROOT / "template.yaml")
+        merged = dict(parameters)
+        merged.update(body.get("parameters") or {})
+        updated = Template(source.parent, ACCOUNT, args.region, merged, file=source.name)
         iam = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=args.region).client("iam", endpoint_url=endpoint)
-        return {"functionRoles": deploy_function_roles(iam, updated)}
+        roles = deploy_function_roles(iam, updated)
+        restarted = host.reconfigure({f.binary: f.environment for f in updated.functions()})
+        return {"functionRoles": roles, "restarted": sorted(restarted)}
 
     layer.control.hooks["target-account"] = target_account
     layer.control.hooks["deploy"] = deploy

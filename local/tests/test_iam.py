@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from amiflow_local.seed import seed
+from amiflow_local.seed import organization_root, seed
 from workflow import wait_for
 
 A, B = "123456789012", "210987654321"
@@ -218,3 +218,15 @@ def test_ec2_uses_a_key_with_the_callers_kms_permissions(stack, ec2, world):
     stack.client("kms").disable_key(KeyId=key.split("/")[-1])  # moto 5.2.5 takes only the key id here
     ended = launched_state(make_role(stack, [run, allow(EBS_KEY_ACTIONS, key, EC2_VIA)]))
     assert ended["StateReason"]["Code"] == "Client.InvalidKMSKey.InvalidState"
+
+
+def test_organizations_list_parents_is_judged_on_the_child(stack):
+    org = stack.client("organizations")
+    root = organization_root(org)
+    ou = org.create_organizational_unit(ParentId=root, Name=f"ou-{uuid.uuid4().hex[:6]}")["OrganizationalUnit"]
+    org_id = ou["Arn"].split("/")[1]
+    on_this_ou = make_role(stack, [allow("organizations:ListParents", ou["Arn"])])
+    assert client_as(stack, on_this_ou, "organizations").list_parents(ChildId=ou["Id"])["Parents"][0]["Id"] == root
+    elsewhere = make_role(stack, [allow("organizations:ListParents", f"arn:aws:organizations::{A}:ou/{org_id}/ou-zzzz-99999999")])
+    message = refused(lambda: client_as(stack, elsewhere, "organizations").list_parents(ChildId=ou["Id"]), "AccessDeniedException")
+    assert ou["Arn"] in message

@@ -340,6 +340,23 @@ def states_checks(action: str, params: dict[str, Any], principal: Principal) -> 
     return [Check(name, arn, arn.split(":")[4])]
 
 
+def organizations_checks(action: str, params: dict[str, Any], principal: Principal) -> list[Check]:
+    # ListParents authorizes the child: an account or an OU of the caller's organization
+    # (Service Authorization Reference, AWS Organizations: ListParents, resource types account and
+    # organizationalunit).
+    if action != "ListParents":
+        raise LayerError(f"the layer does not know which resources organizations:{action} authorizes")
+    from moto.organizations.models import organizations_backends
+
+    org = organizations_backends[principal.account]["aws"].org
+    child = params.get("ChildId", "")
+    if org is None:
+        return [Check("organizations:ListParents", "*", principal.account)]
+    kind = "ou" if child.startswith("ou-") else "account"
+    return [Check("organizations:ListParents", f"arn:aws:organizations::{org.master_account_id}:{kind}/{org.id}/{child}",
+                  principal.account)]
+
+
 def checks_for(service: str, action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
     """Every (action, resource) pair IAM evaluates for this call."""
     if principal.administrator and service not in ("kms", "sts"):
@@ -354,4 +371,6 @@ def checks_for(service: str, action: str, params: dict[str, Any], principal: Pri
         return dynamodb_checks(action, params, principal, region)
     if service == "states":
         return states_checks(action, params, principal)
+    if service == "organizations":
+        return organizations_checks(action, params, principal)
     raise LayerError(f"the layer does not judge calls to {service} ({action})")
