@@ -49,7 +49,7 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 template-lint: local-deps
-	$(VENV)/bin/cfn-lint template.yaml target-account.yaml
+	$(VENV)/bin/cfn-lint template.yaml target-account.yaml guardrails/guardrails.yaml
 	$(VENV)/bin/sam validate --lint --template template.yaml
 	for f in statemachine/*.asl.json; do $(NODE_BIN)/asl-validator --json-path $$f || exit 1; done
 

@@ -73,10 +73,11 @@ def test_tagging_an_instance_starts_its_migration_without_waiting_for_the_schedu
     assert len(executions_for(sfn, world.instance_id)) == 1
 
 
-def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn):
+def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn, stack_parameters):
     from accounts import B, encrypted_image
     from workflow import state_machine_arn
 
+    stack_parameters(AllowedReceivers=B)
     key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
     image_id = encrypted_image(stack, ec2, key)
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": "amiflow:share-with", "Value": B}])
@@ -95,10 +96,11 @@ def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn):
     assert len(stack.client("kms").list_grants(KeyId=key)["Grants"]) == 1
 
 
-def test_an_image_tagged_copy_to_in_the_explicit_form_is_copied(stack, ec2, sfn):
+def test_an_image_tagged_copy_to_in_the_explicit_form_is_copied(stack, ec2, sfn, stack_parameters):
     """The <account>:<role ARN>:<key> form assumes the role with the stack's CopyExternalId."""
     from accounts import B, as_account, encrypted_image
 
+    stack_parameters(AllowedCopyTargets=B)
     b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
     key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
     image_id = encrypted_image(stack, ec2, key)

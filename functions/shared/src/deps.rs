@@ -18,6 +18,7 @@ pub struct Deps {
     pub sfn: aws_sdk_sfn::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub kms: aws_sdk_kms::Client,
+    pub organizations: aws_sdk_organizations::Client,
     pub settings: Settings,
 }
 
@@ -47,6 +48,7 @@ impl Deps {
             sfn: aws_sdk_sfn::Client::new(config),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             kms: aws_sdk_kms::Client::new(config),
+            organizations: aws_sdk_organizations::Client::new(config),
             settings,
         }
     }

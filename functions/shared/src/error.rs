@@ -76,6 +76,12 @@ pub enum Error {
     /// The target account's role cannot be assumed.
     #[error("{0}")]
     RoleNotAssumable(String),
+    /// A receiver is not in the stack's `AllowedReceivers`; every refused receiver is named.
+    #[error("{0}")]
+    ReceiverNotAllowed(String),
+    /// The target account is not in the stack's `AllowedCopyTargets`.
+    #[error("{0}")]
+    CopyTargetNotAllowed(String),
     /// A check asked for with `"preflight": true` failed; every failed check is in the message.
     #[error("{0}")]
     PreflightFailed(String),
@@ -111,6 +117,8 @@ pub const ERROR_NAMES: &[&str] = &[
     "KeyNotManageable",
     "BillingProductNotCopyable",
     "RoleNotAssumable",
+    "ReceiverNotAllowed",
+    "CopyTargetNotAllowed",
     "PreflightFailed",
     "Configuration",
 ];
@@ -148,6 +156,8 @@ impl Error {
             Error::KeyNotManageable(_) => "KeyNotManageable",
             Error::BillingProductNotCopyable(_) => "BillingProductNotCopyable",
             Error::RoleNotAssumable(_) => "RoleNotAssumable",
+            Error::ReceiverNotAllowed(_) => "ReceiverNotAllowed",
+            Error::CopyTargetNotAllowed(_) => "CopyTargetNotAllowed",
             Error::PreflightFailed(_) => "PreflightFailed",
             Error::Configuration(_) => "Configuration",
         }
@@ -276,6 +286,8 @@ mod tests {
             Error::KeyNotManageable(String::new()),
             Error::BillingProductNotCopyable(String::new()),
             Error::RoleNotAssumable(String::new()),
+            Error::ReceiverNotAllowed(String::new()),
+            Error::CopyTargetNotAllowed(String::new()),
             Error::PreflightFailed(String::new()),
             Error::Configuration(String::new()),
         ];

@@ -1,6 +1,7 @@
 //! amiflow's library: every step's input, output, decisions and AWS calls. The Lambda binaries
 //! under `functions/` are thin mains over it.
 
+pub mod allow;
 pub mod capture;
 pub mod deps;
 pub mod error;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::allow::{parse_accounts, AllowList, TagPowers};
 use crate::error::{Error, Result};
 
 /// A growing polling schedule with a bound on the total time waited.
@@ -57,6 +58,12 @@ pub struct Settings {
     pub image_poll: PollPolicy,
     /// The polling of a new instance until it runs and passes its status checks.
     pub instance_poll: PollPolicy,
+    /// Who images may be shared with (`AllowedReceivers`).
+    pub allowed_receivers: AllowList,
+    /// The accounts images may be copied into (`AllowedCopyTargets`).
+    pub allowed_copy_targets: Vec<String>,
+    /// What a tag alone may ask of a source instance (`TagSourceActions`).
+    pub tag_powers: TagPowers,
 }
 
 /// KMS: a grant can take up to about five minutes to be in force everywhere.
@@ -120,6 +127,18 @@ impl Settings {
                     DEFAULT_INSTANCE_POLL.limit_seconds,
                 )?,
             },
+            allowed_receivers: AllowList::parse(
+                "AMIFLOW_ALLOWED_RECEIVERS",
+                &var("AMIFLOW_ALLOWED_RECEIVERS").unwrap_or_default(),
+            )?,
+            allowed_copy_targets: parse_accounts(
+                "AMIFLOW_ALLOWED_COPY_TARGETS",
+                &var("AMIFLOW_ALLOWED_COPY_TARGETS").unwrap_or_default(),
+            )?,
+            tag_powers: TagPowers::parse(
+                "AMIFLOW_TAG_SOURCE_ACTIONS",
+                &var("AMIFLOW_TAG_SOURCE_ACTIONS").unwrap_or_default(),
+            )?,
         })
     }
 
@@ -132,6 +151,9 @@ impl Settings {
             access_propagation_seconds: DEFAULT_ACCESS_PROPAGATION_SECONDS,
             image_poll: DEFAULT_IMAGE_POLL,
             instance_poll: DEFAULT_INSTANCE_POLL,
+            allowed_receivers: AllowList::default(),
+            allowed_copy_targets: Vec::new(),
+            tag_powers: TagPowers::default(),
         }
     }
 

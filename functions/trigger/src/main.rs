@@ -12,7 +12,7 @@ async fn main() -> Result<(), Error> {
     let settings = &TriggerSettings::from_vars(|k| std::env::var(k).ok())?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let only = trigger::event_resources(&event.payload);
-        trigger::sweep(&deps.ec2, &deps.sfn, &deps.region, settings, &only).await
+        trigger::sweep(deps, settings, &only).await
     }))
     .await
 }

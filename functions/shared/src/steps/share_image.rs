@@ -9,6 +9,7 @@ use aws_sdk_kms::types::KeyManagerType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::allow;
 use crate::error::{aws, Error, Result};
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
 use crate::settings::Settings;
@@ -528,21 +529,24 @@ pub async fn remove_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<V
     Ok(removed)
 }
 
-pub async fn run(
-    ec2: &aws_sdk_ec2::Client,
-    kms: &aws_sdk_kms::Client,
-    settings: &Settings,
-    region: &str,
-    request: ShareImageRequest,
-) -> Result<ShareImageOutput> {
+pub async fn run(deps: &crate::Deps, request: ShareImageRequest) -> Result<ShareImageOutput> {
+    let (ec2, kms, settings, region) = (&deps.ec2, &deps.kms, &deps.settings, deps.region.as_str());
     Ok(match request {
-        ShareImageRequest::PrepareShare(r) => ShareImageOutput::Plan(Box::new(
-            prepare_share(ec2, kms, settings, region, r).await?,
-        )),
+        ShareImageRequest::PrepareShare(r) => {
+            // The stack owner's list is checked before anything else, whoever started the run.
+            let receivers = ShareInput::parse(&r.input)?.receivers();
+            allow::check_receivers(&deps.organizations, &settings.allowed_receivers, &receivers)
+                .await?;
+            ShareImageOutput::Plan(Box::new(
+                prepare_share(ec2, kms, settings, region, r).await?,
+            ))
+        }
         ShareImageRequest::PrepareUnshare(r) => {
             ShareImageOutput::Plan(Box::new(prepare_unshare(ec2, kms, settings, r).await?))
         }
         ShareImageRequest::PrepareCopy(r) => {
+            let target = CopyInput::parse(&r.input, region)?.target_account_id;
+            allow::check_copy_target(&settings.allowed_copy_targets, &target)?;
             ShareImageOutput::Plan(Box::new(prepare_copy(ec2, kms, settings, region, r).await?))
         }
         ShareImageRequest::Share(r) => ShareImageOutput::Permissions(

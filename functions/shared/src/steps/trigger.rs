@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{aws, Error, Result};
-use crate::input::{is_availability_zone, is_resource_id, MigrateInput};
+use crate::input::{is_availability_zone, is_resource_id, MigrateInput, SourceAction};
 use crate::receivers::{is_kms_key_ref, is_organization_arn, is_ou_arn, ShareInput};
+use crate::settings::Settings;
 
 pub const MIGRATE_TO: &str = "amiflow:migrate-to";
 pub const SOURCE_ACTION: &str = "amiflow:source-action";
@@ -183,6 +184,80 @@ pub fn copy_request(
     });
     crate::receivers::CopyInput::parse(&input, region)
         .map_err(|e| Error::invalid(COPY_TO, e.to_string()))?;
+    Ok(input)
+}
+
+/// What the stack owner lets a tag alone ask for, applied to a parsed request: receivers from
+/// `AllowedReceivers`, copy targets from `AllowedCopyTargets`, source actions from
+/// `TagSourceActions`, and a reboot of the source only where that list says `reboot`. An empty
+/// list admits nothing. `ancestors(ou_arn)` gives the OUs above an OU, where they could be read.
+/// Pure.
+pub fn admit(
+    workflow: Workflow,
+    mut input: Value,
+    settings: &Settings,
+    ancestors: impl Fn(&str) -> Option<Vec<String>>,
+) -> Result<Value> {
+    match workflow {
+        Workflow::MigrateInstance => {
+            let action: SourceAction =
+                serde_json::from_value(input["sourceAction"].clone()).unwrap_or_default();
+            if !settings.tag_powers.allows(action) {
+                let allowed: Vec<String> = settings
+                    .tag_powers
+                    .source_actions
+                    .iter()
+                    .map(|a| json!(a).as_str().unwrap_or_default().to_string())
+                    .collect();
+                return Err(Error::invalid(
+                    SOURCE_ACTION,
+                    format!(
+                        "{} is not among the stack's TagSourceActions ({}); start the run directly",
+                        json!(action).as_str().unwrap_or_default(),
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if !settings.tag_powers.reboot {
+                input["noReboot"] = json!(true);
+            }
+        }
+        Workflow::ShareImage => {
+            let list = &settings.allowed_receivers;
+            if list.is_empty() {
+                return Err(Error::invalid(
+                    SHARE_WITH,
+                    "the stack's AllowedReceivers is empty, so no image is shared by tag",
+                ));
+            }
+            let receivers = ShareInput::parse(&input)?.receivers();
+            let refused = list.refusals(&receivers, ancestors);
+            if !refused.is_empty() {
+                return Err(Error::invalid(
+                    SHARE_WITH,
+                    format!(
+                        "not in the stack's AllowedReceivers: {}",
+                        refused.join(", ")
+                    ),
+                ));
+            }
+        }
+        Workflow::CopyImage => {
+            let list = &settings.allowed_copy_targets;
+            let target = input["targetAccountId"].as_str().unwrap_or_default();
+            if !list.iter().any(|a| a == target) {
+                return Err(Error::invalid(
+                    COPY_TO,
+                    if list.is_empty() {
+                        "the stack's AllowedCopyTargets is empty, so no image is copied by tag"
+                            .to_string()
+                    } else {
+                        format!("{target} is not in the stack's AllowedCopyTargets")
+                    },
+                ));
+            }
+        }
+    }
     Ok(input)
 }
 
@@ -399,18 +474,34 @@ fn request_for(
     }
 }
 
+/// A parsed request, admitted by the stack owner's lists (reading OU ancestry where a list needs it).
+async fn admitted(deps: &crate::Deps, workflow: Workflow, input: Value) -> Result<Value> {
+    let mut traced = HashMap::new();
+    if workflow == Workflow::ShareImage {
+        let share = ShareInput::parse(&input)?;
+        let list = &deps.settings.allowed_receivers;
+        traced = crate::allow::trace(&deps.organizations, list, &share.receivers()).await;
+    }
+    admit(workflow, input, &deps.settings, |arn| {
+        traced.get(arn).cloned().flatten()
+    })
+}
+
 pub async fn sweep(
-    ec2: &aws_sdk_ec2::Client,
-    sfn: &aws_sdk_sfn::Client,
-    region: &str,
+    deps: &crate::Deps,
     settings: &TriggerSettings,
     only: &[String],
 ) -> Result<Vec<Outcome>> {
+    let (ec2, sfn, region) = (&deps.ec2, &deps.sfn, deps.region.as_str());
     let mut outcomes = Vec::new();
     for (id, workflow, tags) in tagged(ec2, only).await? {
         let (values, request) = request_for(workflow, &id, &tags, region, settings);
         let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
         let name = execution_name(workflow, &id, &value_refs);
+        let request = match request {
+            Ok(input) => admitted(deps, workflow, input).await,
+            Err(e) => Err(e),
+        };
         let input = match request {
             Ok(input) => input,
             Err(e) => {
@@ -487,6 +578,82 @@ pub async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn owner_allows(receivers: &str, copy_targets: &str, source_actions: &str) -> Settings {
+        Settings::from_vars(|k| match k {
+            "AMIFLOW_ALLOWED_RECEIVERS" => Some(receivers.to_string()),
+            "AMIFLOW_ALLOWED_COPY_TARGETS" => Some(copy_targets.to_string()),
+            "AMIFLOW_TAG_SOURCE_ACTIONS" => Some(source_actions.to_string()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tag_asks_only_what_the_stack_owner_allows() {
+        let none = owner_allows("", "", "");
+        let share = share_request("ami-0123456789abcdef0", "222222222222").unwrap();
+        let refused = admit(Workflow::ShareImage, share.clone(), &none, |_| None).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("amiflow:share-with: the stack's AllowedReceivers is empty"),
+            "{refused}"
+        );
+        let some = owner_allows("222222222222", "333333333333", "keep,terminate");
+        assert_eq!(
+            admit(Workflow::ShareImage, share, &some, |_| None).unwrap()["accountIds"][0],
+            "222222222222"
+        );
+        let other = share_request("ami-0123456789abcdef0", "222222222222,444444444444").unwrap();
+        let refused = admit(Workflow::ShareImage, other, &some, |_| None).unwrap_err();
+        assert!(
+            refused.to_string().contains("accountIds[1] 444444444444"),
+            "{refused}"
+        );
+
+        let copy = json!({"targetAccountId": "333333333333"});
+        assert!(admit(Workflow::CopyImage, copy.clone(), &none, |_| None).is_err());
+        assert!(admit(Workflow::CopyImage, copy, &some, |_| None).is_ok());
+        let elsewhere = admit(
+            Workflow::CopyImage,
+            json!({"targetAccountId": "555555555555"}),
+            &some,
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            elsewhere
+                .to_string()
+                .starts_with("amiflow:copy-to: 555555555555"),
+            "{elsewhere}"
+        );
+    }
+
+    #[test]
+    fn a_tag_stops_terminates_or_reboots_only_where_the_owner_opted_in() {
+        let stop = migrate_request(
+            "i-0123456789abcdef0",
+            "us-east-1b",
+            Some("stop"),
+            "us-east-1",
+        )
+        .unwrap();
+        let keep = migrate_request("i-0123456789abcdef0", "us-east-1b", None, "us-east-1").unwrap();
+        let default = owner_allows("", "", "");
+        let refused =
+            admit(Workflow::MigrateInstance, stop.clone(), &default, |_| None).unwrap_err();
+        assert_eq!(refused.to_string(), "amiflow:source-action: stop is not among the stack's TagSourceActions (keep); start the run directly");
+        let admitted = admit(Workflow::MigrateInstance, keep.clone(), &default, |_| None).unwrap();
+        assert_eq!(
+            admitted["noReboot"], true,
+            "no reboot unless TagSourceActions says reboot"
+        );
+        let opted = owner_allows("", "", "stop,reboot");
+        let admitted = admit(Workflow::MigrateInstance, stop, &opted, |_| None).unwrap();
+        assert_eq!(admitted.get("noReboot"), None);
+        assert_eq!(admitted["sourceAction"], "stop");
+    }
 
     #[test]
     fn execution_names_are_stable_bounded_and_differ_by_request() {
