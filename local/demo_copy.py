@@ -43,7 +43,7 @@ def main() -> int:
         b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
         print(f"local AWS stack on {stack.endpoint}")
 
-        cmk_a = kms.create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+        cmk_a = kms.create_key(Description="CMK-A", Tags=[{"TagKey": "amiflow:shareable", "TagValue": "true"}])["KeyMetadata"]["Arn"]
         world = seed(ec2, REGION, name="golden")
         volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=10, Encrypted=True, KmsKeyId=cmk_a)["VolumeId"]
         ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdh")

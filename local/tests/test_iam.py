@@ -230,3 +230,15 @@ def test_organizations_list_parents_is_judged_on_the_child(stack):
     elsewhere = make_role(stack, [allow("organizations:ListParents", f"arn:aws:organizations::{A}:ou/{org_id}/ou-zzzz-99999999")])
     message = refused(lambda: client_as(stack, elsewhere, "organizations").list_parents(ChildId=ou["Id"]), "AccessDeniedException")
     assert ou["Arn"] in message
+
+
+def test_a_keys_tags_are_its_resource_tags(stack):
+    kms = stack.client("kms")
+    marked = kms.create_key(Tags=[{"TagKey": "amiflow:shareable", "TagValue": "true"}])["KeyMetadata"]["Arn"]
+    unmarked = kms.create_key()["KeyMetadata"]["Arn"]
+    role = make_role(stack, [allow("kms:DescribeKey", f"arn:aws:kms:us-east-1:{A}:key/*",
+                                   {"StringEquals": {"aws:ResourceTag/amiflow:shareable": "true"}})])
+    as_role = client_as(stack, role, "kms")
+    assert as_role.describe_key(KeyId=marked)["KeyMetadata"]["Arn"] == marked
+    message = refused(lambda: as_role.describe_key(KeyId=unmarked), "AccessDeniedException")
+    assert unmarked in message

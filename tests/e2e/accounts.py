@@ -13,6 +13,8 @@ from workflow import wait_for
 A, B, C, D = "123456789012", "210987654321", "333333333333", "444444444444"
 ORG_ID = "o-amiflow0001"
 APPS_OU = f"arn:aws:organizations::{A}:ou/{ORG_ID}/ou-root-appsaaaa"
+# A key its owner lets amiflow share (grant-kms refuses any other: KeyNotShareable).
+SHAREABLE = [{"TagKey": "amiflow:shareable", "TagValue": "true"}]
 
 
 def encrypted_image(stack, ec2, key: str | None, tags=None) -> str:

@@ -12,7 +12,7 @@ import pytest
 from amiflow_local.seed import seed
 from amiflow_local.server import cargo_target_dir
 
-from accounts import B, encrypted_image
+from accounts import B, SHAREABLE, encrypted_image
 
 CLI = str(cargo_target_dir() / "debug" / "amiflow")
 
@@ -42,7 +42,7 @@ def test_a_failed_run_ends_with_its_error_name_and_a_non_zero_exit(stack, ec2):
 
 
 def test_preflight_reports_the_missing_key_permission_until_grant_kms_has_run(stack, ec2):
-    key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    key = stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
     image_id = encrypted_image(stack, ec2, key)
     before = amiflow(stack, "preflight", "share", "--image-id", image_id, "--account", B, "--output", "json")
     assert before.returncode == 1, before.stdout

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from accounts import A, APPS_OU, B, C, D, ORG_ID, as_account, copy_input, encrypted_image, launch_as
+from accounts import A, APPS_OU, B, C, D, ORG_ID, SHAREABLE, as_account, copy_input, encrypted_image, launch_as
 from workflow import message, run
 
 
@@ -27,7 +27,7 @@ def organization(stack):
 
 @pytest.fixture
 def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_a_shared_encrypted_ami_launches_in_b_only_because_of_the_grant(stack, ec2, sfn, cmk):
@@ -63,8 +63,14 @@ def test_sharing_with_an_ou_goes_through_the_key_policy(stack, ec2, sfn, cmk, or
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     statements = json.loads(stack.client("kms").get_key_policy(KeyId=cmk, PolicyName="default")["Policy"])["Statement"]
     ours = [s for s in statements if s.get("Sid", "").startswith("Amiflow")]
-    assert len(ours) == 1
-    assert ours[0]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"] == [f"{ORG_ID}/*/ou-root-appsaaaa/*"]
+    # The use of the key, and CreateGrant in a statement of its own, only for grants to AWS
+    # resources (EC2's, when B launches).
+    assert len(ours) == 2
+    for statement in ours:
+        assert statement["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"] == [f"{ORG_ID}/*/ou-root-appsaaaa/*"]
+    use, grant = ours
+    assert "kms:CreateGrant" not in use["Action"]
+    assert grant["Action"] == "kms:CreateGrant" and grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
     assert launch_as(stack, B, image_id)["State"]["Name"] == "running"
     with pytest.raises(ClientError):
         as_account(stack, C, "ec2").describe_images(ImageIds=[image_id])

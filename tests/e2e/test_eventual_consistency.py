@@ -10,7 +10,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed
 
-from accounts import B, copy_input, encrypted_image
+from accounts import B, SHAREABLE, copy_input, encrypted_image
 from audits import NOTHING_SHARED, access_left, audit, audit_copy
 from workflow import run
 
@@ -27,7 +27,7 @@ def settle(stack):
 
 @pytest.fixture
 def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_a_migration_succeeds_while_ec2_settles(stack, ec2, sfn, settle):

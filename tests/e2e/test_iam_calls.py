@@ -23,7 +23,7 @@ import yaml
 from amiflow_local.seed import seed
 from amiflow_local.template import _CfnLoader
 
-from accounts import A, APPS_OU, B, ORG_ID, as_account, copy_input, encrypted_image
+from accounts import A, APPS_OU, B, ORG_ID, SHAREABLE, as_account, copy_input, encrypted_image
 from workflow import run, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def succeeds(sfn, machine: str, payload: dict) -> None:
 def test_every_call_of_every_function_is_granted_by_its_role(stack, ec2, sfn, organization):
     deployed = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
     kms = stack.client("kms")
-    cmk = kms.create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    cmk = kms.create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
     b_key = deployed["targetKmsKeyArn"]
     image_id = encrypted_image(stack, ec2, cmk)
     managed_image = encrypted_image(stack, ec2, None)

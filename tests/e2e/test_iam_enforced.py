@@ -13,7 +13,7 @@ import yaml
 from amiflow_local.seed import seed
 from amiflow_local.template import _CfnLoader
 
-from accounts import B, as_account, copy_input, encrypted_image
+from accounts import B, SHAREABLE, as_account, copy_input, encrypted_image
 from audits import NOTHING_SHARED, access_left, audit, audit_copy
 from workflow import instance, run, wait_for
 
@@ -122,11 +122,12 @@ def test_without_its_kms_permissions_the_launch_of_an_encrypted_source_fails_as_
 
 @pytest.fixture
 def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 @pytest.mark.parametrize("sid,action", [("ChangeSharing", "ec2:ModifyImageAttribute"),
-                                        ("ManageOwnKeysGrantsAndPolicies", "kms:DescribeKey")])
+                                        ("ReadOwnKeys", "kms:DescribeKey"),
+                                        ("GrantShareableKeysToAccounts", "kms:CreateGrant")])
 def test_a_share_whose_role_lacks_a_permission_fails_and_gives_nothing_away(stack, ec2, sfn, cmk, deploy, sid, action):
     image_id = encrypted_image(stack, ec2, cmk)
     deploy("template.yaml", sid)

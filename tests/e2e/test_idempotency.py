@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from amiflow_local.seed import seed
 
-from accounts import B, as_account, copy_input, encrypted_image
+from accounts import B, SHAREABLE, as_account, copy_input, encrypted_image
 from workflow import instance, tagged, wait_for
 
 ACCOUNT = "123456789012"
@@ -104,7 +104,7 @@ def test_a_rollback_twice_at_once_removes_everything_once_and_leaves_the_source(
 
 @pytest.fixture
 def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
@@ -149,7 +149,7 @@ def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
     assert tagged(b_ec2, execution) == {"instances": [], "images": [], "snapshots": []}
 
 
-def test_sharing_with_an_organization_twice_at_once_adds_one_key_policy_statement(stack, ec2, cmk):
+def test_sharing_with_an_organization_twice_at_once_adds_its_key_policy_statements_once(stack, ec2, cmk):
     image_id = encrypted_image(stack, ec2, cmk)
     execution = f"idem-{uuid.uuid4().hex[:10]}"
     org = f"arn:aws:organizations::{ACCOUNT}:organization/o-amiflow0001"
@@ -160,7 +160,9 @@ def test_sharing_with_an_organization_twice_at_once_adds_one_key_policy_statemen
             "kmsKeyIds": plan["kmsKeyIds"], "receivers": plan["receivers"]}
     twice_at_once(stack, "grant-kms", {"action": "grant", **keys})
     policy = json.loads(stack.client("kms").get_key_policy(KeyId=cmk, PolicyName="default")["Policy"])
-    assert len([s for s in policy["Statement"] if s.get("Sid", "").startswith("Amiflow")]) == 1
+    # One pair: the use of the key, and CreateGrant for AWS resources in its own statement.
+    sids = [s["Sid"] for s in policy["Statement"] if s.get("Sid", "").startswith("Amiflow")]
+    assert sorted(sid.split("ami")[0] for sid in sids) == ["AmiflowOrgs", "AmiflowOrgsGrant"]
     twice_at_once(stack, "share-image", {"action": "share", "execution": execution, "plan": plan})
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"OrganizationArn": org}]
     twice_at_once(stack, "share-image", {"action": "unshare", "execution": execution, "plan": plan})

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed
 
+from accounts import SHAREABLE
 from workflow import instance, wait_for
 
 
@@ -78,7 +79,7 @@ def test_an_image_tagged_share_with_is_shared_once(stack, ec2, sfn, stack_parame
     from workflow import state_machine_arn
 
     stack_parameters(AllowedReceivers=B)
-    key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    key = stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
     image_id = encrypted_image(stack, ec2, key)
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": "amiflow:share-with", "Value": B}])
 
@@ -102,7 +103,7 @@ def test_an_image_tagged_copy_to_in_the_explicit_form_is_copied(stack, ec2, sfn,
 
     stack_parameters(AllowedCopyTargets=B)
     b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
-    key = stack.client("kms").create_key(Description="CMK-A")["KeyMetadata"]["Arn"]
+    key = stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
     image_id = encrypted_image(stack, ec2, key)
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": "amiflow:copy-to", "Value": f"{B}:arn:aws:iam::{B}:role/amiflow-copy:{b_key}"}])
 

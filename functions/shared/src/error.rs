@@ -70,6 +70,9 @@ pub enum Error {
     /// A KMS key cannot be managed by this account (another account's key, or AWS managed).
     #[error("{0}")]
     KeyNotManageable(String),
+    /// A KMS key behind the image is not marked `amiflow:shareable=true` by its owner.
+    #[error("{0}")]
+    KeyNotShareable(String),
     /// The image has a billing product and cannot be copied to another account.
     #[error("{0}")]
     BillingProductNotCopyable(String),
@@ -115,6 +118,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "EncryptedImageNotPublic",
     "ManagedKeyNeedsReencryption",
     "KeyNotManageable",
+    "KeyNotShareable",
     "BillingProductNotCopyable",
     "RoleNotAssumable",
     "ReceiverNotAllowed",
@@ -154,6 +158,7 @@ impl Error {
             Error::EncryptedImageNotPublic(_) => "EncryptedImageNotPublic",
             Error::ManagedKeyNeedsReencryption(_) => "ManagedKeyNeedsReencryption",
             Error::KeyNotManageable(_) => "KeyNotManageable",
+            Error::KeyNotShareable(_) => "KeyNotShareable",
             Error::BillingProductNotCopyable(_) => "BillingProductNotCopyable",
             Error::RoleNotAssumable(_) => "RoleNotAssumable",
             Error::ReceiverNotAllowed(_) => "ReceiverNotAllowed",
@@ -284,6 +289,7 @@ mod tests {
             Error::EncryptedImageNotPublic(String::new()),
             Error::ManagedKeyNeedsReencryption(String::new()),
             Error::KeyNotManageable(String::new()),
+            Error::KeyNotShareable(String::new()),
             Error::BillingProductNotCopyable(String::new()),
             Error::RoleNotAssumable(String::new()),
             Error::ReceiverNotAllowed(String::new()),

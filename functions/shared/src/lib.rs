@@ -2,11 +2,13 @@
 //! under `functions/` are thin mains over it.
 
 pub mod allow;
+pub mod arn;
 pub mod capture;
 pub mod deps;
 pub mod error;
 pub mod input;
 pub mod lambda;
+pub mod ownership;
 pub mod preflight;
 pub mod receivers;
 pub mod settings;

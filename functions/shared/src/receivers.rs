@@ -115,29 +115,26 @@ fn lower_alnum(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-/// `arn:aws:organizations::<12 digits>:organization/o-<10 to 32 lowercase letters or digits>`
-pub fn is_organization_arn(arn: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:aws:organizations::") else {
-        return false;
-    };
-    let Some((account, resource)) = rest.split_once(':') else {
-        return false;
-    };
-    let Some(org) = resource.strip_prefix("organization/o-") else {
-        return false;
-    };
-    account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && (10..=32).contains(&org.len())
-        && lower_alnum(org)
+/// `arn:<partition>:organizations::<12 digits>:<resource>`: the resource, if `arn` is one.
+fn organizations_resource(arn: &str) -> Option<&str> {
+    let parsed = crate::arn::parse(arn)?;
+    (parsed.service == "organizations"
+        && parsed.region.is_empty()
+        && parsed.account.len() == 12
+        && parsed.account.bytes().all(|b| b.is_ascii_digit()))
+    .then_some(parsed.resource)
 }
 
-/// `arn:aws:organizations::<12 digits>:ou/o-<id>/ou-<root part>-<ou part>`
+/// `arn:<partition>:organizations::<12 digits>:organization/o-<10 to 32 lowercase letters or digits>`
+pub fn is_organization_arn(arn: &str) -> bool {
+    organizations_resource(arn)
+        .and_then(|r| r.strip_prefix("organization/o-"))
+        .is_some_and(|org| (10..=32).contains(&org.len()) && lower_alnum(org))
+}
+
+/// `arn:<partition>:organizations::<12 digits>:ou/o-<id>/ou-<root part>-<ou part>`
 pub fn is_ou_arn(arn: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:aws:organizations::") else {
-        return false;
-    };
-    let Some((account, resource)) = rest.split_once(':') else {
+    let Some(resource) = organizations_resource(arn) else {
         return false;
     };
     let mut parts = resource.split('/');
@@ -153,7 +150,7 @@ pub fn is_ou_arn(arn: &str) -> bool {
         let mut halves = o.splitn(2, '-');
         matches!((halves.next(), halves.next()), (Some(a), Some(b)) if (4..=32).contains(&a.len()) && (8..=32).contains(&b.len()) && lower_alnum(a) && lower_alnum(b))
     });
-    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && org_ok && ou_ok
+    org_ok && ou_ok
 }
 
 /// A KMS key reference: key id, key ARN, alias name or alias ARN.
@@ -164,9 +161,10 @@ pub fn is_kms_key_ref(key: &str) -> bool {
         || key
             .strip_prefix("mrk-")
             .is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
-        || (key.starts_with("arn:aws")
-            && (key.contains(":key/") || key.contains(":alias/"))
-            && key.split(':').count() == 6)
+        || crate::arn::parse(key).is_some_and(|a| {
+            a.service == "kms"
+                && (a.resource.starts_with("key/") || a.resource.starts_with("alias/"))
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T> {
@@ -342,12 +340,14 @@ impl CopyInput {
                 format!("{account:?} is not a 12-digit AWS account id"),
             ));
         }
-        let role_account = input
-            .target_role_arn
-            .strip_prefix("arn:aws:iam::")
-            .and_then(|rest| rest.split_once(":role/"))
-            .filter(|(acct, name)| acct.len() == 12 && !name.is_empty())
-            .map(|(acct, _)| acct);
+        let role_account = crate::arn::parse(&input.target_role_arn)
+            .filter(|a| a.service == "iam" && a.account.len() == 12)
+            .filter(|a| {
+                a.resource
+                    .strip_prefix("role/")
+                    .is_some_and(|n| !n.is_empty())
+            })
+            .map(|a| a.account);
         match role_account {
             None => {
                 return Err(Error::invalid(
@@ -378,10 +378,9 @@ impl CopyInput {
                 ),
             ));
         }
-        if let Some(key_account) = input
-            .target_kms_key_id
-            .strip_prefix("arn:aws:kms:")
-            .and_then(|r| r.split(':').nth(1))
+        if let Some(key_account) = crate::arn::parse(&input.target_kms_key_id)
+            .filter(|a| a.service == "kms")
+            .map(|a| a.account)
         {
             if key_account != account {
                 return Err(Error::invalid("targetKmsKeyId", format!("the key is in {key_account}; the copy must be encrypted with a key of {account}")));
@@ -548,5 +547,26 @@ mod tests {
             is_kms_key_ref("alias/ops") && is_kms_key_ref("11111111-2222-3333-4444-555555555555")
         );
         assert!(!is_kms_key_ref("ops"));
+        // Every partition, not only aws.
+        assert!(is_organization_arn(
+            &ORG.replace("arn:aws:", "arn:aws-us-gov:")
+        ));
+        assert!(is_ou_arn(&OU.replace("arn:aws:", "arn:aws-cn:")));
+        assert!(is_kms_key_ref(
+            "arn:aws-cn:kms:cn-north-1:123456789012:key/k1"
+        ));
+        assert!(!is_organization_arn(
+            "arn:aws:organizations::12345:organization/o-abcdef1234"
+        ));
+        let copy = CopyInput::parse(
+            &json!({
+                "sourceImageId": "ami-0123456789abcdef0", "sourceRegion": "cn-north-1", "targetAccountId": "210987654321",
+                "targetRoleArn": "arn:aws-cn:iam::210987654321:role/amiflow-copy", "externalId": "ext",
+                "targetKmsKeyId": "arn:aws-cn:kms:cn-north-1:210987654321:key/11111111-2222-3333-4444-555555555555",
+                "name": "copy"
+            }),
+            "cn-north-1",
+        );
+        assert!(copy.is_ok(), "{copy:?}");
     }
 }

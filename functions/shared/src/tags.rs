@@ -9,6 +9,8 @@ pub const SOURCE_INSTANCE: &str = "amiflow:source-instance";
 
 /// On a source whose `sourceAction` is stop or terminate: the instance that replaced it.
 pub const MIGRATED_TO: &str = "amiflow:migrated-to";
+/// On a KMS key, set by its owner: amiflow may grant it to receivers and edit its policy.
+pub const SHAREABLE: &str = "amiflow:shareable";
 /// On an image a rollback kept because the source was terminated during the run: why.
 pub const KEPT: &str = "amiflow:kept";
 
@@ -46,7 +48,6 @@ pub fn spec(
         .build()
 }
 
-/// The Describe* filter for what one execution made.
 /// Puts one tag on one resource (the source's stamp, a kept image's reason, a trigger's status).
 pub async fn put(
     ec2: &aws_sdk_ec2::Client,
@@ -68,6 +69,7 @@ pub async fn put(
     Ok(())
 }
 
+/// The Describe* filter for what one execution made.
 pub fn execution_filter(execution: &str) -> aws_sdk_ec2::types::Filter {
     aws_sdk_ec2::types::Filter::builder()
         .name(format!("tag:{EXECUTION}"))

@@ -291,6 +291,9 @@ def kms_checks(action: str, params: dict[str, Any], principal: Principal, region
     if key is None:
         return []  # moto answers NotFoundException, as KMS does for a key no one has
     context: dict[str, Any] = {"kms:CallerAccount": principal.account}
+    # ABAC for KMS: a key's tags are aws:ResourceTag/<key> on the calls that name it
+    # (https://docs.aws.amazon.com/kms/latest/developerguide/abac.html).
+    context.update(resource_tag_context(kms.key_tags(key), service="kms"))
     if action == "CreateGrant":
         context.update({
             "kms:GrantOperations": list(params.get("Operations") or []),

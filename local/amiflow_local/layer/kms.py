@@ -59,6 +59,13 @@ def locate(key_ref: str, caller: str, region: str) -> Any | None:
     return backend.keys.get(key_id)
 
 
+def key_tags(key: Any) -> dict[str, str]:
+    """A key's tags (TagResource, or Tags at CreateKey)."""
+    backend = kms_backends[key.account_id][key.region]
+    listed = backend.list_resource_tags(key.id).get("Tags", [])
+    return {t["TagKey"]: t["TagValue"] for t in listed}
+
+
 def default_ebs_key(account: str, region: str) -> str:
     """The account's AWS managed key for EBS (alias aws/ebs), created on first use as on AWS."""
     from moto.ec2.models import ec2_backends

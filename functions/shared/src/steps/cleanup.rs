@@ -6,7 +6,8 @@
 //!
 //! `rollback` runs after any failure: it removes what this execution made — found by its
 //! `amiflow:execution` tag, not only by the ids the state holds — moves the Elastic IP back, and
-//! never stops or terminates the source.
+//! never stops or terminates the source. What it finds by tag it removes only if it proves the
+//! run made it (`ownership`): anyone who may tag can put the tag on something else.
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, EbsInstanceBlockDeviceSpecification,
@@ -18,8 +19,9 @@ use serde_json::Value;
 use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
-use crate::steps::create_image::CreateImageOutput;
-use crate::steps::launch::InstanceProgress;
+use crate::ownership;
+use crate::steps::create_image::{image_name, CreateImageOutput};
+use crate::steps::launch::{client_token, InstanceProgress};
 use crate::steps::lock::RunLock;
 use crate::tags;
 
@@ -68,6 +70,9 @@ pub struct Leftover {
 #[serde(rename_all = "camelCase")]
 pub struct RollbackRequest {
     pub execution: String,
+    /// When the execution started (`$$.Execution.StartTime`): nothing launched before is the run's.
+    #[serde(default)]
+    pub started_at: Option<String>,
     /// The run's whole state at the failure: whatever steps got as far as recording.
     pub state: RunState,
 }
@@ -158,6 +163,9 @@ pub struct RollbackOutput {
     /// may be the only copy of its data. Each carries the `amiflow:kept` tag saying why.
     #[serde(default)]
     pub kept_image_ids: Vec<String>,
+    /// Resources that carry this execution's tag but that the run did not make: left unchanged.
+    #[serde(default)]
+    pub left_alone_ids: Vec<String>,
 }
 
 /// The delete-on-termination changes that restore the source's settings. Pure.
@@ -564,6 +572,15 @@ pub async fn rollback(
     let state = &request.state;
     let source_id = request.source_id();
     let mut out = RollbackOutput::default();
+    let started_at = ownership::parse_start(request.started_at.as_deref());
+    let token = client_token(execution, "launch");
+    let run_image_id = state.image.as_ref().map(|i| i.image_id.as_str());
+    // The image's name is the run's even before create-image could record the image.
+    let run_image_name = state
+        .image
+        .as_ref()
+        .map(|i| i.image_name.clone())
+        .or_else(|| source_id.as_deref().map(|s| image_name(s, execution)));
     // Only a source that existed when the run captured it can have been lost since.
     let source_lost = match (&state.image, &source_id) {
         (Some(_), Some(id)) => source_gone(&source_state_now(ec2, id).await?),
@@ -586,6 +603,18 @@ pub async fn rollback(
                 instance_id = id,
                 "the source carries this execution's tag; it is left alone"
             );
+            continue;
+        }
+        let launched_by_run = run_image_id.is_some_and(|image_id| {
+            ownership::is_runs_instance(instance, &token, image_id, started_at.as_ref())
+        });
+        if !launched_by_run {
+            tracing::warn!(
+                instance_id = id,
+                execution,
+                "carries this execution's tag but the run did not launch it; left alone"
+            );
+            out.left_alone_ids.push(id.to_string());
             continue;
         }
         if let (Some(image), false) = (&state.image, source_lost) {
@@ -611,11 +640,26 @@ pub async fn rollback(
         .send()
         .await
         .map_err(aws("DescribeImages"))?;
-    let mut image_ids: Vec<String> = images
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id().map(str::to_string))
-        .collect();
+    let mut image_ids: Vec<String> = Vec::new();
+    for image in images.images() {
+        let Some(id) = image.image_id() else {
+            continue;
+        };
+        let made_by_run = Some(id) == run_image_id
+            || run_image_name
+                .as_deref()
+                .is_some_and(|name| ownership::is_runs_image(image, name, source_id.as_deref()));
+        if made_by_run {
+            image_ids.push(id.to_string());
+        } else {
+            tracing::warn!(
+                image_id = id,
+                execution,
+                "carries this execution's tag but the run did not make it; left alone"
+            );
+            out.left_alone_ids.push(id.to_string());
+        }
+    }
     if let Some(image) = &state.image {
         if !image_ids.contains(&image.image_id) {
             image_ids.push(image.image_id.clone());
@@ -651,10 +695,20 @@ pub async fn rollback(
         let Some(id) = snapshot.snapshot_id() else {
             continue;
         };
-        if !out.deleted_snapshot_ids.iter().any(|s| s == id) {
-            delete_snapshot(ec2, id).await?;
-            out.deleted_snapshot_ids.push(id.to_string());
+        if out.deleted_snapshot_ids.iter().any(|s| s == id) {
+            continue;
         }
+        if !ownership::is_snapshot_of(snapshot, &out.deregistered_image_ids) {
+            tracing::warn!(
+                snapshot_id = id,
+                execution,
+                "carries this execution's tag but is no snapshot of the run's image; left alone"
+            );
+            out.left_alone_ids.push(id.to_string());
+            continue;
+        }
+        delete_snapshot(ec2, id).await?;
+        out.deleted_snapshot_ids.push(id.to_string());
     }
     tracing::info!(execution, removed = ?out, "rollback done");
     Ok(out)
@@ -920,9 +974,18 @@ mod mocked {
         assert_eq!(c.terminate.num_calls(), 0);
     }
 
+    /// The instance run-1 launched: from its image, with its ClientToken.
+    fn launched_by_run(id: &str, state: InstanceStateName) -> aws_sdk_ec2::types::Instance {
+        let mut instance = instance_in(id, state);
+        instance.client_token = Some(client_token("run-1", "launch"));
+        instance.image_id = Some("ami-0123456789abcdef0".into());
+        instance
+    }
+
     fn rollback_request(with_image: bool) -> RollbackRequest {
         RollbackRequest {
             execution: "run-1".into(),
+            started_at: None,
             state: RunState {
                 input: json!({"instanceId": "i-0123456789abcdef0"}),
                 image: with_image.then(sample_image),
@@ -933,14 +996,18 @@ mod mocked {
     #[tokio::test]
     async fn rollback_removes_the_runs_resources_and_never_the_source() {
         let describe = mock!(Client::describe_instances).then_output(|| {
-            let mut new = instance_in("i-0new", InstanceStateName::Running);
+            let mut new = launched_by_run("i-0new", InstanceStateName::Running);
             new.block_device_mappings = Some(vec![
                 aws_sdk_ec2::types::InstanceBlockDeviceMapping::builder()
                     .device_name("/dev/sdf")
                     .build(),
             ]);
+            // Someone tagged an instance of theirs with the run's execution: not the run's.
+            let mut victim = instance_in("i-0victim", InstanceStateName::Running);
+            victim.image_id = Some("ami-0123456789abcdef0".into());
             reservation(vec![
                 new,
+                victim,
                 instance_in("i-0123456789abcdef0", InstanceStateName::Running),
             ])
         });
@@ -964,10 +1031,31 @@ mod mocked {
             .match_requests(|req| req.instance_ids() == ["i-0new"])
             .then_output(|| TerminateInstancesOutput::builder().build());
         let c = calls();
-        let snapshots = mock!(Client::describe_snapshots).then_output(|| {
+        let snapshots = mock!(Client::describe_snapshots).then_compute_output(|req| {
+            let by_description = req
+                .filters()
+                .iter()
+                .any(|f| f.name() == Some("description"));
+            if by_description {
+                // EC2 answers the image's own snapshots for "*ami-…*".
+                return DescribeSnapshotsOutput::builder().build();
+            }
             DescribeSnapshotsOutput::builder()
                 .snapshots(Snapshot::builder().snapshot_id("snap-root").build())
-                .snapshots(Snapshot::builder().snapshot_id("snap-orphan").build())
+                .snapshots(
+                    Snapshot::builder()
+                        .snapshot_id("snap-orphan")
+                        .description(
+                            "Created by CreateImage(i-0123456789abcdef0) for ami-0123456789abcdef0",
+                        )
+                        .build(),
+                )
+                .snapshots(
+                    Snapshot::builder()
+                        .snapshot_id("snap-victim")
+                        .description("nightly backup")
+                        .build(),
+                )
                 .build()
         });
         let ec2 = mock_client!(
@@ -997,15 +1085,17 @@ mod mocked {
             ["snap-root", "snap-data", "snap-orphan"]
         );
         assert_eq!(terminate.num_calls(), 1);
-        // delete-on-termination for every volume, then termination protection off.
+        // delete-on-termination for every volume, then termination protection off: on the
+        // run's instance only (the rule matches i-0new alone).
         assert_eq!(modify.num_calls(), 2);
+        assert_eq!(out.left_alone_ids, ["i-0victim", "snap-victim"]);
     }
 
     #[tokio::test]
     async fn a_source_terminated_by_someone_else_keeps_the_image_and_says_why() {
         let describe = mock!(Client::describe_instances).then_output(|| {
             reservation(vec![
-                instance_in("i-0new", InstanceStateName::Running),
+                launched_by_run("i-0new", InstanceStateName::Running),
                 instance_in("i-0123456789abcdef0", InstanceStateName::Terminated),
             ])
         });
@@ -1061,7 +1151,9 @@ mod mocked {
     async fn rollback_refused_while(now: InstanceStateName) -> (Result<RollbackOutput>, usize) {
         let listed = mock!(Client::describe_instances)
             .match_requests(|r| !r.filters().is_empty())
-            .then_output(|| reservation(vec![instance_in("i-0new", InstanceStateName::Running)]));
+            .then_output(|| {
+                reservation(vec![launched_by_run("i-0new", InstanceStateName::Running)])
+            });
         let again = mock!(Client::describe_instances)
             .match_requests(|r| r.instance_ids() == ["i-0new"])
             .then_output(move || reservation(vec![instance_in("i-0new", now.clone())]));

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{aws, Error, Result};
+use crate::ownership;
 use crate::receivers::CopyInput;
 use crate::steps::cleanup::remove_image;
 use crate::steps::launch::client_token;
@@ -37,6 +38,9 @@ pub struct TagRequest {
 #[serde(rename_all = "camelCase")]
 pub struct RemoveRequest {
     pub execution: String,
+    /// When the execution started (`$$.Execution.StartTime`): no image made before is the run's.
+    #[serde(default)]
+    pub started_at: Option<String>,
     pub input: Value,
 }
 
@@ -97,14 +101,19 @@ pub fn role_error(input: &CopyInput) -> impl Fn(Error) -> Error + '_ {
     }
 }
 
-/// The tags the copy gets: the source's own (when asked) and amiflow's. Pure.
-pub fn copy_tags(input: &CopyInput, plan: &SharePlan, execution: &str) -> Vec<Tag> {
-    let own = [
+/// amiflow's tags on the copy and its snapshots, given when CopyImage creates them. Pure.
+pub fn own_tags(plan: &SharePlan, execution: &str) -> [Tag; 2] {
+    [
         Tag::new(tags::EXECUTION, execution),
         Tag::new(SOURCE_IMAGE, &plan.image_id),
-    ];
+    ]
+}
+
+/// The source's tags the copy gets afterwards (when asked): never an `amiflow:` key, which the
+/// target role may set only within CopyImage. Pure.
+pub fn copy_tags(input: &CopyInput, plan: &SharePlan) -> Vec<Tag> {
     let source: &[Tag] = if input.copy_tags { &plan.tags } else { &[] };
-    tags::carried_with(source, &own)
+    tags::carried_with(source, &[])
 }
 
 pub async fn copy(
@@ -113,10 +122,7 @@ pub async fn copy(
     request: &CopyRequest,
 ) -> Result<CopyOutput> {
     let execution = request.execution.as_str();
-    let own = [
-        Tag::new(tags::EXECUTION, execution),
-        Tag::new(SOURCE_IMAGE, &request.plan.image_id),
-    ];
+    let own = own_tags(&request.plan, execution);
     let copied = target
         .copy_image()
         .source_image_id(&request.plan.image_id)
@@ -178,15 +184,17 @@ pub async fn tag(
         .iter()
         .find_map(|m| m.ebs()?.kms_key_id().map(str::to_string))
         .unwrap_or_else(|| request.copy.kms_key_id.clone());
-    let tags = copy_tags(input, &request.plan, &request.execution);
-    target
-        .create_tags()
-        .set_resources(Some(resources))
-        .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
-        .send()
-        .await
-        .map_err(aws("CreateTags"))
-        .map_err(role_error(input))?;
+    let tags = copy_tags(input, &request.plan);
+    if !tags.is_empty() {
+        target
+            .create_tags()
+            .set_resources(Some(resources))
+            .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
+            .send()
+            .await
+            .map_err(aws("CreateTags"))
+            .map_err(role_error(input))?;
+    }
     Ok(CopyOutput {
         kms_key_id: key,
         ..request.copy.clone()
@@ -194,11 +202,15 @@ pub async fn tag(
 }
 
 /// Rollback in the target account: every image this execution made there, and its snapshots.
+/// An image carrying the run's tag is the run's only if it has the copy's name and was made after
+/// the run started (`ownership`); anything else is left alone.
 pub async fn remove(
     target: &aws_sdk_ec2::Client,
     input: &CopyInput,
     execution: &str,
+    started_at: Option<&str>,
 ) -> Result<Vec<String>> {
+    let started_at = ownership::parse_start(started_at);
     let found = target
         .describe_images()
         .owners("self")
@@ -209,10 +221,17 @@ pub async fn remove(
         .map_err(role_error(input))?;
     let mut removed = Vec::new();
     for image in found.images() {
-        if let Some(id) = image.image_id() {
-            remove_image(target, id).await?;
-            removed.push(id.to_string());
+        let Some(id) = image.image_id() else { continue };
+        if !ownership::is_runs_copy(image, |name| name == input.name, started_at.as_ref()) {
+            tracing::warn!(
+                image_id = id,
+                execution,
+                "carries this execution's tag but the run did not make it; left alone"
+            );
+            continue;
         }
+        remove_image(target, id).await?;
+        removed.push(id.to_string());
     }
     Ok(removed)
 }
@@ -255,16 +274,15 @@ mod tests {
 
     #[test]
     fn the_copy_carries_the_source_tags_only_when_asked() {
-        let with = copy_tags(&input(true), &plan(), "run-1");
+        assert_eq!(copy_tags(&input(true), &plan()), [Tag::new("app", "web")]);
+        assert!(copy_tags(&input(false), &plan()).is_empty());
         assert_eq!(
-            with,
+            own_tags(&plan(), "run-1"),
             [
-                Tag::new("app", "web"),
                 Tag::new(tags::EXECUTION, "run-1"),
                 Tag::new(SOURCE_IMAGE, "ami-0123456789abcdef0")
             ]
         );
-        assert_eq!(copy_tags(&input(false), &plan(), "run-1").len(), 2);
     }
 
     #[test]
@@ -306,7 +324,8 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
         CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, &input, r).await?),
         CopyImageRequest::Tag(r) => CopyImageOutput::Copy(tag(&target, &input, r).await?),
         CopyImageRequest::Remove(r) => CopyImageOutput::Removed {
-            removed_image_ids: remove(&target, &input, &r.execution).await?,
+            removed_image_ids: remove(&target, &input, &r.execution, r.started_at.as_deref())
+                .await?,
         },
     })
 }
@@ -421,7 +440,12 @@ mod mocked {
                     &[("/dev/xvda", "snap-t1")],
                 )])
             } else {
-                images(vec![image("ami-0target", ImageState::Pending, &[])])
+                // The run's copy, and an image of the target account someone gave the run's tag.
+                let mut copy = image("ami-0target", ImageState::Pending, &[]);
+                copy.name = Some("web copy".into());
+                let mut victim = image("ami-0victim", ImageState::Available, &[]);
+                victim.name = Some("golden".into());
+                images(vec![copy, victim])
             }
         });
         let deregister = mock!(Client::deregister_image)
@@ -438,7 +462,7 @@ mod mocked {
         );
         let parsed = CopyInput::parse(&input(), "us-east-1").unwrap();
         assert_eq!(
-            remove(&ec2, &parsed, "run-1").await.unwrap(),
+            remove(&ec2, &parsed, "run-1", None).await.unwrap(),
             ["ami-0target"]
         );
         assert_eq!([deregister.num_calls(), delete.num_calls()], [1, 1]);

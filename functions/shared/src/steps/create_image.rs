@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::capture::{self, Attributes, Capture};
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
+use crate::ownership;
 use crate::settings::Settings;
 use crate::steps::lock::{Claimant, RunLock};
 use crate::tags::{self, Tag};
@@ -142,8 +143,14 @@ pub fn image_name(instance_id: &str, execution: &str) -> String {
         .collect()
 }
 
-/// The image this execution already made, if an earlier attempt made one.
-pub async fn find_own_image(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<String>> {
+/// The image an earlier attempt of this execution made, if any: tagged with the execution, and
+/// proved the run's by its name and source instance (a tag alone proves nothing).
+pub async fn find_own_image(
+    ec2: &aws_sdk_ec2::Client,
+    execution: &str,
+    name: &str,
+    source_instance_id: &str,
+) -> Result<Option<String>> {
     let images = ec2
         .describe_images()
         .owners("self")
@@ -155,6 +162,7 @@ pub async fn find_own_image(ec2: &aws_sdk_ec2::Client, execution: &str) -> Resul
         .images()
         .iter()
         .filter(|i| i.state().is_none_or(|s| s.as_str() != "deregistered"))
+        .filter(|i| ownership::is_runs_image(i, name, Some(source_instance_id)))
         .find_map(|i| i.image_id().map(str::to_string)))
 }
 
@@ -407,7 +415,7 @@ pub async fn run(
     };
     lock.acquire(&input.instance_id, &claimant).await?;
 
-    if let Some(existing) = find_own_image(ec2, execution).await? {
+    if let Some(existing) = find_own_image(ec2, execution, &image_name, &input.instance_id).await? {
         tracing::info!(image_id = %existing, execution, "image of this execution exists already");
         return Ok(output(existing, false));
     }
@@ -434,7 +442,9 @@ pub async fn run(
         // The name comes from the execution, and AMI names are unique: an attempt running at
         // the same moment made the image first. Answer that one.
         Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => {
-            if let Some(existing) = find_own_image(ec2, execution).await? {
+            if let Some(existing) =
+                find_own_image(ec2, execution, &image_name, &input.instance_id).await?
+            {
                 tracing::info!(image_id = %existing, execution, "a concurrent attempt made the image");
                 return Ok(output(existing, false));
             }
@@ -693,7 +703,20 @@ mod mocked {
             mock!(Client::describe_images).then_output(move || {
                 images(
                     existing
-                        .map(|id| vec![Image::builder().image_id(id).build()])
+                        .map(|id| {
+                            vec![
+                                // Someone gave an image of theirs this execution's tag: not the run's.
+                                Image::builder()
+                                    .image_id("ami-0victim")
+                                    .name("golden")
+                                    .build(),
+                                Image::builder()
+                                    .image_id(id)
+                                    .name(image_name("i-0123456789abcdef0", "run-1"))
+                                    .source_instance_id("i-0123456789abcdef0")
+                                    .build(),
+                            ]
+                        })
                         .unwrap_or_default(),
                 )
             }),

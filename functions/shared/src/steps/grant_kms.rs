@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::{aws, Error, Result};
 use crate::receivers::Receivers;
+use crate::tags;
 
 /// What EC2 needs of a key, on a receiver's behalf, to launch from and copy the image: the
 /// actions the EBS encryption guide requires of whoever uses EBS encryption (CreateGrant, Decrypt,
@@ -76,26 +77,42 @@ fn sid(kind: &str, image_id: &str) -> String {
     format!("Amiflow{kind}{suffix}")
 }
 
-/// The key-policy statements that let an image's organization and OU receivers use a key.
+/// The key-policy statements that let an image's organization and OU receivers use a key: the
+/// use of the key in one statement, and CreateGrant in another, only for grants to AWS resources
+/// (`kms:GrantIsForAWSResource`), which is what EC2 makes when it launches or copies for them.
 pub fn org_statements(image_id: &str, receivers: &Receivers) -> Vec<Value> {
     let actions: Vec<String> = GRANT_OPERATIONS
         .iter()
+        .filter(|o| **o != "CreateGrant")
         .map(|o| format!("kms:{o}"))
         .collect();
+    let for_aws_resources = json!({"kms:GrantIsForAWSResource": "true"});
     let mut out = Vec::new();
+    let mut pair = |kind: &str, condition: Value| {
+        out.push(json!({
+            "Sid": sid(kind, image_id), "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*",
+            "Condition": condition.clone()
+        }));
+        let mut grant_condition = condition;
+        grant_condition["Bool"] = for_aws_resources.clone();
+        out.push(json!({
+            "Sid": sid(&format!("{kind}Grant"), image_id), "Effect": "Allow", "Principal": {"AWS": "*"},
+            "Action": "kms:CreateGrant", "Resource": "*", "Condition": grant_condition
+        }));
+    };
     let orgs = receivers.organization_ids();
     if !orgs.is_empty() {
-        out.push(json!({
-            "Sid": sid("Orgs", image_id), "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*",
-            "Condition": {"StringEquals": {"aws:PrincipalOrgID": orgs}}
-        }));
+        pair(
+            "Orgs",
+            json!({"StringEquals": {"aws:PrincipalOrgID": orgs}}),
+        );
     }
     let paths = receivers.ou_paths();
     if !paths.is_empty() {
-        out.push(json!({
-            "Sid": sid("Ous", image_id), "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*",
-            "Condition": {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": paths}}
-        }));
+        pair(
+            "Ous",
+            json!({"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": paths}}),
+        );
     }
     out
 }
@@ -190,7 +207,8 @@ fn condition_values(statement: &Value, op: &str, key: &str) -> Vec<Value> {
     }
 }
 
-/// The key's ARN, refusing keys this account cannot share.
+/// The key's ARN, refusing keys this account cannot share: AWS managed keys, another account's,
+/// and keys the stack owner has not marked shareable.
 async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Result<String> {
     let described = kms
         .describe_key()
@@ -212,7 +230,33 @@ async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Res
             meta.aws_account_id().unwrap_or("another account")
         )));
     }
-    Ok(meta.arn().unwrap_or(key_id).to_string())
+    let arn = meta.arn().unwrap_or(key_id).to_string();
+    require_shareable(kms, &arn).await?;
+    Ok(arn)
+}
+
+/// Refuses a key (by id or ARN) its owner has not marked for sharing: `KeyNotShareable`.
+pub async fn require_shareable(kms: &aws_sdk_kms::Client, key: &str) -> Result<()> {
+    let listed = kms
+        .list_resource_tags()
+        .key_id(key)
+        .send()
+        .await
+        .map_err(aws("ListResourceTags"))?;
+    if marked_shareable(listed.tags()) {
+        return Ok(());
+    }
+    Err(Error::KeyNotShareable(format!(
+        "{key} is not marked for sharing: the key's owner tags it {}=true to let amiflow grant it to receivers and edit its policy",
+        tags::SHAREABLE
+    )))
+}
+
+/// Whether the stack owner marked a key for sharing with the tag `amiflow:shareable=true`. Pure.
+pub fn marked_shareable(key_tags: &[aws_sdk_kms::types::Tag]) -> bool {
+    key_tags
+        .iter()
+        .any(|t| t.tag_key() == tags::SHAREABLE && t.tag_value() == "true")
 }
 
 async fn existing_grants(kms: &aws_sdk_kms::Client, key: &str) -> Result<Vec<(String, String)>> {
@@ -265,9 +309,13 @@ async fn put_policy(kms: &aws_sdk_kms::Client, key: &str, policy: String) -> Res
 
 pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<Vec<KeyAccess>> {
     let receivers = &request.receivers;
-    let mut out = Vec::new();
+    // Every key is checked before any is changed.
+    let mut keys = Vec::new();
     for key_id in &request.kms_key_ids {
-        let key = manageable(kms, key_id, &request.owner_account).await?;
+        keys.push(manageable(kms, key_id, &request.owner_account).await?);
+    }
+    let mut out = Vec::new();
+    for key in keys {
         let existing = existing_grants(kms, &key).await?;
         let mut grants = Vec::new();
         for account in &receivers.account_ids {
@@ -277,7 +325,7 @@ pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<V
                 None => kms
                     .create_grant()
                     .key_id(&key)
-                    .grantee_principal(format!("arn:aws:iam::{account}:root"))
+                    .grantee_principal(crate::arn::account_root(account, &key))
                     .set_operations(Some(
                         GRANT_OPERATIONS
                             .iter()
@@ -396,19 +444,35 @@ mod tests {
         let merged: Value =
             serde_json::from_str(&merge_policy(POLICY, "ami-0abc", &receivers()).unwrap()).unwrap();
         let statements = merged["Statement"].as_array().unwrap();
-        assert_eq!(statements.len(), 3);
+        assert_eq!(statements.len(), 5);
         assert_eq!(statements[0]["Sid"], "Enable IAM User Permissions");
         assert_eq!(
             statements[1]["Condition"]["StringEquals"]["aws:PrincipalOrgID"],
             json!(["o-abcdef1234"])
         );
         assert_eq!(
-            statements[2]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"],
+            statements[3]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"],
             json!(["o-abcdef1234/*/ou-ab12-cdef5678/*"])
         );
+        // The use of the key, without CreateGrant ...
+        let actions = statements[1]["Action"].as_array().unwrap();
+        assert_eq!(actions.len(), GRANT_OPERATIONS.len() - 1);
+        assert!(!actions.contains(&json!("kms:CreateGrant")));
+        // ... which has its own statement, only for grants to AWS resources (EC2's).
+        for grant in [&statements[2], &statements[4]] {
+            assert_eq!(grant["Action"], "kms:CreateGrant");
+            assert_eq!(
+                grant["Condition"]["Bool"]["kms:GrantIsForAWSResource"],
+                "true"
+            );
+        }
         assert_eq!(
-            statements[1]["Action"].as_array().unwrap().len(),
-            GRANT_OPERATIONS.len()
+            statements[2]["Condition"]["StringEquals"]["aws:PrincipalOrgID"],
+            json!(["o-abcdef1234"])
+        );
+        assert_eq!(
+            statements[4]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"],
+            json!(["o-abcdef1234/*/ou-ab12-cdef5678/*"])
         );
     }
 
@@ -421,14 +485,17 @@ mod tests {
             .push("arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-99998888".into());
         let twice: Value =
             serde_json::from_str(&merge_policy(&once, "ami-0abc", &more).unwrap()).unwrap();
-        assert_eq!(
-            twice["Statement"][2]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(twice["Statement"].as_array().unwrap().len(), 3);
+        for ous in [3, 4] {
+            assert_eq!(
+                twice["Statement"][ous]["Condition"]["ForAnyValue:StringLike"]
+                    ["aws:PrincipalOrgPaths"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+        }
+        assert_eq!(twice["Statement"].as_array().unwrap().len(), 5);
     }
 
     #[test]
@@ -439,7 +506,15 @@ mod tests {
             serde_json::from_str::<Value>(&stripped).unwrap(),
             serde_json::from_str::<Value>(POLICY).unwrap()
         );
-        assert_eq!(removed, ["AmiflowOrgsami0abc", "AmiflowOusami0abc"]);
+        assert_eq!(
+            removed,
+            [
+                "AmiflowOrgsami0abc",
+                "AmiflowOrgsGrantami0abc",
+                "AmiflowOusami0abc",
+                "AmiflowOusGrantami0abc"
+            ]
+        );
         // Another image's statements are not touched.
         let (other, removed) = strip_policy(&merged, "ami-0def", &receivers()).unwrap();
         assert_eq!(other, merged);
@@ -462,9 +537,10 @@ mod mocked {
     use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
     use aws_sdk_kms::operation::get_key_policy::GetKeyPolicyOutput;
     use aws_sdk_kms::operation::list_grants::ListGrantsOutput;
+    use aws_sdk_kms::operation::list_resource_tags::ListResourceTagsOutput;
     use aws_sdk_kms::operation::put_key_policy::PutKeyPolicyOutput;
     use aws_sdk_kms::operation::revoke_grant::RevokeGrantOutput;
-    use aws_sdk_kms::types::{GrantListEntry, KeyMetadata};
+    use aws_sdk_kms::types::{GrantListEntry, KeyMetadata, Tag as KmsTag};
     use aws_sdk_kms::Client;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 
@@ -483,6 +559,23 @@ mod mocked {
                         .unwrap(),
                 )
                 .build()
+        })
+    }
+
+    /// ListResourceTags: the key marked shareable by the stack owner, or not.
+    fn shareable(marked: bool) -> Rule {
+        mock!(Client::list_resource_tags).then_output(move || {
+            let mut out = ListResourceTagsOutput::builder();
+            if marked {
+                out = out.tags(
+                    KmsTag::builder()
+                        .tag_key(tags::SHAREABLE)
+                        .tag_value("true")
+                        .build()
+                        .unwrap(),
+                );
+            }
+            out.build()
         })
     }
 
@@ -518,6 +611,7 @@ mod mocked {
             describe(KeyManagerType::Customer, "123456789012"),
             list_empty,
             create,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         let out = grant(&kms, &request(accounts())).await.unwrap();
@@ -531,6 +625,7 @@ mod mocked {
             describe(KeyManagerType::Customer, "123456789012"),
             listed,
             create,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         let out = grant(&kms, &request(accounts())).await.unwrap();
@@ -540,6 +635,29 @@ mod mocked {
             0,
             "a second call finds the grant instead of adding one"
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_not_marked_shareable_is_refused_before_any_change() {
+        let create = mock!(Client::create_grant)
+            .then_output(|| CreateGrantOutput::builder().grant_id("g-1").build());
+        let put =
+            mock!(Client::put_key_policy).then_output(|| PutKeyPolicyOutput::builder().build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build()),
+            create,
+            put,
+            shareable(false),
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let mut both = request(accounts());
+        both.receivers.organization_arns =
+            vec!["arn:aws:organizations::123456789012:organization/o-abcdef1234".into()];
+        let e = grant(&kms, &both).await.unwrap_err();
+        assert_eq!(e.name(), "KeyNotShareable");
+        assert!(e.to_string().contains("amiflow:shareable=true"), "{e}");
+        assert_eq!([rules[2].num_calls(), rules[3].num_calls()], [0, 0]);
     }
 
     #[tokio::test]
@@ -566,10 +684,14 @@ mod mocked {
             mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build()),
             get,
             put,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         let out = grant(&kms, &request(receivers)).await.unwrap();
-        assert_eq!(out[0].key_policy_statements, ["AmiflowOrgsami0abc"]);
+        assert_eq!(
+            out[0].key_policy_statements,
+            ["AmiflowOrgsami0abc", "AmiflowOrgsGrantami0abc"]
+        );
         assert_eq!(rules[3].num_calls(), 1);
     }
 
@@ -620,6 +742,7 @@ mod mocked {
             describe(KeyManagerType::Customer, "123456789012"),
             listed,
             revoke_rule,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         let out = revoke(&kms, &request(accounts())).await.unwrap();
@@ -652,6 +775,7 @@ mod mocked {
             describe(KeyManagerType::Customer, "123456789012"),
             listed,
             gone,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         assert!(revoke(&kms, &request(accounts())).await.is_ok());
@@ -666,6 +790,7 @@ mod mocked {
             describe(KeyManagerType::Customer, "123456789012"),
             listed_again,
             refused,
+            shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         assert_eq!(

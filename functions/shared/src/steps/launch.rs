@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::{is_burstable, MetadataSpec};
 use crate::error::{aws, Error, Result};
+use crate::ownership;
 use crate::settings::Settings;
 use crate::steps::create_image::CreateImageOutput;
 use crate::tags::{self, Tag};
@@ -184,10 +185,13 @@ fn metadata_request(m: &MetadataSpec) -> InstanceMetadataOptionsRequest {
         .build()
 }
 
-/// The instance an earlier attempt of this execution launched, if any is still alive.
+/// The instance an earlier attempt of this execution launched, if any is still alive: tagged
+/// with the execution, and proved the run's by its ClientToken and image (a tag alone proves
+/// nothing).
 pub async fn find_own_instance(
     ec2: &aws_sdk_ec2::Client,
     execution: &str,
+    image_id: &str,
 ) -> Result<Option<(String, String)>> {
     let found = ec2
         .describe_instances()
@@ -196,10 +200,12 @@ pub async fn find_own_instance(
         .send()
         .await
         .map_err(aws("DescribeInstances"))?;
+    let token = client_token(execution, "launch");
     Ok(found
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
+        .filter(|i| ownership::is_runs_instance(i, &token, image_id, None))
         .find_map(|i| {
             Some((
                 i.instance_id()?.to_string(),
@@ -249,7 +255,9 @@ pub async fn run(
         wait_seconds: settings.instance_poll.interval(0),
         elastic_ip: None,
     };
-    if let Some((instance_id, state)) = find_own_instance(ec2, execution).await? {
+    if let Some((instance_id, state)) =
+        find_own_instance(ec2, execution, &request.image.image_id).await?
+    {
         tracing::info!(instance_id = %instance_id, execution, "instance of this execution exists already");
         return Ok(progress(instance_id, state));
     }
@@ -507,7 +515,12 @@ mod mocked {
     async fn a_retry_after_a_crash_finds_the_instance_it_launched() {
         let rules = [
             mock!(Client::describe_instances).then_output(|| {
-                reservation(vec![instance_in("i-0earlier", InstanceStateName::Running)])
+                // The run's earlier launch, and an instance someone gave the run's tag.
+                let mut earlier = instance_in("i-0earlier", InstanceStateName::Running);
+                earlier.client_token = Some(client_token("run-1", "launch"));
+                earlier.image_id = Some(sample_image().image_id);
+                let victim = instance_in("i-0victim", InstanceStateName::Running);
+                reservation(vec![victim, earlier])
             }),
             the_image(),
             run_instances(),

@@ -11,9 +11,11 @@ use serde_json::Value;
 
 use crate::allow;
 use crate::error::{aws, Error, Result};
+use crate::ownership;
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
 use crate::settings::Settings;
 use crate::steps::cleanup::remove_image;
+use crate::steps::grant_kms;
 use crate::steps::launch::client_token;
 use crate::tags::{self, Tag};
 
@@ -227,8 +229,21 @@ pub async fn keys_of(
     Ok((customer, managed))
 }
 
-/// The re-encrypted copy this execution already made, if any.
-async fn own_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<String>> {
+/// The name of the re-encrypted copy of `image_id` that `execution` makes: unique to the run.
+pub fn reencrypted_name(image_id: &str, execution: &str) -> String {
+    format!(
+        "{image_id}-reencrypted-{}",
+        &client_token(execution, "reencrypt")[8..20]
+    )
+}
+
+/// The re-encrypted copy this execution already made, if any: tagged with the execution, and
+/// proved the run's by its name (a tag alone proves nothing).
+async fn own_copy(
+    ec2: &aws_sdk_ec2::Client,
+    execution: &str,
+    name: &str,
+) -> Result<Option<String>> {
     let found = ec2
         .describe_images()
         .owners("self")
@@ -245,6 +260,7 @@ async fn own_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Option<S
     Ok(found
         .images()
         .iter()
+        .filter(|i| ownership::is_runs_image(i, name, None))
         .find_map(|i| i.image_id().map(str::to_string)))
 }
 
@@ -275,6 +291,10 @@ pub async fn prepare_share(
     require_available("imageId", &input.image_id, &source.state)?;
     let receivers = input.receivers_for(&source.owner)?;
     let (customer, managed) = keys_of(ec2, kms, &source.snapshot_ids).await?;
+    // Keys the owner did not mark are refused now, before any change (grant-kms checks again).
+    for key in &customer {
+        grant_kms::require_shareable(kms, key).await?;
+    }
     let encrypted = !customer.is_empty() || !managed.is_empty();
     if input.public && encrypted {
         return Err(Error::EncryptedImageNotPublic(format!(
@@ -299,7 +319,20 @@ pub async fn prepare_share(
             managed.join(", ")
         )));
     };
-    let copy_id = match own_copy(ec2, &request.execution).await? {
+    let reencrypt_key = kms
+        .describe_key()
+        .key_id(key)
+        .send()
+        .await
+        .map_err(aws("DescribeKey"))?;
+    let reencrypt_key = reencrypt_key
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .unwrap_or(key)
+        .to_string();
+    grant_kms::require_shareable(kms, &reencrypt_key).await?;
+    let copy_name = reencrypted_name(&input.image_id, &request.execution);
+    let copy_id = match own_copy(ec2, &request.execution, &copy_name).await? {
         Some(id) => id,
         None => {
             let own = [
@@ -310,11 +343,7 @@ pub async fn prepare_share(
             ec2.copy_image()
                 .source_image_id(&input.image_id)
                 .source_region(region)
-                .name(format!(
-                    "{}-reencrypted-{}",
-                    input.image_id,
-                    &client_token(&request.execution, "reencrypt")[8..20]
-                ))
+                .name(&copy_name)
                 .description(format!(
                     "amiflow: {} re-encrypted with a customer managed key for sharing",
                     input.image_id
@@ -406,6 +435,9 @@ pub async fn prepare_copy(
         )));
     }
     let (customer, managed) = keys_of(ec2, kms, &image.snapshot_ids).await?;
+    for key in &customer {
+        grant_kms::require_shareable(kms, key).await?;
+    }
     if !managed.is_empty() {
         return Err(Error::ManagedKeyNeedsReencryption(format!(
             "sourceImageId: {} is encrypted with the AWS managed key {}, which {} can never use; share it first with ShareImage and reencryptKmsKeyId, then copy the re-encrypted image",
@@ -520,9 +552,18 @@ async fn change_permissions(
     Ok(record)
 }
 
-pub async fn remove_copy(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Vec<String>> {
+/// Rollback: the re-encrypted copy this execution made of `source_image_id`, if it made one.
+pub async fn remove_copy(
+    ec2: &aws_sdk_ec2::Client,
+    execution: &str,
+    source_image_id: Option<&str>,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    if let Some(copy) = own_copy(ec2, execution).await? {
+    // Without a source image id the run was refused before it could copy anything.
+    let Some(source) = source_image_id else {
+        return Ok(removed);
+    };
+    if let Some(copy) = own_copy(ec2, execution, &reencrypted_name(source, execution)).await? {
         remove_image(ec2, &copy).await?;
         removed.push(copy);
     }
@@ -556,7 +597,7 @@ pub async fn run(deps: &crate::Deps, request: ShareImageRequest) -> Result<Share
             change_permissions(ec2, &r.plan, OperationType::Remove).await?,
         ),
         ShareImageRequest::RemoveCopy(r) => ShareImageOutput::Removed {
-            removed_image_ids: remove_copy(ec2, &r.execution).await?,
+            removed_image_ids: remove_copy(ec2, &r.execution, r.input["imageId"].as_str()).await?,
         },
     })
 }
@@ -677,7 +718,18 @@ mod mocked {
                 )
                 .build()
         });
-        mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule])
+        let marked = mock!(aws_sdk_kms::Client::list_resource_tags).then_output(|| {
+            aws_sdk_kms::operation::list_resource_tags::ListResourceTagsOutput::builder()
+                .tags(
+                    aws_sdk_kms::types::Tag::builder()
+                        .tag_key(tags::SHAREABLE)
+                        .tag_value("true")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        });
+        mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule, &marked])
     }
 
     #[test]

@@ -1,0 +1,57 @@
+"""KMS: amiflow grants only what a share needs, and only on keys their owner marked for sharing
+(README, Safety). grant-kms's role is judged by the stack as IAM would judge it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+
+from accounts import B, SHAREABLE, copy_input, encrypted_image
+from workflow import message, run
+
+OPERATIONS = ["DescribeKey", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "CreateGrant", "GenerateDataKey",
+              "GenerateDataKeyWithoutPlaintext"]
+
+
+def nothing_given(stack, ec2, image_id: str, key: str, policy_before: str) -> None:
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    kms = stack.client("kms")
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+    assert json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"]) == json.loads(policy_before)
+
+
+@pytest.mark.parametrize("machine", ["ShareImage", "CopyImage"])
+def test_a_key_its_owner_did_not_mark_is_refused_before_any_change(stack, ec2, sfn, machine):
+    kms = stack.client("kms")
+    key = kms.create_key(Description="not for sharing")["KeyMetadata"]["Arn"]
+    policy = kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"]
+    image_id = encrypted_image(stack, ec2, key)
+    if machine == "ShareImage":
+        payload = {"imageId": image_id, "accountIds": [B]}
+    else:
+        b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
+        payload = copy_input(image_id, b_key)
+    result = run(sfn, machine, payload)
+    assert (result.status, result.error) == ("FAILED", "KeyNotShareable")
+    assert "amiflow:shareable=true" in message(result)
+    nothing_given(stack, ec2, image_id, key, policy)
+
+
+@pytest.mark.parametrize("grantee, operations, marked, allowed", [
+    (f"arn:aws:iam::{B}:root", OPERATIONS, True, True),
+    (f"arn:aws:iam::{B}:role/anyone", OPERATIONS, True, False),
+    (f"arn:aws:iam::{B}:root", OPERATIONS + ["Encrypt"], True, False),
+    (f"arn:aws:iam::{B}:root", OPERATIONS, False, False),
+])
+def test_grant_kms_may_grant_only_shareable_keys_to_accounts_for_what_ec2_needs(stack, grantee, operations, marked, allowed):
+    key = stack.client("kms").create_key(Description="k", **({"Tags": SHAREABLE} if marked else {}))["KeyMetadata"]["Arn"]
+    as_grant_kms = stack.as_function("grant-kms", "kms")
+    try:
+        as_grant_kms.create_grant(KeyId=key, GranteePrincipal=grantee, Operations=operations, Name="amiflow-test")
+        granted = True
+    except ClientError as refused:
+        assert refused.response["Error"]["Code"] == "AccessDeniedException"
+        granted = False
+    assert granted is allowed
