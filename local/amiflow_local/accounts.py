@@ -25,17 +25,21 @@ def session_for(endpoint: str, region: str, account: str) -> boto3.session.Sessi
     )
 
 
+# The target accounts the source bus accepts events from, as TargetAccountIds lists them.
+_accepted: set[str] = set()
+
+
 def accept_events_from(endpoint: str, region: str, template: Template, accounts: list[str]) -> None:
-    """The source bus policy of template.yaml, for these accounts."""
+    """The source bus policy of template.yaml (its TargetAccountEventsPolicy statement, conditions
+    and all), for these accounts and those accepted before."""
     events = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region).client(
         "events", endpoint_url=endpoint
     )
-    for _, policy in template.resources_of("AWS::Events::EventBusPolicy") or [(None, None)]:
-        statement_id = policy["Properties"]["StatementId"] if policy else "amiflow-target-account-ami-events"
-        for account in accounts:
-            events.put_permission(
-                EventBusName="default", Action="events:PutEvents", Principal=account, StatementId=f"{statement_id}-{account}"
-            )
+    _accepted.update(accounts)
+    statement = dict(template.resolve(template.resources["TargetAccountEventsPolicy"]["Properties"]["Statement"]))
+    statement["Sid"] = template.resources["TargetAccountEventsPolicy"]["Properties"]["StatementId"]
+    statement["Principal"] = {"AWS": [f"arn:aws:iam::{a}:root" for a in sorted(_accepted)]}
+    events.put_permission(EventBusName="default", Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
 
 
 def deploy_target_account(

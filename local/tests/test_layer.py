@@ -131,6 +131,37 @@ def test_an_event_bus_target_forwards_to_another_accounts_bus(stack):
     assert event["account"] == B and event["detail"]["ImageId"] == image_id
 
 
+def test_a_bus_policy_admits_only_the_source_and_detail_type_it_names(stack):
+    # A's bus accepts from B only EC2 AMI State Change events of aws.ec2; B forwards more.
+    a_events, sqs = stack.client("events"), stack.client("sqs")
+    queue = sqs.create_queue(QueueName=f"cond-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = f"cond-{uuid.uuid4().hex[:6]}"
+    bus_arn = a_events.create_event_bus(Name=bus)["EventBusArn"]
+    a_events.put_rule(Name="from-b", EventBusName=bus, EventPattern=json.dumps({"account": [B]}))
+    a_events.put_targets(Rule="from-b", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}])
+    a_events.put_permission(EventBusName=bus, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "ami-events-of-b", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{B}:root"},
+        "Action": "events:PutEvents", "Resource": bus_arn,
+        "Condition": {"ForAnyValue:StringEquals": {"events:source": "aws.ec2", "events:detail-type": "EC2 AMI State Change"}}}]}))
+
+    b = stack.account(B)
+    b_events = b.client("events", endpoint_url=stack.endpoint)
+    rule = f"to-{bus}"
+    b_events.put_rule(Name=rule, EventPattern=json.dumps({"source": ["aws.ec2", "my.app"]}))
+    b_events.put_targets(Rule=rule, Targets=[{"Id": "a", "Arn": bus_arn}])
+    b_events.put_events(Entries=[{"Source": "my.app", "DetailType": "EC2 AMI State Change", "Detail": "{}"}])
+    b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
+    b_world = seed(b_ec2, "us-east-1", name=f"b-{uuid.uuid4().hex[:6]}")
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = b_ec2.create_image(InstanceId=b_world.instance_id, Name=f"b-{uuid.uuid4().hex[:6]}")["ImageId"]
+    received = []
+    wait_for(lambda: received.extend(json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []))
+             or any(e["detail"].get("ImageId") == image_id for e in received), what="the AMI event")
+    assert [e["source"] for e in received] == ["aws.ec2"], received
+    b_events.remove_targets(Rule=rule, Ids=["a"])
+
+
 # 3. Images carry the instance's real volumes --------------------------------------------------
 
 def test_create_image_records_each_volume_and_tags_each_snapshot(stack, ec2, world):

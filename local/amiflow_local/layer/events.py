@@ -8,7 +8,9 @@ matching events to their targets; a Lambda target is invoked asynchronously with
 (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-targets.html), and an event bus in
 another account receives the event unchanged, where that bus's rules apply, if its resource
 policy lets the sending account put events
-(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-cross-account.html).
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-cross-account.html), with the
+conditions it sets on the event's source and detail type (`events:source`,
+`events:detail-type`: https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-use-conditions.html).
 
 moto 5.2.5 emits no EC2 events and fails PutEvents (HTTP 500) when a rule has a Lambda target.
 """
@@ -86,14 +88,28 @@ def fire_schedule(account: str, region: str, rule_name: str) -> dict[str, Any]:
     return event
 
 
-def _bus_allows(bus: Any, sender: str) -> bool:
-    """Whether a bus's resource policy lets `sender` put events on it."""
+def _bus_allows(bus: Any, sender: str, event: dict[str, Any]) -> bool:
+    """Whether a bus's resource policy lets `sender` put this event on it."""
     if bus.account_id == sender:
         return True
     policy = getattr(bus, "policy", None)
     if not policy:
         return False
     document = json.loads(policy) if isinstance(policy, str) else policy
+    from . import iam
+
+    if iam.judge is not None and iam.config.iam_enforced:
+        # The policy is judged as IAM judges it, conditions and all; the sending account's own
+        # side allows (its rule sends).
+        check = iam.Check("events:PutEvents", bus.arn, bus.account_id,
+                          {"events:source": [event.get("source", "")], "events:detail-type": [event.get("detail-type", "")]},
+                          document)
+        return iam.judge_checks(iam.administrator(sender), [check], bus.region) is None
+    return _principal_listed(document, sender)
+
+
+def _principal_listed(document: dict[str, Any], sender: str) -> bool:
+    """Without the IAM judge: a statement that names the sender (conditions on organizations only)."""
     for statement in document.get("Statement", []):
         if statement.get("Effect") != "Allow":
             continue
@@ -123,7 +139,7 @@ def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sen
     except Exception:  # noqa: BLE001 - a missing bus drops the event, as on AWS
         log.info("no event bus %s in %s", bus_name, account)
         return
-    if sender and not _bus_allows(bus, sender):
+    if sender and not _bus_allows(bus, sender, event):
         log.info("bus %s of %s refuses events from %s", bus_name, account, sender)
         return
     delivered.append((account, bus_name, event))
