@@ -12,11 +12,7 @@ import pytest
 from amiflow_local.seed import organization_root, seed
 
 from accounts import B, C, D, SHAREABLE, as_account, copy_input, encrypted_image
-from workflow import message, run, state_machine_arn, wait_for
-
-
-def fire(stack) -> None:
-    stack.control("fire-schedule", {"rule": "trigger-Sweep"})
+from workflow import fire, message, run, state_machine_arn, wait_for
 
 
 def tag_status(ec2, resource_id: str) -> str:

@@ -9,19 +9,12 @@ import pytest
 from amiflow_local.seed import seed
 
 from accounts import SHAREABLE
-from workflow import instance, wait_for
+from workflow import fire, instance, wait_for
 
 
 def status_of(ec2, instance_id: str) -> str | None:
     tags = {t["Key"]: t["Value"] for t in instance(ec2, instance_id).get("Tags", [])}
     return tags.get("amiflow:status")
-
-
-def fire(stack) -> None:
-    """The schedule comes round: EventBridge invokes the trigger (asynchronously, as on AWS)."""
-    stack.control("fire-schedule", {"rule": "trigger-Sweep"})
-
-
 
 
 def executions_for(sfn, instance_id: str) -> list[dict]:

@@ -63,6 +63,11 @@ def run(sfn, machine: str, payload: dict, timeout: float = 180, prefix: str = "e
     return finish(sfn, name, execution_arn, timeout)
 
 
+def fire(stack) -> None:
+    """The trigger's schedule comes round: EventBridge invokes it (asynchronously, as on AWS)."""
+    stack.control("fire-schedule", {"rule": "trigger-Sweep"})
+
+
 def wait_for(check, timeout: float = 30.0, what: str = "condition"):
     """Polls `check` until it returns something true, and returns that."""
     deadline = time.monotonic() + timeout

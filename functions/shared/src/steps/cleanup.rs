@@ -168,6 +168,20 @@ pub struct RollbackOutput {
     pub left_alone_ids: Vec<String>,
 }
 
+impl RollbackOutput {
+    /// A resource that carries the execution's tag but that the run did not make: reported, and
+    /// left unchanged.
+    fn leave_alone(&mut self, id: &str, execution: &str, why: &str) {
+        tracing::warn!(
+            resource = id,
+            execution,
+            why,
+            "carries this execution's tag; left alone"
+        );
+        self.left_alone_ids.push(id.to_string());
+    }
+}
+
 /// The delete-on-termination changes that restore the source's settings. Pure.
 pub fn deferred_delete_on_termination(capture: &Capture) -> Vec<String> {
     capture
@@ -609,12 +623,7 @@ pub async fn rollback(
             ownership::is_runs_instance(instance, &token, image_id, started_at.as_ref())
         });
         if !launched_by_run {
-            tracing::warn!(
-                instance_id = id,
-                execution,
-                "carries this execution's tag but the run did not launch it; left alone"
-            );
-            out.left_alone_ids.push(id.to_string());
+            out.leave_alone(id, execution, "the run did not launch it");
             continue;
         }
         if let (Some(image), false) = (&state.image, source_lost) {
@@ -652,12 +661,7 @@ pub async fn rollback(
         if made_by_run {
             image_ids.push(id.to_string());
         } else {
-            tracing::warn!(
-                image_id = id,
-                execution,
-                "carries this execution's tag but the run did not make it; left alone"
-            );
-            out.left_alone_ids.push(id.to_string());
+            out.leave_alone(id, execution, "the run did not make it");
         }
     }
     if let Some(image) = &state.image {
@@ -699,12 +703,7 @@ pub async fn rollback(
             continue;
         }
         if !ownership::is_snapshot_of(snapshot, &out.deregistered_image_ids) {
-            tracing::warn!(
-                snapshot_id = id,
-                execution,
-                "carries this execution's tag but is no snapshot of the run's image; left alone"
-            );
-            out.left_alone_ids.push(id.to_string());
+            out.leave_alone(id, execution, "it is no snapshot of the run's image");
             continue;
         }
         delete_snapshot(ec2, id).await?;

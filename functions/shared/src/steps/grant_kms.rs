@@ -210,15 +210,7 @@ fn condition_values(statement: &Value, op: &str, key: &str) -> Vec<Value> {
 /// The key's ARN, refusing keys this account cannot share: AWS managed keys, another account's,
 /// and keys the stack owner has not marked shareable.
 async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Result<String> {
-    let described = kms
-        .describe_key()
-        .key_id(key_id)
-        .send()
-        .await
-        .map_err(aws("DescribeKey"))?;
-    let meta = described
-        .key_metadata()
-        .ok_or_else(|| Error::AwsApi(format!("DescribeKey: no metadata for {key_id}")))?;
+    let meta = key_metadata(kms, key_id).await?;
     if meta.key_manager() == Some(&KeyManagerType::Aws) {
         return Err(Error::KeyNotManageable(format!(
             "{key_id} is an AWS managed key; AWS managed keys cannot be shared with other accounts (re-encrypt with a customer managed key)"
@@ -231,6 +223,32 @@ async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Res
         )));
     }
     let arn = meta.arn().unwrap_or(key_id).to_string();
+    require_shareable(kms, &arn).await?;
+    Ok(arn)
+}
+
+/// DescribeKey: a key's metadata, by key id, key ARN, alias name or alias ARN.
+async fn key_metadata(
+    kms: &aws_sdk_kms::Client,
+    key_ref: &str,
+) -> Result<aws_sdk_kms::types::KeyMetadata> {
+    kms.describe_key()
+        .key_id(key_ref)
+        .send()
+        .await
+        .map_err(aws("DescribeKey"))?
+        .key_metadata
+        .ok_or_else(|| Error::AwsApi(format!("DescribeKey: no metadata for {key_ref}")))
+}
+
+/// The ARN of a key named in any form (an alias too), refusing it if its owner has not marked
+/// it for sharing: `KeyNotShareable`.
+pub async fn shareable_key(kms: &aws_sdk_kms::Client, key_ref: &str) -> Result<String> {
+    let arn = key_metadata(kms, key_ref)
+        .await?
+        .arn()
+        .unwrap_or(key_ref)
+        .to_string();
     require_shareable(kms, &arn).await?;
     Ok(arn)
 }

@@ -319,18 +319,7 @@ pub async fn prepare_share(
             managed.join(", ")
         )));
     };
-    let reencrypt_key = kms
-        .describe_key()
-        .key_id(key)
-        .send()
-        .await
-        .map_err(aws("DescribeKey"))?;
-    let reencrypt_key = reencrypt_key
-        .key_metadata()
-        .and_then(|m| m.arn())
-        .unwrap_or(key)
-        .to_string();
-    grant_kms::require_shareable(kms, &reencrypt_key).await?;
+    grant_kms::shareable_key(kms, key).await?;
     let copy_name = reencrypted_name(&input.image_id, &request.execution);
     let copy_id = match own_copy(ec2, &request.execution, &copy_name).await? {
         Some(id) => id,
