@@ -112,6 +112,17 @@ def test_throttling_of_a_sharing_call_is_ridden_out_by_retries(stack, ec2, sfn, 
     assert access_left(stack, ec2, image_id, cmk) == SHARED_WITH_B
 
 
+def test_a_share_that_fails_part_way_takes_back_what_it_gave(stack, ec2, sfn, cmk):
+    """The launch permission is added, then a snapshot refuses its permission: the undo runs on
+    the plan, not on the step's success, and takes back the permission and the grant."""
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("faults", {"kind": "api-error", "action": "ModifySnapshotAttribute", "code": "InvalidSnapshot.InUse", "count": 1})
+    result = run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]})
+    assert (result.status, result.error) == ("FAILED", "AwsApi"), (result.error, result.cause)
+    assert "UndoPermissions" in result.states and "UndoKeyAccess" in result.states
+    assert access_left(stack, ec2, image_id, cmk) == NOTHING_SHARED
+
+
 def test_throttling_while_unsharing_still_takes_everything_back(stack, ec2, sfn, cmk):
     image_id = encrypted_image(stack, ec2, cmk)
     assert run(sfn, "ShareImage", {"imageId": image_id, "accountIds": [B]}).status == "SUCCEEDED"

@@ -219,6 +219,10 @@ class FaultInjector:
                 if protocol == "query":
                     return error(start_response, 503, "RequestLimitExceeded", "Request limit exceeded.")
                 return error(start_response, 400, "ThrottlingException", "Rate exceeded")
+            code = faults.api_error_for(action)
+            if code:
+                # A client error the service answers for this call (400), which no retry helps.
+                return error(start_response, 400, code, f"{code} (injected by the local stack)")
             status = faults.server_error_for(action)
             if status:
                 code = "InternalError" if protocol == "query" else "InternalFailure"

@@ -103,6 +103,7 @@ class Faults:
         with getattr(self, "lock", threading.Lock()):
             self.throttle: dict[str, _Budget] = {}
             self.server_error: dict[str, tuple[int, _Budget]] = {}
+            self.api_error: dict[str, tuple[str, _Budget]] = {}
             self.no_capacity: dict[str, _Budget] = {}
             self.fail_next_images = 0
             self.fail_named_images: dict[str, str] = {}
@@ -122,6 +123,10 @@ class Faults:
                 self.throttle[_action(spec)] = _Budget.parse(spec)
             elif kind == "server-error":
                 self.server_error[_action(spec)] = (int(spec.get("status", 500)), _Budget.parse(spec))
+            elif kind == "api-error":
+                if not spec.get("code"):
+                    raise ValueError("api-error needs code (the error code the call answers, e.g. InvalidSnapshot.InUse)")
+                self.api_error[_action(spec)] = (str(spec["code"]), _Budget.parse(spec))
             elif kind == "insufficient-capacity":
                 if not spec.get("availabilityZone"):
                     raise ValueError("insufficient-capacity needs availabilityZone")
@@ -150,7 +155,7 @@ class Faults:
                     self.impair_next_instances += int(spec.get("count", 1))
             else:
                 raise ValueError(
-                    f"unknown fault kind {kind!r}; known: throttle, server-error, insufficient-capacity, "
+                    f"unknown fault kind {kind!r}; known: throttle, server-error, api-error, insufficient-capacity, "
                     "fail-image, drop-event, crash-after-side-effect, impaired, kms-denied"
                 )
 
@@ -170,6 +175,14 @@ class Faults:
             entry = self.server_error.get(action)
             if entry and entry[1].fire():
                 self._record("server-error", action=action, status=entry[0])
+                return entry[0]
+            return None
+
+    def api_error_for(self, action: str) -> str | None:
+        with self.lock:
+            entry = self.api_error.get(action)
+            if entry and entry[1].fire():
+                self._record("api-error", action=action, code=entry[0])
                 return entry[0]
             return None
 

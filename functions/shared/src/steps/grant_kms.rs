@@ -210,6 +210,13 @@ fn condition_values(statement: &Value, op: &str, key: &str) -> Vec<Value> {
 /// The key's ARN, refusing keys this account cannot share: AWS managed keys, another account's,
 /// and keys the stack owner has not marked shareable.
 async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Result<String> {
+    let arn = owned(kms, key_id, owner).await?;
+    require_shareable(kms, &arn).await?;
+    Ok(arn)
+}
+
+/// The key's ARN, refusing AWS managed keys and keys of another account (`KeyNotManageable`).
+async fn owned(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Result<String> {
     let meta = key_metadata(kms, key_id).await?;
     if meta.key_manager() == Some(&KeyManagerType::Aws) {
         return Err(Error::KeyNotManageable(format!(
@@ -222,9 +229,7 @@ async fn manageable(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Res
             meta.aws_account_id().unwrap_or("another account")
         )));
     }
-    let arn = meta.arn().unwrap_or(key_id).to_string();
-    require_shareable(kms, &arn).await?;
-    Ok(arn)
+    Ok(meta.arn().unwrap_or(key_id).to_string())
 }
 
 /// DescribeKey: a key's metadata, by key id, key ARN, alias name or alias ARN.
@@ -387,8 +392,41 @@ pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<
     let receivers = &request.receivers;
     let mut out = Vec::new();
     for key_id in &request.kms_key_ids {
-        let key = manageable(kms, key_id, &request.owner_account).await?;
+        // Revoking is an undo too (after a grant that failed part-way, or never ran): a key that
+        // amiflow could never change holds nothing of amiflow's, so there is nothing to take back.
+        let key = match owned(kms, key_id, &request.owner_account).await {
+            Ok(key) => key,
+            Err(Error::KeyNotManageable(why)) => {
+                tracing::info!(kms_key_id = %key_id, %why, "nothing of amiflow's on this key");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let existing = existing_grants(kms, &key).await?;
+        let names: Vec<String> = receivers
+            .account_ids
+            .iter()
+            .map(|a| grant_name(&request.image_id, a))
+            .collect();
+        let ours_there = existing.iter().any(|(n, _)| names.contains(n));
+        let policy = if org_statements(&request.image_id, receivers).is_empty() {
+            None
+        } else {
+            Some(policy_of(kms, &key).await?)
+        };
+        let statements_there = match &policy {
+            Some(p) => !strip_policy(p, &request.image_id, receivers)?.1.is_empty(),
+            None => false,
+        };
+        if !ours_there && !statements_there {
+            out.push(KeyAccess {
+                kms_key_id: key,
+                grants: Vec::new(),
+                key_policy_statements: Vec::new(),
+            });
+            continue;
+        }
+        require_shareable(kms, &key).await?;
         let mut grants = Vec::new();
         for account in &receivers.account_ids {
             let name = grant_name(&request.image_id, account);
@@ -413,9 +451,8 @@ pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<
             }
         }
         let mut statements = Vec::new();
-        if !org_statements(&request.image_id, receivers).is_empty() {
-            let (stripped, removed) =
-                strip_policy(&policy_of(kms, &key).await?, &request.image_id, receivers)?;
+        if let Some(policy) = policy {
+            let (stripped, removed) = strip_policy(&policy, &request.image_id, receivers)?;
             if !removed.is_empty() {
                 put_policy(kms, &key, stripped).await?;
             }
@@ -676,6 +713,32 @@ mod mocked {
         assert_eq!(e.name(), "KeyNotShareable");
         assert!(e.to_string().contains("amiflow:shareable=true"), "{e}");
         assert_eq!([rules[2].num_calls(), rules[3].num_calls()], [0, 0]);
+    }
+
+    #[tokio::test]
+    async fn revoking_from_a_key_holding_nothing_of_amiflows_changes_nothing() {
+        // The undo of a grant refused before any change: an unmarked key, and an AWS managed one.
+        let revoke_rule =
+            mock!(Client::revoke_grant).then_output(|| RevokeGrantOutput::builder().build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build()),
+            revoke_rule,
+            shareable(false),
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let out = revoke(&kms, &request(accounts())).await.unwrap();
+        assert!(out[0].grants.is_empty() && out[0].key_policy_statements.is_empty());
+        assert_eq!(rules[2].num_calls(), 0);
+        let managed = mock_client!(
+            aws_sdk_kms,
+            RuleMode::MatchAny,
+            [&describe(KeyManagerType::Aws, "123456789012")]
+        );
+        assert!(revoke(&managed, &request(accounts()))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
