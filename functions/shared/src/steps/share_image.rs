@@ -498,22 +498,42 @@ async fn change_permissions(
     plan: &SharePlan,
     operation: OperationType,
 ) -> Result<PermissionRecord> {
-    let permissions = launch_permissions(&plan.receivers);
-    let modifications = if operation == OperationType::Add {
-        LaunchPermissionModifications::builder()
-            .set_add(Some(permissions.clone()))
-            .build()
-    } else {
-        LaunchPermissionModifications::builder()
-            .set_remove(Some(permissions.clone()))
-            .build()
-    };
-    ec2.modify_image_attribute()
-        .image_id(&plan.image_id)
-        .launch_permission(modifications)
-        .send()
-        .await
-        .map_err(aws("ModifyImageAttribute"))?;
+    let removing = operation == OperationType::Remove;
+    let mut permissions = launch_permissions(&plan.receivers);
+    if removing {
+        // An undo may follow a share that never got this far: remove only what is there, so that
+        // undoing nothing calls nothing (and needs no permission the share itself lacked).
+        let present = ec2
+            .describe_image_attribute()
+            .image_id(&plan.image_id)
+            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .map_err(aws("DescribeImageAttribute"))?;
+        let present: Vec<Value> = present
+            .launch_permissions()
+            .iter()
+            .map(describe_permission)
+            .collect();
+        permissions.retain(|p| present.contains(&describe_permission(p)));
+    }
+    if !permissions.is_empty() {
+        let modifications = if removing {
+            LaunchPermissionModifications::builder()
+                .set_remove(Some(permissions.clone()))
+                .build()
+        } else {
+            LaunchPermissionModifications::builder()
+                .set_add(Some(permissions.clone()))
+                .build()
+        };
+        ec2.modify_image_attribute()
+            .image_id(&plan.image_id)
+            .launch_permission(modifications)
+            .send()
+            .await
+            .map_err(aws("ModifyImageAttribute"))?;
+    }
     let mut record = PermissionRecord {
         image_id: plan.image_id.clone(),
         launch_permissions: permissions.iter().map(describe_permission).collect(),
@@ -524,17 +544,38 @@ async fn change_permissions(
     let accounts = &plan.receivers.account_ids;
     if plan.share_snapshots && (!accounts.is_empty() || plan.receivers.public) {
         for snapshot in &plan.snapshot_ids {
+            let (mut users, mut public) = (accounts.clone(), plan.receivers.public);
+            if removing {
+                let present = ec2
+                    .describe_snapshot_attribute()
+                    .snapshot_id(snapshot)
+                    .attribute(SnapshotAttributeName::CreateVolumePermission)
+                    .send()
+                    .await
+                    .map_err(aws("DescribeSnapshotAttribute"))?;
+                let granted = present.create_volume_permissions();
+                users.retain(|u| granted.iter().any(|g| g.user_id() == Some(u.as_str())));
+                public = public
+                    && granted
+                        .iter()
+                        .any(|g| g.group().is_some_and(|x| x.as_str() == "all"));
+                if users.is_empty() && !public {
+                    continue;
+                }
+            }
             let mut call = ec2
                 .modify_snapshot_attribute()
                 .snapshot_id(snapshot)
                 .attribute(SnapshotAttributeName::CreateVolumePermission)
                 .operation_type(operation.clone())
-                .set_user_ids(Some(accounts.clone()));
-            if plan.receivers.public {
+                .set_user_ids(Some(users.clone()));
+            if public {
                 call = call.group_names("all");
             }
             call.send().await.map_err(aws("ModifySnapshotAttribute"))?;
-            record.snapshot_permissions.push(serde_json::json!({"snapshotId": snapshot, "userIds": accounts, "public": plan.receivers.public}));
+            record.snapshot_permissions.push(
+                serde_json::json!({"snapshotId": snapshot, "userIds": users, "public": public}),
+            );
         }
     }
     tracing::info!(image_id = %plan.image_id, operation = operation.as_str(), receivers = plan.receivers.count(), "permissions changed");
@@ -1014,24 +1055,44 @@ mod mocked {
         let remove_snapshot = mock!(aws_sdk_ec2::Client::modify_snapshot_attribute)
             .match_requests(|r| r.operation_type() == Some(&OperationType::Remove))
             .then_output(|| ModifySnapshotAttributeOutput::builder().build());
+        let granted = mock!(aws_sdk_ec2::Client::describe_image_attribute).then_output(|| {
+            aws_sdk_ec2::operation::describe_image_attribute::DescribeImageAttributeOutput::builder(
+            )
+            .launch_permissions(LaunchPermission::builder().user_id("210987654321").build())
+            .build()
+        });
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
-            [&remove_image, &remove_snapshot]
+            [&granted, &remove_image, &remove_snapshot]
         );
-        change_permissions(
-            &ec2,
-            &SharePlan {
-                share_snapshots: false,
-                ..plan
-            },
-            OperationType::Remove,
-        )
-        .await
-        .unwrap();
+        let without_snapshots = SharePlan {
+            share_snapshots: false,
+            ..plan
+        };
+        change_permissions(&ec2, &without_snapshots, OperationType::Remove)
+            .await
+            .unwrap();
         assert_eq!(
             [remove_image.num_calls(), remove_snapshot.num_calls()],
             [1, 0]
         );
+
+        // Undoing a share that never added anything changes nothing.
+        let nothing = mock!(aws_sdk_ec2::Client::describe_image_attribute).then_output(|| {
+            aws_sdk_ec2::operation::describe_image_attribute::DescribeImageAttributeOutput::builder(
+            )
+            .build()
+        });
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&nothing, &remove_image, &remove_snapshot]
+        );
+        let record = change_permissions(&ec2, &without_snapshots, OperationType::Remove)
+            .await
+            .unwrap();
+        assert!(record.launch_permissions.is_empty());
+        assert_eq!(remove_image.num_calls(), 1, "no second removal");
     }
 }
