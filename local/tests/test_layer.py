@@ -578,7 +578,16 @@ def test_an_image_shared_with_an_ou_is_launchable_by_its_accounts_only(stack, ec
         stack.account("333333333333").client("ec2", endpoint_url=stack.endpoint).describe_images(ImageIds=[image_id])
 
 
-def test_images_shared_with_the_organization_or_everyone(stack, ec2, world, organization):
+@pytest.fixture
+def public_sharing(stack, ec2):
+    """Block public access for AMIs lifted in the default account; the new-account defaults
+    come back when the test ends."""
+    ec2.disable_image_block_public_access()
+    yield
+    stack.control("block-public-access", method="DELETE")
+
+
+def test_images_shared_with_the_organization_or_everyone(stack, ec2, world, organization, public_sharing):
     stack.control("config", {"imageDelaySeconds": 0})
     image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
     wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
@@ -716,3 +725,42 @@ def test_deregistering_with_its_snapshots_deletes_those_the_caller_may(stack, ec
     for deleted in snapshots[1:]:
         with pytest.raises(ClientError):
             ec2.describe_snapshots(SnapshotIds=[deleted])
+
+
+# Block public access ------------------------------------------------------------------------
+
+@pytest.fixture
+def blocking(stack):
+    yield
+    stack.control("block-public-access", method="DELETE")
+
+
+def test_a_new_account_blocks_public_amis_until_it_lifts_the_block(stack, ec2, world, blocking):
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
+    state = ec2.get_image_block_public_access_state()
+    assert (state["ImageBlockPublicAccessState"], state["ManagedBy"]) == ("block-new-sharing", "account")
+    with pytest.raises(ClientError) as refused:
+        ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert ec2.disable_image_block_public_access()["ImageBlockPublicAccessState"] == "unblocked"
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"Group": "all"}]
+
+
+def test_a_snapshot_block_refuses_public_snapshots_and_a_declarative_policy_cannot_be_lifted(stack, ec2, world, blocking):
+    volume = ec2.describe_instances(InstanceIds=[world.instance_id])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    snapshot_id = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    assert ec2.get_snapshot_block_public_access_state()["State"] == "unblocked"
+    assert ec2.enable_snapshot_block_public_access(State="block-new-sharing")["State"] == "block-new-sharing"
+    with pytest.raises(ClientError) as refused:
+        ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"])
+    assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+    ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
+    stack.control("block-public-access", {"accountId": "123456789012", "kind": "image", "state": "block-new-sharing", "managedBy": "declarative-policy"})
+    assert ec2.get_image_block_public_access_state()["ManagedBy"] == "declarative-policy"
+    with pytest.raises(ClientError) as managed:
+        ec2.disable_image_block_public_access()
+    assert managed.value.response["Error"]["Code"] == "OperationNotPermitted"

@@ -64,6 +64,9 @@ pub enum Error {
     /// An encrypted image cannot be made public.
     #[error("{0}")]
     EncryptedImageNotPublic(String),
+    /// `public: true` while block public access for AMIs or snapshots is on in the account.
+    #[error("{0}")]
+    PublicSharingBlocked(String),
     /// The image is encrypted with an AWS managed key, which cannot be shared; give a customer managed key to re-encrypt with.
     #[error("{0}")]
     ManagedKeyNeedsReencryption(String),
@@ -116,6 +119,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "AwsApi",
     "ImageNotOwned",
     "EncryptedImageNotPublic",
+    "PublicSharingBlocked",
     "ManagedKeyNeedsReencryption",
     "KeyNotManageable",
     "KeyNotShareable",
@@ -156,6 +160,7 @@ impl Error {
             Error::AwsApi(_) => "AwsApi",
             Error::ImageNotOwned(_) => "ImageNotOwned",
             Error::EncryptedImageNotPublic(_) => "EncryptedImageNotPublic",
+            Error::PublicSharingBlocked(_) => "PublicSharingBlocked",
             Error::ManagedKeyNeedsReencryption(_) => "ManagedKeyNeedsReencryption",
             Error::KeyNotManageable(_) => "KeyNotManageable",
             Error::KeyNotShareable(_) => "KeyNotShareable",
@@ -287,6 +292,7 @@ mod tests {
             Error::AwsApi(String::new()),
             Error::ImageNotOwned(String::new()),
             Error::EncryptedImageNotPublic(String::new()),
+            Error::PublicSharingBlocked(String::new()),
             Error::ManagedKeyNeedsReencryption(String::new()),
             Error::KeyNotManageable(String::new()),
             Error::KeyNotShareable(String::new()),

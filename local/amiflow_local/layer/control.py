@@ -69,6 +69,18 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             # As DescribeImages shows them: {ProductCodeId, ProductCodeType}.
             ami.product_codes = [{"ProductCodeId": body.get("code", "amiflow-billing-product"), "ProductCodeType": "marketplace"}]
             return _json(start_response, "200 OK", {"imageId": ami.id, "productCodes": ami.product_codes})
+        if path == "/_amiflow/block-public-access" and method == "POST":
+            from . import publicaccess
+
+            # {"accountId", "region", "kind": image|snapshot, "state", "managedBy"?}: a declarative
+            # policy's setting, or the account's own.
+            return _json(start_response, "200 OK", publicaccess.set_setting(
+                body["accountId"], body.get("region", "us-east-1"), body["kind"], body["state"], body.get("managedBy", "account")))
+        if path == "/_amiflow/block-public-access" and method == "DELETE":
+            from . import publicaccess
+
+            publicaccess.reset()
+            return _json(start_response, "200 OK", {"reset": True})
         if path == "/_amiflow/fire-schedule" and method == "POST":
             account = body.get("account", "123456789012")
             return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", "us-east-1"), body["rule"]))

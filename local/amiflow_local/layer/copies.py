@@ -35,7 +35,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.core.responses import ActionResult
 
-from . import consistency, images, kms, sharing
+from . import consistency, images, kms, publicaccess, sharing
 
 _original_describe_images = AmiBackend.describe_images
 
@@ -111,6 +111,8 @@ _original_add_volume_permission = EBSBackend.add_create_volume_permission
 
 
 def add_create_volume_permission(self, snapshot_id: str, user_ids: list[str], groups: list[str]) -> None:
+    if "all" in (groups or []):
+        publicaccess.require_snapshot_public_allowed(self.account_id, self.region_name)
     _original_add_volume_permission(self, snapshot_id, user_ids, groups)
     snapshot = self.get_snapshot(snapshot_id)
     made = getattr(snapshot, "amiflow_permission_at", {})

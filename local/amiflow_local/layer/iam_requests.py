@@ -166,7 +166,9 @@ class Ec2:
 def ec2_checks(action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
     ec2 = Ec2(principal, region)
     name = f"ec2:{action}"
-    if action.startswith(("Describe", "Get")) or action in ("ModifyInstanceMetadataDefaults",):
+    account_level = ("ModifyInstanceMetadataDefaults", "EnableImageBlockPublicAccess", "DisableImageBlockPublicAccess",
+                     "EnableSnapshotBlockPublicAccess", "DisableSnapshotBlockPublicAccess")
+    if action.startswith(("Describe", "Get")) or action in account_level:
         return [Check(name, "*", principal.account)]
     specs = tag_specifications(params)
     if action == "CreateImage":

@@ -39,7 +39,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidTaggableResourceType
 from moto.ec2.models.amis import Ami, AmiBackend
 from moto.ec2.responses.amis import AmisResponse
 
-from . import consistency, events
+from . import consistency, events, publicaccess
 from .state import config, faults
 
 _original_create_image = AmiBackend.create_image
@@ -176,6 +176,8 @@ def modify_image_attribute(self, ami_id: str, launch_permissions_to_add, launch_
     ami = self.amis.get(ami_id)
     if ami is not None and launch_permissions_to_add:
         require_available(ami)
+        if any(p.get("Group") == "all" for p in launch_permissions_to_add):
+            publicaccess.require_image_public_allowed(self.account_id, self.region_name)
     result = _original_modify_image_attribute(self, ami_id, launch_permissions_to_add, launch_permissions_to_remove)
     if ami is not None:
         made = getattr(ami, "amiflow_permission_at", {})

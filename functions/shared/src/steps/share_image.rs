@@ -279,6 +279,64 @@ pub fn require_available(field: &str, image_id: &str, state: &str) -> Result<()>
     }
 }
 
+/// Refuses a public share that the account's block public access setting would stop, before
+/// anything changes: `PublicSharingBlocked`, naming the setting, its state, and who manages it. Pure.
+pub fn public_sharing_allowed(
+    setting: &str,
+    region: &str,
+    state: &str,
+    managed_by: Option<&str>,
+) -> Result<()> {
+    if state == "unblocked" {
+        return Ok(());
+    }
+    let how = if managed_by == Some("declarative-policy") {
+        "a declarative policy of the organization manages it, so only the organization can lift it"
+    } else {
+        "the account manages it; an administrator can lift it for the share and set it again afterwards"
+    };
+    Err(Error::PublicSharingBlocked(format!(
+        "public: block public access for {setting} is {state} in {region} ({how}); the image was not shared"
+    )))
+}
+
+/// Whether the account lets this image (and its snapshots, if they are shared too) be made public
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-public-access-to-amis.html,
+/// https://docs.aws.amazon.com/ebs/latest/userguide/block-public-access-snapshots.html).
+async fn require_public_sharing(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    snapshots: bool,
+) -> Result<()> {
+    let images = ec2
+        .get_image_block_public_access_state()
+        .send()
+        .await
+        .map_err(aws("GetImageBlockPublicAccessState"))?;
+    public_sharing_allowed(
+        "AMIs",
+        region,
+        images
+            .image_block_public_access_state()
+            .unwrap_or("unblocked"),
+        images.managed_by().map(|m| m.as_str()),
+    )?;
+    if snapshots {
+        let snaps = ec2
+            .get_snapshot_block_public_access_state()
+            .send()
+            .await
+            .map_err(aws("GetSnapshotBlockPublicAccessState"))?;
+        public_sharing_allowed(
+            "snapshots",
+            region,
+            snaps.state().map(|s| s.as_str()).unwrap_or("unblocked"),
+            snaps.managed_by().map(|m| m.as_str()),
+        )?;
+    }
+    Ok(())
+}
+
 pub async fn prepare_share(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
@@ -301,6 +359,9 @@ pub async fn prepare_share(
             "public: {} is encrypted; encrypted images cannot be made public (share with accounts, organizations or OUs)",
             input.image_id
         )));
+    }
+    if input.public {
+        require_public_sharing(ec2, region, input.share_snapshots).await?;
     }
     if managed.is_empty() {
         return Ok(SharePlan::of(
@@ -659,6 +720,29 @@ mod tests {
                 && described[2]["organizationalUnitArn"].is_string()
         );
         assert_eq!(described[3]["group"], "all");
+    }
+
+    #[test]
+    fn a_blocked_public_share_names_the_setting_and_who_can_lift_it() {
+        assert!(public_sharing_allowed("AMIs", "eu-west-1", "unblocked", Some("account")).is_ok());
+        let by_account =
+            public_sharing_allowed("AMIs", "eu-west-1", "block-new-sharing", Some("account"))
+                .unwrap_err();
+        assert_eq!(by_account.name(), "PublicSharingBlocked");
+        let text = by_account.to_string();
+        assert!(text
+            .starts_with("public: block public access for AMIs is block-new-sharing in eu-west-1"));
+        assert!(text.contains("the account manages it"));
+        let by_policy = public_sharing_allowed(
+            "snapshots",
+            "eu-west-1",
+            "block-all-sharing",
+            Some("declarative-policy"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(by_policy.contains("snapshots is block-all-sharing"));
+        assert!(by_policy.contains("a declarative policy of the organization manages it"));
     }
 }
 
