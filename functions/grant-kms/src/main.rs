@@ -4,5 +4,8 @@ use amiflow::steps::grant_kms;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    amiflow::lambda::serve(|deps, request| grant_kms::run(&deps.kms, request)).await
+    amiflow::lambda::serve(|deps, request| async move {
+        grant_kms::run(&deps.kms, &deps.policy_edits()?, request).await
+    })
+    .await
 }

@@ -9,7 +9,12 @@ use aws_config::BehaviorVersion;
 
 use crate::error::Result;
 use crate::settings::Settings;
+use crate::steps::grant_kms::PolicyEdits;
 use crate::steps::lock::RunLock;
+
+/// How long grant-kms waits for another run's edit of the same key policy before its step is
+/// retried by the state machine (an edit takes two KMS calls).
+const KEY_POLICY_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct Deps {
     pub config: aws_config::SdkConfig,
@@ -53,12 +58,20 @@ impl Deps {
         }
     }
 
-    /// The run lock on the table in `AMIFLOW_LOCK_TABLE` (create-image and cleanup).
+    /// The run lock on the table in `AMIFLOW_LOCK_TABLE` (create-image, cleanup, grant-kms).
     pub fn run_lock(&self) -> Result<RunLock<'_>> {
         Ok(RunLock {
             ddb: &self.dynamodb,
             sfn: &self.sfn,
             table: self.settings.lock_table()?,
+        })
+    }
+
+    /// Key-policy edits serialised on the run lock's table (grant-kms).
+    pub fn policy_edits(&self) -> Result<PolicyEdits<'_>> {
+        Ok(PolicyEdits {
+            lock: self.run_lock()?,
+            patience: KEY_POLICY_PATIENCE,
         })
     }
 

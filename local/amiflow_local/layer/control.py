@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -235,6 +236,10 @@ class FaultInjector:
             if code:
                 # A client error the service answers for this call (400), which no retry helps.
                 return error(start_response, 400, code, f"{code} (injected by the local stack)")
+            delay = faults.delay_for(action)
+            if delay:
+                # Latency: the call is answered, that much later (the server is threaded).
+                time.sleep(delay)
             status = faults.server_error_for(action)
             if status:
                 code = "InternalError" if protocol == "query" else "InternalFailure"

@@ -22,7 +22,7 @@ Each action follows its row in the Service Authorization Reference (SAR):
   `kms:GrantIsForAWSResource`.
 - STS AssumeRole: the role, whose trust policy is the resource policy, with `sts:ExternalId`
   (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_create_for-user_externalid.html).
-- DynamoDB: the table; Step Functions: the state machine or the execution; task tokens: `*`.
+- DynamoDB: the table, with `dynamodb:LeadingKeys` for item calls; Step Functions: the state machine or the execution; task tokens: `*`.
 """
 
 from __future__ import annotations
@@ -332,7 +332,26 @@ def dynamodb_checks(action: str, params: dict[str, Any], principal: Principal, r
     table = params.get("TableName")
     if not table:
         raise LayerError(f"the layer does not know which resources dynamodb:{action} authorizes")
-    return [Check(f"dynamodb:{action}", f"arn:aws:dynamodb:{region}:{principal.account}:table/{table}", principal.account)]
+    arn = f"arn:aws:dynamodb:{region}:{principal.account}:table/{table}"
+    key = leading_key(table, params, principal.account, region)
+    context = {"dynamodb:LeadingKeys": [key]} if key is not None else {}
+    return [Check(f"dynamodb:{action}", arn, principal.account, context)]
+
+
+def leading_key(table_name: str, params: dict[str, Any], account: str, region: str) -> str | None:
+    """The partition key value an item call names: `dynamodb:LeadingKeys`
+    (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    try:
+        table = dynamodb_backends[account][region].get_table(table_name)
+    except Exception:  # noqa: BLE001 - an unknown table: DynamoDB refuses it after IAM
+        return None
+    item = params.get("Key") or params.get("Item") or {}
+    value = item.get(table.hash_key_attr)
+    if isinstance(value, dict) and value:
+        return str(next(iter(value.values())))
+    return None
 
 
 def states_checks(action: str, params: dict[str, Any], principal: Principal) -> list[Check]:

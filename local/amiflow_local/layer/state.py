@@ -104,6 +104,7 @@ class Faults:
             self.throttle: dict[str, _Budget] = {}
             self.server_error: dict[str, tuple[int, _Budget]] = {}
             self.api_error: dict[str, tuple[str, _Budget]] = {}
+            self.delay: dict[str, tuple[float, _Budget]] = {}
             self.no_capacity: dict[str, _Budget] = {}
             self.fail_next_images = 0
             self.fail_named_images: dict[str, str] = {}
@@ -127,6 +128,11 @@ class Faults:
                 if not spec.get("code"):
                     raise ValueError("api-error needs code (the error code the call answers, e.g. InvalidSnapshot.InUse)")
                 self.api_error[_action(spec)] = (str(spec["code"]), _Budget.parse(spec))
+            elif kind == "delay":
+                seconds = float(spec.get("seconds", 0))
+                if not 0 < seconds <= 30:
+                    raise ValueError("delay needs seconds, more than 0 and at most 30")
+                self.delay[_action(spec)] = (seconds, _Budget.parse(spec))
             elif kind == "insufficient-capacity":
                 if not spec.get("availabilityZone"):
                     raise ValueError("insufficient-capacity needs availabilityZone")
@@ -155,7 +161,7 @@ class Faults:
                     self.impair_next_instances += int(spec.get("count", 1))
             else:
                 raise ValueError(
-                    f"unknown fault kind {kind!r}; known: throttle, server-error, api-error, insufficient-capacity, "
+                    f"unknown fault kind {kind!r}; known: throttle, server-error, api-error, delay, insufficient-capacity, "
                     "fail-image, drop-event, crash-after-side-effect, impaired, kms-denied"
                 )
 
@@ -185,6 +191,14 @@ class Faults:
                 self._record("api-error", action=action, code=entry[0])
                 return entry[0]
             return None
+
+    def delay_for(self, action: str) -> float:
+        with self.lock:
+            entry = self.delay.get(action)
+            if entry and entry[1].fire():
+                self._record("delay", action=action, seconds=entry[0])
+                return entry[0]
+            return 0.0
 
     def capacity_refused(self, az: str) -> bool:
         with self.lock:

@@ -6,6 +6,10 @@
 //! adding another. Organizations and OUs get a statement in the key policy, with
 //! `aws:PrincipalOrgID` or `aws:PrincipalOrgPaths` conditions; the merge keeps every other
 //! statement and can be undone.
+//!
+//! A key-policy edit reads the policy, changes amiflow's statements and writes it back, so two
+//! runs editing one key at once could each drop the other's statement. Each edit holds the run
+//! lock's table item for that key (`kms-key-policy/<key ARN>`) from the read to the write.
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::types::{GrantOperation, KeyManagerType};
@@ -14,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::error::{aws, Error, Result};
 use crate::receivers::Receivers;
+use crate::steps::lock::{Claimant, RunLock};
 use crate::tags;
 
 /// What EC2 needs of a key, on a receiver's behalf, to launch from and copy the image: the
@@ -34,6 +39,8 @@ pub const GRANT_OPERATIONS: [&str; 7] = [
 #[serde(rename_all = "camelCase")]
 pub struct KeysRequest {
     pub execution: String,
+    /// The execution's ARN: the holder of a key-policy edit's lock.
+    pub execution_arn: String,
     pub image_id: String,
     /// The account that owns the image (and must own the keys).
     pub owner_account: String,
@@ -330,7 +337,74 @@ async fn put_policy(kms: &aws_sdk_kms::Client, key: &str, policy: String) -> Res
     Ok(())
 }
 
-pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<Vec<KeyAccess>> {
+/// Key-policy edits, one at a time per key across every run.
+pub struct PolicyEdits<'a> {
+    pub lock: RunLock<'a>,
+    /// How long an edit waits for another run's edit of the same key before the step is retried.
+    pub patience: std::time::Duration,
+}
+
+/// The lock item of a key's policy.
+pub fn policy_lock_of(key_arn: &str) -> String {
+    format!("kms-key-policy/{key_arn}")
+}
+
+impl PolicyEdits<'_> {
+    /// Waits for the key's policy lock; a run still editing it after `patience` makes this step
+    /// `Throttled`, which the state machine retries with backoff.
+    async fn hold(&self, key: &str, who: &Claimant<'_>) -> Result<()> {
+        let resource = policy_lock_of(key);
+        let deadline = std::time::Instant::now() + self.patience;
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            let Some(holder) = self.lock.try_acquire(&resource, who).await? else {
+                return Ok(());
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Throttled(format!(
+                    "kmsKeyIds: the policy of {key} is being edited by execution {holder}; retried later"
+                )));
+            }
+            tracing::info!(kms_key_id = %key, %holder, "waiting for another run's key-policy edit");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+
+    /// Reads the key's policy, applies `change` (the new policy, if any, and what to report) and
+    /// writes it back, holding the key's lock throughout; the lock is given back either way.
+    async fn edit<T>(
+        &self,
+        kms: &aws_sdk_kms::Client,
+        request: &KeysRequest,
+        key: &str,
+        change: impl FnOnce(&str) -> Result<(Option<String>, T)>,
+    ) -> Result<T> {
+        let who = Claimant {
+            execution: &request.execution,
+            execution_arn: &request.execution_arn,
+        };
+        self.hold(key, &who).await?;
+        let edited = async {
+            let (policy, out) = change(&policy_of(kms, key).await?)?;
+            if let Some(policy) = policy {
+                put_policy(kms, key, policy).await?;
+            }
+            Ok(out)
+        }
+        .await;
+        let released = self.lock.release(&policy_lock_of(key), who.execution).await;
+        let out = edited?;
+        released?;
+        Ok(out)
+    }
+}
+
+pub async fn grant(
+    kms: &aws_sdk_kms::Client,
+    edits: &PolicyEdits<'_>,
+    request: &KeysRequest,
+) -> Result<Vec<KeyAccess>> {
     let receivers = &request.receivers;
     // Every key is checked before any is changed.
     let mut keys = Vec::new();
@@ -375,8 +449,14 @@ pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<V
             .filter_map(|s| s["Sid"].as_str().map(str::to_string))
             .collect();
         if !statements.is_empty() {
-            let merged = merge_policy(&policy_of(kms, &key).await?, &request.image_id, receivers)?;
-            put_policy(kms, &key, merged).await?;
+            edits
+                .edit(kms, request, &key, |policy| {
+                    Ok((
+                        Some(merge_policy(policy, &request.image_id, receivers)?),
+                        (),
+                    ))
+                })
+                .await?;
             tracing::info!(kms_key_id = %key, statements = ?statements, "key policy statements merged");
         }
         out.push(KeyAccess {
@@ -388,7 +468,11 @@ pub async fn grant(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<V
     Ok(out)
 }
 
-pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<Vec<KeyAccess>> {
+pub async fn revoke(
+    kms: &aws_sdk_kms::Client,
+    edits: &PolicyEdits<'_>,
+    request: &KeysRequest,
+) -> Result<Vec<KeyAccess>> {
     let receivers = &request.receivers;
     let mut out = Vec::new();
     for key_id in &request.kms_key_ids {
@@ -451,12 +535,14 @@ pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<
             }
         }
         let mut statements = Vec::new();
-        if let Some(policy) = policy {
-            let (stripped, removed) = strip_policy(&policy, &request.image_id, receivers)?;
-            if !removed.is_empty() {
-                put_policy(kms, &key, stripped).await?;
-            }
-            statements = removed;
+        if statements_there {
+            // Read again under the key's lock: the policy may have changed since.
+            statements = edits
+                .edit(kms, request, &key, |policy| {
+                    let (stripped, removed) = strip_policy(policy, &request.image_id, receivers)?;
+                    Ok((Some(stripped).filter(|_| !removed.is_empty()), removed))
+                })
+                .await?;
         }
         tracing::info!(kms_key_id = %key, grants = grants.len(), statements = ?statements, "key access revoked");
         out.push(KeyAccess {
@@ -468,10 +554,15 @@ pub async fn revoke(kms: &aws_sdk_kms::Client, request: &KeysRequest) -> Result<
     Ok(out)
 }
 
-pub async fn run(kms: &aws_sdk_kms::Client, request: GrantKmsRequest) -> Result<Vec<KeyAccess>> {
+pub async fn run(
+    kms: &aws_sdk_kms::Client,
+    edits: &PolicyEdits<'_>,
+    request: GrantKmsRequest,
+) -> Result<Vec<KeyAccess>> {
+    // Boxed: the two futures are deep enough to overflow the compiler's layout query in main.
     match request {
-        GrantKmsRequest::Grant(r) => grant(kms, &r).await,
-        GrantKmsRequest::Revoke(r) => revoke(kms, &r).await,
+        GrantKmsRequest::Grant(r) => Box::pin(grant(kms, edits, &r)).await,
+        GrantKmsRequest::Revoke(r) => Box::pin(revoke(kms, edits, &r)).await,
     }
 }
 
@@ -599,6 +690,49 @@ mod mocked {
     use aws_sdk_kms::Client;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 
+    /// A key-policy lock that is always free: the edits of one test never contend.
+    struct FreeLocks {
+        ddb: aws_sdk_dynamodb::Client,
+        sfn: aws_sdk_sfn::Client,
+        taken: Rule,
+        released: Rule,
+    }
+
+    impl FreeLocks {
+        fn new() -> Self {
+            use aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput;
+            use aws_sdk_dynamodb::operation::put_item::PutItemOutput;
+            let taken = mock!(aws_sdk_dynamodb::Client::put_item)
+                .match_requests(|r| {
+                    r.item()
+                        .and_then(|i| i.get("resourceId"))
+                        .is_some_and(|v| v.as_s().is_ok_and(|k| k.starts_with("kms-key-policy/")))
+                })
+                .then_output(|| PutItemOutput::builder().build());
+            let released = mock!(aws_sdk_dynamodb::Client::delete_item)
+                .then_output(|| DeleteItemOutput::builder().build());
+            let ddb = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&taken, &released]);
+            let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, &[] as &[&Rule]);
+            FreeLocks {
+                ddb,
+                sfn,
+                taken,
+                released,
+            }
+        }
+
+        fn edits(&self) -> PolicyEdits<'_> {
+            PolicyEdits {
+                lock: RunLock {
+                    ddb: &self.ddb,
+                    sfn: &self.sfn,
+                    table: "locks",
+                },
+                patience: std::time::Duration::from_millis(10),
+            }
+        }
+    }
+
     const KEY: &str = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555";
 
     fn describe(manager: KeyManagerType, account: &'static str) -> Rule {
@@ -637,6 +771,8 @@ mod mocked {
     fn request(receivers: Receivers) -> KeysRequest {
         KeysRequest {
             execution: "run-1".into(),
+            execution_arn: "arn:aws:states:us-east-1:123456789012:execution:ShareImage:run-1"
+                .into(),
             image_id: "ami-0abc".into(),
             owner_account: "123456789012".into(),
             kms_key_ids: vec![KEY.into()],
@@ -669,7 +805,9 @@ mod mocked {
             shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        let out = grant(&kms, &request(accounts())).await.unwrap();
+        let out = grant(&kms, &FreeLocks::new().edits(), &request(accounts()))
+            .await
+            .unwrap();
         assert_eq!(out[0].grants[0].grant_id, "g-1");
         assert_eq!(rules[2].num_calls(), 1);
 
@@ -683,7 +821,9 @@ mod mocked {
             shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        let out = grant(&kms, &request(accounts())).await.unwrap();
+        let out = grant(&kms, &FreeLocks::new().edits(), &request(accounts()))
+            .await
+            .unwrap();
         assert_eq!(out[0].grants[0].grant_id, "g-1");
         assert_eq!(
             rules[2].num_calls(),
@@ -709,7 +849,9 @@ mod mocked {
         let mut both = request(accounts());
         both.receivers.organization_arns =
             vec!["arn:aws:organizations::123456789012:organization/o-abcdef1234".into()];
-        let e = grant(&kms, &both).await.unwrap_err();
+        let e = grant(&kms, &FreeLocks::new().edits(), &both)
+            .await
+            .unwrap_err();
         assert_eq!(e.name(), "KeyNotShareable");
         assert!(e.to_string().contains("amiflow:shareable=true"), "{e}");
         assert_eq!([rules[2].num_calls(), rules[3].num_calls()], [0, 0]);
@@ -727,7 +869,9 @@ mod mocked {
             shareable(false),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        let out = revoke(&kms, &request(accounts())).await.unwrap();
+        let out = revoke(&kms, &FreeLocks::new().edits(), &request(accounts()))
+            .await
+            .unwrap();
         assert!(out[0].grants.is_empty() && out[0].key_policy_statements.is_empty());
         assert_eq!(rules[2].num_calls(), 0);
         let managed = mock_client!(
@@ -735,10 +879,12 @@ mod mocked {
             RuleMode::MatchAny,
             [&describe(KeyManagerType::Aws, "123456789012")]
         );
-        assert!(revoke(&managed, &request(accounts()))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            revoke(&managed, &FreeLocks::new().edits(), &request(accounts()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -768,12 +914,82 @@ mod mocked {
             shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        let out = grant(&kms, &request(receivers)).await.unwrap();
+        let locks = FreeLocks::new();
+        let out = grant(&kms, &locks.edits(), &request(receivers.clone()))
+            .await
+            .unwrap();
         assert_eq!(
             out[0].key_policy_statements,
             ["AmiflowOrgsami0abc", "AmiflowOrgsGrantami0abc"]
         );
         assert_eq!(rules[3].num_calls(), 1);
+        // The edit held the key's lock and gave it back.
+        assert_eq!(
+            [locks.taken.num_calls(), locks.released.num_calls()],
+            [1, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_policy_another_run_is_editing_is_left_alone_and_the_step_retried() {
+        use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
+        use aws_sdk_sfn::types::ExecutionStatus;
+        const OTHER: &str = "arn:aws:states:us-east-1:123456789012:execution:ShareImage:run-0";
+        let receivers = Receivers {
+            organization_arns: vec![
+                "arn:aws:organizations::123456789012:organization/o-abcdef1234".into(),
+            ],
+            ..Default::default()
+        };
+        let put_policy =
+            mock!(Client::put_key_policy).then_output(|| PutKeyPolicyOutput::builder().build());
+        let rules = [
+            describe(KeyManagerType::Customer, "123456789012"),
+            mock!(Client::list_grants).then_output(|| ListGrantsOutput::builder().build()),
+            mock!(Client::get_key_policy).then_output(|| {
+                GetKeyPolicyOutput::builder()
+                    .policy(r#"{"Version":"2012-10-17","Statement":[]}"#)
+                    .build()
+            }),
+            put_policy,
+            shareable(true),
+        ];
+        let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
+        let refused = mock!(aws_sdk_dynamodb::Client::put_item).then_error(|| {
+            PutItemError::generic(crate::test_support::meta("ConditionalCheckFailedException"))
+        });
+        let held = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| {
+            GetItemOutput::builder()
+                .item("executionArn", AttributeValue::S(OTHER.into()))
+                .build()
+        });
+        let running = mock!(aws_sdk_sfn::Client::describe_execution).then_output(|| {
+            DescribeExecutionOutput::builder()
+                .execution_arn(OTHER)
+                .state_machine_arn("arn:aws:states:us-east-1:123456789012:stateMachine:ShareImage")
+                .status(ExecutionStatus::Running)
+                .start_date(aws_smithy_types::DateTime::from_secs(0))
+                .build()
+                .unwrap()
+        });
+        let ddb = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&refused, &held]);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&running]);
+        let edits = PolicyEdits {
+            lock: RunLock {
+                ddb: &ddb,
+                sfn: &sfn,
+                table: "locks",
+            },
+            patience: std::time::Duration::from_millis(250),
+        };
+        let e = grant(&kms, &edits, &request(receivers)).await.unwrap_err();
+        assert_eq!(e.name(), "Throttled");
+        assert!(e.to_string().contains(OTHER), "{e}");
+        assert_eq!(rules[2].num_calls() + rules[3].num_calls(), 0);
+        assert!(refused.num_calls() >= 2, "it waited and asked again");
     }
 
     #[tokio::test]
@@ -783,7 +999,9 @@ mod mocked {
             RuleMode::MatchAny,
             [&describe(KeyManagerType::Aws, "123456789012")]
         );
-        let e = grant(&kms, &request(accounts())).await.unwrap_err();
+        let e = grant(&kms, &FreeLocks::new().edits(), &request(accounts()))
+            .await
+            .unwrap_err();
         assert_eq!(e.name(), "KeyNotManageable");
         assert!(e.to_string().contains("AWS managed"), "{e}");
         let kms = mock_client!(
@@ -791,7 +1009,7 @@ mod mocked {
             RuleMode::MatchAny,
             [&describe(KeyManagerType::Customer, "999999999999")]
         );
-        assert!(grant(&kms, &request(accounts()))
+        assert!(grant(&kms, &FreeLocks::new().edits(), &request(accounts()))
             .await
             .unwrap_err()
             .to_string()
@@ -826,7 +1044,9 @@ mod mocked {
             shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        let out = revoke(&kms, &request(accounts())).await.unwrap();
+        let out = revoke(&kms, &FreeLocks::new().edits(), &request(accounts()))
+            .await
+            .unwrap();
         assert_eq!(out[0].grants.len(), 1);
         assert_eq!(rules[2].num_calls(), 1);
     }
@@ -859,7 +1079,11 @@ mod mocked {
             shareable(true),
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
-        assert!(revoke(&kms, &request(accounts())).await.is_ok());
+        assert!(
+            revoke(&kms, &FreeLocks::new().edits(), &request(accounts()))
+                .await
+                .is_ok()
+        );
 
         let refused = mock!(Client::revoke_grant).then_error(|| {
             aws_sdk_kms::operation::revoke_grant::RevokeGrantError::generic(
@@ -875,7 +1099,10 @@ mod mocked {
         ];
         let kms = mock_client!(aws_sdk_kms, RuleMode::MatchAny, &rules);
         assert_eq!(
-            revoke(&kms, &request(accounts())).await.unwrap_err().name(),
+            revoke(&kms, &FreeLocks::new().edits(), &request(accounts()))
+                .await
+                .unwrap_err()
+                .name(),
             "AwsApi"
         );
     }

@@ -109,6 +109,15 @@ impl RunLock<'_> {
     /// Takes the lock on `resource` for `who`, or fails with `InstanceBusy` naming the holder.
     /// Taking it again for the same execution (a retried create-image) succeeds.
     pub async fn acquire(&self, resource: &str, who: &Claimant<'_>) -> Result<()> {
+        match self.try_acquire(resource, who).await? {
+            None => Ok(()),
+            Some(holder) => Err(busy(resource, &holder)),
+        }
+    }
+
+    /// Takes the lock on `resource` for `who`: `None` when taken, or the execution ARN of the
+    /// running execution that holds it.
+    pub async fn try_acquire(&self, resource: &str, who: &Claimant<'_>) -> Result<Option<String>> {
         let mine = HashMap::from([(
             ":me".to_string(),
             AttributeValue::S(who.execution_arn.into()),
@@ -123,7 +132,7 @@ impl RunLock<'_> {
             .await?
         {
             tracing::info!(resource, execution = who.execution, "run lock taken");
-            return Ok(());
+            return Ok(None);
         }
         let held = self
             .ddb
@@ -157,7 +166,7 @@ impl RunLock<'_> {
             Err(e) => return Err(aws("DescribeExecution")(e)),
         };
         if contention(status.as_deref()) == Contention::Busy {
-            return Err(busy(resource, &holder));
+            return Ok(Some(holder));
         }
         let theirs = HashMap::from([(":holder".to_string(), AttributeValue::S(holder.clone()))]);
         if self
@@ -165,9 +174,9 @@ impl RunLock<'_> {
             .await?
         {
             tracing::warn!(resource, previous = %holder, status = ?status, "run lock taken over from an ended execution");
-            Ok(())
+            Ok(None)
         } else {
-            Err(busy(resource, "that took it over at the same moment"))
+            Ok(Some("that took it over at the same moment".to_string()))
         }
     }
 
