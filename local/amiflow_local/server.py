@@ -267,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             template_file=body.get("template", "target-account.yaml"), target_kms_key_arn=key,
         )
         accept_events_from(endpoint, args.region, template, [body["accountId"]])
+        # The source stack lists the account in TargetAccountIds (a stack update), unless the
+        # test models a target the source stack's owner never listed.
+        listed = [a for a in parameters.get("TargetAccountIds", "").split(",") if a]
+        if body.get("listInSource", True) and account not in listed:
+            parameters["TargetAccountIds"] = ",".join([*listed, account])
+            deploy({})
         return made
 
     def deploy(body: dict) -> dict:

@@ -186,3 +186,22 @@ def test_a_lost_event_of_the_copy_is_made_up_for_by_polling_through_the_role(sta
     assert {"StartPollingTarget", "PollTarget"} <= set(result.states)
     assert result.output["sharingKept"] is True
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"UserId": B}]
+
+
+def test_a_copy_role_in_an_account_the_stack_does_not_list_cannot_be_assumed(stack, ec2, sfn, cmk):
+    """Account D deployed target-account.yaml (a role named like the copy role, trusting the
+    source's functions), but the source stack's TargetAccountIds does not list D: amiflow's roles
+    may assume the copy role only in the listed accounts, so the copy fails and A gives nothing."""
+    from audits import NOTHING_SHARED, access_left
+
+    deployed = stack.control("target-account", {"accountId": D, "externalId": "ext-d", "listInSource": False})
+    image_id = encrypted_image(stack, ec2, cmk)
+    stack.control("denials", method="DELETE")
+    payload = copy_input(image_id, deployed["targetKmsKeyArn"])
+    payload.update({"targetAccountId": D, "targetRoleArn": deployed["roles"][0], "externalId": "ext-d"})
+    result = run(sfn, "CopyImage", payload)
+    assert (result.status, result.error) == ("FAILED", "RoleNotAssumable"), (result.error, result.cause)
+    refused = [d for d in stack.control("denials") if d["action"] == "sts:AssumeRole"]
+    assert refused and all(f":iam::{D}:role/" in d["resource"] for d in refused), refused
+    assert access_left(stack, ec2, image_id, cmk) == NOTHING_SHARED
+    assert as_account(stack, D, "ec2").describe_images(Owners=["self"])["Images"] == []

@@ -210,6 +210,9 @@ def _context(principal: Principal, region: str) -> dict[str, Any]:
 def simulation(principal: Principal, check: Check, region: str, identity: list[dict[str, Any]]) -> dict[str, Any]:
     """One check as the evaluator takes it; `identity` is the principal's policies, read once per call."""
     context = _context(principal, region)
+    if check.resource != "*" and check.account:
+        # The account that owns the resource (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-resourceaccount).
+        context["aws:ResourceAccount"] = check.account
     context.update(check.context)
     sim: dict[str, Any] = {
         "request": {
