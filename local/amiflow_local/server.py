@@ -165,7 +165,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
             if event.get("Type") == "Schedule":
                 events.put_rule(Name=rule, ScheduleExpression=template.resolve(event["Properties"]["Schedule"]))
             elif event.get("Type") == "EventBridgeRule":
-                events.put_rule(Name=rule, EventPattern=json.dumps(event["Properties"]["Pattern"]))
+                events.put_rule(Name=rule, EventPattern=json.dumps(template.resolve(event["Properties"]["Pattern"])))
             else:
                 continue
             events.put_targets(Rule=rule, Targets=[{"Id": function.binary, "Arn": template.function_arn(function.logical_id)}])

@@ -764,3 +764,33 @@ def test_a_snapshot_block_refuses_public_snapshots_and_a_declarative_policy_cann
     with pytest.raises(ClientError) as managed:
         ec2.disable_image_block_public_access()
     assert managed.value.response["Error"]["Code"] == "OperationNotPermitted"
+
+
+# Step Functions status changes --------------------------------------------------------------
+
+def status_changes(stack, execution_arn: str) -> list[str]:
+    return [d["event"]["detail"]["status"] for d in stack.control("events")
+            if d["event"]["detail-type"] == "Step Functions Execution Status Change"
+            and d["event"]["detail"]["executionArn"] == execution_arn]
+
+
+def test_executions_send_their_status_changes_and_a_stop_is_at_once(stack, sfn):
+    role = "arn:aws:iam::123456789012:role/amiflow-local-states"
+    machines = {}
+    for name, definition in {
+        "pass": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}},
+        "long": {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 30, "End": True}}},
+        "short": {"StartAt": "W", "TimeoutSeconds": 1, "States": {"W": {"Type": "Wait", "Seconds": 30, "End": True}}},
+    }.items():
+        machines[name] = sfn.create_state_machine(name=f"{name}-{uuid.uuid4().hex[:6]}", definition=json.dumps(definition), roleArn=role)["stateMachineArn"]
+    done = sfn.start_execution(stateMachineArn=machines["pass"], input="{}")["executionArn"]
+    wait_for(lambda: status_changes(stack, done) == ["RUNNING", "SUCCEEDED"], what="RUNNING then SUCCEEDED")
+    event = next(d["event"] for d in stack.control("events") if d["event"]["resources"] == [done] and d["event"]["detail"]["status"] == "SUCCEEDED")
+    assert event["source"] == "aws.states" and event["detail"]["stateMachineArn"] == machines["pass"]
+    assert isinstance(event["detail"]["startDate"], int) and isinstance(event["detail"]["stopDate"], int)
+    stopped = sfn.start_execution(stateMachineArn=machines["long"], input="{}")["executionArn"]
+    sfn.stop_execution(executionArn=stopped)
+    assert sfn.describe_execution(executionArn=stopped)["status"] == "ABORTED"
+    assert status_changes(stack, stopped) == ["RUNNING", "ABORTED"]
+    timed_out = sfn.start_execution(stateMachineArn=machines["short"], input="{}")["executionArn"]
+    wait_for(lambda: status_changes(stack, timed_out) == ["RUNNING", "TIMED_OUT"], timeout=10, what="TIMED_OUT")

@@ -107,6 +107,9 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
             "copy-image" => parse_request::<copy_image::CopyImageRequest>(value)
                 .and_then(|r| r.input().map(|_| ())),
             "preflight" => parse_request::<amiflow::preflight::PreflightRequest>(value).map(|_| ()),
+            "reaper" => amiflow::steps::reap::ended_run(&value).map(|run| {
+                assert!(run.is_some(), "{}: not a run to reap", path.display());
+            }),
             "trigger" => {
                 let only = amiflow::steps::trigger::event_resources(&value);
                 let scheduled = value["detail-type"] == "Scheduled Event";

@@ -1,14 +1,34 @@
-"""SendTaskFailure keeps its cause.
+"""SendTaskFailure keeps its cause; executions send their status changes to EventBridge.
 
 AWS: SendTaskFailure takes `error` and `cause`, and the task fails with both
 (https://docs.aws.amazon.com/step-functions/latest/apireference/API_SendTaskFailure.html).
 moto 5.2.5's response handler passes the error on and drops the cause.
+
+AWS: a standard execution sends a `Step Functions Execution Status Change` event (source
+`aws.states`) to the account's default bus when it starts (RUNNING) and when it ends (SUCCEEDED,
+FAILED, TIMED_OUT, ABORTED), with `executionArn`, `stateMachineArn`, `name`, `status`, `startDate`
+and `stopDate` in milliseconds, `input`, `output`, `error` and `cause`
+(https://docs.aws.amazon.com/step-functions/latest/dg/eventbridge-integration.html).
+moto 5.2.5 sends none.
+
+AWS: StopExecution stops the execution at once: it is ABORTED from then on
+(https://docs.aws.amazon.com/step-functions/latest/apireference/API_StopExecution.html).
+moto 5.2.5 keeps it RUNNING until the state it is in returns (a task token wait: until it is
+answered or times out).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from typing import Any
+
 from moto.core.responses import EmptyResult
+from moto.stepfunctions.parser.api import ExecutionStatus
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.stepfunctions.responses import StepFunctionResponse
+
+log = logging.getLogger(__name__)
 
 
 def send_task_failure(self: StepFunctionResponse):
@@ -18,5 +38,72 @@ def send_task_failure(self: StepFunctionResponse):
     return EmptyResult()
 
 
+def _millis(moment: Any) -> int | None:
+    return int(moment.timestamp() * 1000) if moment is not None else None
+
+
+def status_event(execution: Execution) -> dict[str, Any]:
+    from .events import envelope
+
+    status = execution.exec_status.value if execution.exec_status else "RUNNING"
+    detail = {
+        "executionArn": execution.exec_arn,
+        "stateMachineArn": execution.state_machine.arn,
+        "name": execution.name,
+        "status": status,
+        "startDate": _millis(execution.start_date),
+        "stopDate": _millis(getattr(execution, "stop_date", None)) if status != "RUNNING" else None,
+        "input": execution.input_data if isinstance(execution.input_data, str) else json.dumps(execution.input_data),
+        "output": getattr(execution, "output", None) if status == "SUCCEEDED" else None,
+        "error": getattr(execution, "error", None),
+        "cause": getattr(execution, "cause", None),
+    }
+    if isinstance(detail["output"], (dict, list)):
+        detail["output"] = json.dumps(detail["output"])
+    return envelope(execution.account_id, execution.region_name, "aws.states",
+                    "Step Functions Execution Status Change", [execution.exec_arn], detail)
+
+
+def _send_status(execution: Execution) -> None:
+    from .events import deliver
+
+    status = execution.exec_status.value if execution.exec_status else "RUNNING"
+    sent = execution.__dict__.setdefault("amiflow_statuses_sent", set())
+    if status in sent:
+        return
+    sent.add(status)
+    try:
+        deliver(execution.account_id, execution.region_name, "default", status_event(execution))
+    except Exception:  # noqa: BLE001 - an event that cannot be sent must not break the execution
+        log.exception("could not send the status change of %s", execution.exec_arn)
+
+
+_original_start = Execution.start
+_original_stop = Execution.stop
+_original_terminated = BaseExecutionWorkerCommunication.terminated
+
+
+def start(self: Execution) -> None:
+    _original_start(self)
+    _send_status(self)
+
+
+def stop(self: Execution, stop_date: Any, error: str | None, cause: str | None) -> None:
+    _original_stop(self, stop_date=stop_date, error=error, cause=cause)
+    if self.exec_status == ExecutionStatus.RUNNING:
+        self.exec_status = ExecutionStatus.ABORTED
+        self.stop_date = stop_date
+        self.error, self.cause = error or None, cause or None
+        _send_status(self)
+
+
+def terminated(self: BaseExecutionWorkerCommunication) -> None:
+    _original_terminated(self)
+    _send_status(self.execution)
+
+
 def install() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure
+    Execution.start = start
+    Execution.stop = stop
+    BaseExecutionWorkerCommunication.terminated = terminated

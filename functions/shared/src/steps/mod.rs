@@ -6,6 +6,7 @@ pub mod create_image;
 pub mod grant_kms;
 pub mod launch;
 pub mod lock;
+pub mod reap;
 pub mod share_image;
 pub mod trigger;
 pub mod verify_instance;
