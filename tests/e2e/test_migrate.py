@@ -263,3 +263,36 @@ def test_a_launch_that_crashes_after_its_side_effect_is_retried_without_a_second
     assert [f["kind"] for f in stack.control("faults")["fired"]] == ["crash-after-side-effect"]
     made = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:amiflow:execution", "Values": [result.name]}])["Reservations"] for i in r["Instances"]]
     assert [i["InstanceId"] for i in made] == [result.output["newInstanceId"]]
+
+
+def instance_role(stack, ec2, world, path: str) -> str:
+    """Gives the source an instance profile whose role has this path; answers the profile's ARN."""
+    iam = stack.client("iam")
+    name = f"app-{uuid.uuid4().hex[:6]}"
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust))
+    profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    ec2.associate_iam_instance_profile(IamInstanceProfile={"Arn": profile}, InstanceId=world.instance_id)
+    return profile
+
+
+def test_launch_passes_only_roles_the_stack_admits_by_default_those_under_amiflow_instance(stack, ec2, sfn, world):
+    """InstanceRoleNamePattern defaults to amiflow-instance/*: a source whose role is elsewhere is
+    not migrated (launch may not pass its role) and the run leaves nothing; one under the path is."""
+    from audits import audit
+
+    instance_role(stack, ec2, world, "/")
+    stack.control("denials", method="DELETE")
+    refused = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert (refused.status, refused.error) == ("FAILED", "AwsApi"), (refused.error, refused.cause)
+    assert "UnauthorizedOperation" in message(refused)
+    assert [d["action"] for d in stack.control("denials")] == ["iam:PassRole"]
+    audit(ec2, refused, world)
+
+    ec2.disassociate_iam_instance_profile(AssociationId=ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [world.instance_id]}])["IamInstanceProfileAssociations"][0]["AssociationId"])
+    profile = instance_role(stack, ec2, world, "/amiflow-instance/")
+    moved = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert moved.status == "SUCCEEDED", (moved.error, moved.cause)
+    assert instance(ec2, moved.output["newInstanceId"])["IamInstanceProfile"]["Arn"] == profile
