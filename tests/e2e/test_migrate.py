@@ -9,7 +9,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed
 
-from workflow import instance, message, run, tagged
+from workflow import instance, message, run, state_machine_arn, tagged
 
 
 @pytest.fixture
@@ -296,3 +296,21 @@ def test_launch_passes_only_roles_the_stack_admits_by_default_those_under_amiflo
     moved = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
     assert moved.status == "SUCCEEDED", (moved.error, moved.cause)
     assert instance(ec2, moved.output["newInstanceId"])["IamInstanceProfile"]["Arn"] == profile
+
+
+def test_the_sources_user_data_never_enters_the_execution_history(stack, ec2, sfn, world):
+    """User data often holds secrets: the state carries its SHA-256 and length, and launch reads
+    the data from the source. The new instance has it; no event of the history does."""
+    import base64
+
+    encoded = ec2.describe_instance_attribute(InstanceId=world.instance_id, Attribute="userData")["UserData"]["Value"]
+    plain = base64.b64decode(encoded).decode()
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    copied = ec2.describe_instance_attribute(InstanceId=result.output["newInstanceId"], Attribute="userData")["UserData"]["Value"]
+    assert base64.b64decode(copied).decode() == plain
+    arn = next(e["executionArn"] for e in sfn.list_executions(stateMachineArn=state_machine_arn(sfn, "MigrateInstance"))["executions"]
+               if e["name"] == result.name)
+    history = json.dumps(sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"], default=str)
+    assert encoded not in history and "amiflow demo" not in history
+    assert '"sha256"' in history.replace('\\"', '"')

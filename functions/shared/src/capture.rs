@@ -52,6 +52,47 @@ pub struct Attributes {
     pub shutdown_behavior: Option<String>,
 }
 
+/// What the state carries of the source's user data: its SHA-256 and length, never the data.
+/// User data often holds secrets, and a run's state is kept in its execution history; launch
+/// reads the data from the source and checks it against this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDataRef {
+    /// Hex SHA-256 of the base64 text EC2 returns.
+    pub sha256: String,
+    /// Length of that base64 text.
+    pub length: usize,
+}
+
+impl UserDataRef {
+    pub fn of(base64: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        UserDataRef {
+            sha256: Sha256::digest(base64.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            length: base64.len(),
+        }
+    }
+}
+
+/// The user data to launch with: what the source holds now, if it is what was captured. Pure.
+pub fn checked_user_data(
+    instance_id: &str,
+    captured: Option<&UserDataRef>,
+    now: Option<String>,
+) -> Result<Option<String>> {
+    let now = now.filter(|u| !u.is_empty());
+    if now.as_deref().map(UserDataRef::of).as_ref() == captured {
+        return Ok(now);
+    }
+    Err(Error::invalid(
+        "instanceId",
+        format!("{instance_id}'s user data changed during the run (it is not what was captured with its image); start the run again"),
+    ))
+}
+
 /// Everything about the source that a relaunch from its AMI must carry over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,7 +106,8 @@ pub struct Capture {
     pub security_group_ids: Vec<String>,
     pub key_name: Option<String>,
     pub iam_instance_profile_arn: Option<String>,
-    pub user_data: Option<String>,
+    /// A reference, not the data: launch reads it from the source.
+    pub user_data: Option<UserDataRef>,
     pub tags: Vec<Tag>,
     pub root_device_name: Option<String>,
     pub volumes: Vec<VolumeSpec>,
@@ -218,7 +260,10 @@ pub fn capture(
             .iam_instance_profile()
             .and_then(|p| p.arn())
             .map(str::to_string),
-        user_data: attributes.user_data.filter(|u| !u.is_empty()),
+        user_data: attributes
+            .user_data
+            .filter(|u| !u.is_empty())
+            .map(|u| UserDataRef::of(&u)),
         tags: tags::from_sdk(instance.tags()),
         root_device_name: instance.root_device_name().map(str::to_string),
         volumes: specs,
@@ -383,7 +428,13 @@ pub(crate) mod tests {
             c.iam_instance_profile_arn.as_deref(),
             Some("arn:aws:iam::123456789012:instance-profile/web")
         );
-        assert_eq!(c.user_data.as_deref(), Some("IyEvYmluL3NoCg=="));
+        assert_eq!(c.user_data, Some(UserDataRef::of("IyEvYmluL3NoCg==")));
+        assert_eq!(c.user_data.as_ref().map(|r| r.length), Some(16));
+        let state = serde_json::to_string(&c).unwrap();
+        assert!(
+            !state.contains("IyEvYmluL3NoCg=="),
+            "the state never holds user data: {state}"
+        );
         assert_eq!(c.tags, [Tag::new("Name", "web")]);
         assert_eq!(c.volumes.len(), 2);
         let data = &c.volumes[1];

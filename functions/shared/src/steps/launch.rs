@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::capture::{is_burstable, MetadataSpec};
+use crate::capture::{is_burstable, Capture, MetadataSpec};
 use crate::error::{aws, Error, Result};
 use crate::ownership;
 use crate::settings::Settings;
@@ -108,6 +108,7 @@ fn throughput_for(volume_type: Option<&str>, throughput: Option<i32>) -> Option<
 pub fn plan(
     image: &CreateImageOutput,
     image_devices: &[ImageDevice],
+    user_data: Option<String>,
     execution: &str,
 ) -> LaunchPlan {
     let capture = &image.capture;
@@ -146,7 +147,7 @@ pub fn plan(
         security_group_ids: capture.security_group_ids.clone(),
         key_name: capture.key_name.clone(),
         iam_instance_profile_arn: capture.iam_instance_profile_arn.clone(),
-        user_data: capture.user_data.clone(),
+        user_data,
         block_devices,
         metadata: capture.metadata.clone(),
         detailed_monitoring: capture.detailed_monitoring,
@@ -241,6 +242,25 @@ async fn image_devices(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<
         .collect())
 }
 
+/// The source's user data, read now (the state holds only a reference to it) and checked
+/// against what was captured with the image.
+async fn source_user_data(ec2: &aws_sdk_ec2::Client, capture: &Capture) -> Result<Option<String>> {
+    let Some(captured) = &capture.user_data else {
+        return Ok(None);
+    };
+    let now = ec2
+        .describe_instance_attribute()
+        .instance_id(&capture.instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(aws("DescribeInstanceAttribute"))?
+        .user_data()
+        .and_then(|v| v.value())
+        .map(str::to_string);
+    crate::capture::checked_user_data(&capture.instance_id, Some(captured), now)
+}
+
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
     settings: &Settings,
@@ -262,7 +282,8 @@ pub async fn run(
         return Ok(progress(instance_id, state));
     }
     let devices = image_devices(ec2, &request.image.image_id).await?;
-    let plan = plan(&request.image, &devices, execution);
+    let user_data = source_user_data(ec2, &request.image.capture).await?;
+    let plan = plan(&request.image, &devices, user_data, execution);
 
     let mappings: Vec<BlockDeviceMapping> = plan
         .block_devices
@@ -383,7 +404,12 @@ pub(crate) mod tests {
 
     #[test]
     fn plan_carries_the_captured_settings_into_the_target() {
-        let p = plan(&sample_image(), &devices(), "run-1");
+        let p = plan(
+            &sample_image(),
+            &devices(),
+            Some("IyEvYmluL3NoCg==".into()),
+            "run-1",
+        );
         assert_eq!(p.subnet_id, "subnet-0bbbbbbb");
         assert_eq!(p.instance_type, "t3.micro");
         assert_eq!(p.security_group_ids, ["sg-01234567"]);
@@ -424,7 +450,7 @@ pub(crate) mod tests {
         image.capture.volumes[0].volume_type = Some("gp2".into());
         image.capture.volumes[0].iops = Some(100);
         image.target.instance_type = "m5.large".into();
-        let p = plan(&image, &devices(), "run-1");
+        let p = plan(&image, &devices(), None, "run-1");
         assert_eq!(p.block_devices[0].iops, None);
         assert_eq!(p.block_devices[0].throughput, None);
         assert_eq!(p.cpu_credits, None);
@@ -470,11 +496,27 @@ mod mocked {
         })
     }
 
+    /// The source's user data as it was captured (sample_image's reference).
+    fn source_user_data() -> Rule {
+        use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
+        use aws_sdk_ec2::types::AttributeValue;
+        mock!(Client::describe_instance_attribute)
+            .match_requests(|r| {
+                r.instance_id() == Some(sample_image().capture.instance_id.as_str())
+            })
+            .then_output(|| {
+                DescribeInstanceAttributeOutput::builder()
+                    .user_data(AttributeValue::builder().value("IyEvYmluL3NoCg==").build())
+                    .build()
+            })
+    }
+
     fn run_instances() -> Rule {
         mock!(Client::run_instances)
             .match_requests(|req| {
                 let devices = req.block_device_mappings();
-                req.client_token() == Some(client_token("run-1", "launch").as_str())
+                req.user_data() == Some("IyEvYmluL3NoCg==")
+                    && req.client_token() == Some(client_token("run-1", "launch").as_str())
                     && req.subnet_id() == Some("subnet-0bbbbbbb")
                     && req.image_id() == Some("ami-0123456789abcdef0")
                     && devices.len() == 2
@@ -496,6 +538,7 @@ mod mocked {
             mock!(Client::describe_instances).then_output(no_instances),
             the_image(),
             run_instances(),
+            source_user_data(),
         ];
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         let out = run(&ec2, &settings(), request()).await.unwrap();
@@ -551,6 +594,7 @@ mod mocked {
             the_image(),
             mock!(Client::run_instances)
                 .then_error(|| RunInstancesError::generic(meta("InsufficientInstanceCapacity"))),
+            source_user_data(),
         ];
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         let err = run(&ec2, &settings(), request()).await.unwrap_err();
