@@ -781,6 +781,7 @@ def test_executions_send_their_status_changes_and_a_stop_is_at_once(stack, sfn):
         "pass": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}},
         "long": {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 30, "End": True}}},
         "short": {"StartAt": "W", "TimeoutSeconds": 1, "States": {"W": {"Type": "Wait", "Seconds": 30, "End": True}}},
+        "stamped": {"StartAt": "P", "States": {"P": {"Type": "Pass", "Parameters": {"at.$": "$$.Execution.StartTime"}, "End": True}}},
     }.items():
         machines[name] = sfn.create_state_machine(name=f"{name}-{uuid.uuid4().hex[:6]}", definition=json.dumps(definition), roleArn=role)["stateMachineArn"]
     done = sfn.start_execution(stateMachineArn=machines["pass"], input="{}")["executionArn"]
@@ -792,5 +793,8 @@ def test_executions_send_their_status_changes_and_a_stop_is_at_once(stack, sfn):
     sfn.stop_execution(executionArn=stopped)
     assert sfn.describe_execution(executionArn=stopped)["status"] == "ABORTED"
     assert status_changes(stack, stopped) == ["RUNNING", "ABORTED"]
+    # An output holding the start time (a timestamp inside the interpreter) is sent as JSON text.
+    stamped = sfn.start_execution(stateMachineArn=machines["stamped"], input="{}")["executionArn"]
+    wait_for(lambda: status_changes(stack, stamped) == ["RUNNING", "SUCCEEDED"], what="the stamped run's events")
     timed_out = sfn.start_execution(stateMachineArn=machines["short"], input="{}")["executionArn"]
     wait_for(lambda: status_changes(stack, timed_out) == ["RUNNING", "TIMED_OUT"], timeout=10, what="TIMED_OUT")

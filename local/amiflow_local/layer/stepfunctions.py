@@ -53,13 +53,13 @@ def status_event(execution: Execution) -> dict[str, Any]:
         "status": status,
         "startDate": _millis(execution.start_date),
         "stopDate": _millis(getattr(execution, "stop_date", None)) if status != "RUNNING" else None,
-        "input": execution.input_data if isinstance(execution.input_data, str) else json.dumps(execution.input_data),
+        "input": execution.input_data if isinstance(execution.input_data, str) else json.dumps(execution.input_data, default=str),
         "output": getattr(execution, "output", None) if status == "SUCCEEDED" else None,
         "error": getattr(execution, "error", None),
         "cause": getattr(execution, "cause", None),
     }
     if isinstance(detail["output"], (dict, list)):
-        detail["output"] = json.dumps(detail["output"])
+        detail["output"] = json.dumps(detail["output"], default=str)
     return envelope(execution.account_id, execution.region_name, "aws.states",
                     "Step Functions Execution Status Change", [execution.exec_arn], detail)
 
