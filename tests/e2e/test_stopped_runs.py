@@ -98,3 +98,23 @@ def test_a_run_that_ends_on_its_own_is_not_reaped(stack, ec2, sfn, world):
     names = [e["name"] for e in sfn.list_executions(stateMachineArn=state_machine_arn(sfn, "Reap"))["executions"]]
     assert f"reap-{result.name}" not in names
     assert tagged(ec2, result.name)["instances"] == [result.output["newInstanceId"]]
+
+
+def test_a_copy_stopped_while_the_target_copies_leaves_nothing_in_either_account(stack, ec2, sfn):
+    from types import SimpleNamespace
+
+    from accounts import copy_input
+    from audits import audit_copy
+
+    b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
+    key = stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
+    image_id = encrypted_image(stack, ec2, key)
+    stack.control("config", {"imageDelaySeconds": 8})
+    name, stopped = stop_in(stack, sfn, "CopyImage", copy_input(image_id, b_key), "WaitForTarget")
+    reap = reap_of(sfn, name)
+    assert reap["status"] == "SUCCEEDED", reap
+    removed = json.loads(reap["output"])["results"][2]["result"]["removedImageIds"]
+    assert len(removed) == 1, removed  # B's copy, made before the stop
+    audit_copy(stack, ec2, SimpleNamespace(name=name, status="ABORTED"), image_id, key)
+    print(f"copy: clean {time.monotonic() - stopped:.1f} s after the stop; removed {removed}")
+    assert time.monotonic() - stopped < 60, "reaped within a minute of the stop"

@@ -307,6 +307,7 @@ mod tests {
 #[serde(untagged)]
 pub enum CopyImageOutput {
     Copy(CopyOutput),
+    #[serde(rename_all = "camelCase")]
     Removed { removed_image_ids: Vec<String> },
 }
 

@@ -93,7 +93,7 @@ pub fn last_state_input(events: &[HistoryEvent]) -> Option<Value> {
 /// - MigrateInstance: cleanup's rollback (it finds what the run made by its tag, proves it the
 ///   run's, moves the Elastic IP back and gives the run lock back).
 /// - ShareImage, once planned: unshare, revoke the keys, remove a re-encrypted copy.
-/// - CopyImage, once planned: remove the target copy, unshare, revoke the keys.
+/// - CopyImage, once planned: unshare, revoke the keys, remove the target copy.
 /// - UnshareImage, and runs stopped before their plan: nothing was added.
 pub fn plan(settings: &ReapSettings, run: &EndedRun, started_at: &str, state: &Value) -> Vec<Step> {
     let machine = run.state_machine_arn.rsplit(':').next().unwrap_or_default();
@@ -144,13 +144,15 @@ pub fn plan(settings: &ReapSettings, run: &EndedRun, started_at: &str, state: &V
             ),
         ]
     } else if machine.ends_with("CopyImage") {
+        // Access is taken back first: removing the target copy goes through the target account's
+        // role, which may be the very thing that failed, and a failed step ends the reap.
         vec![
+            unshare(),
+            revoke(),
             step(
                 &settings.copy_image_arn,
                 json!({"action": "remove", "execution": execution, "startedAt": started_at, "input": state["input"]}),
             ),
-            unshare(),
-            revoke(),
         ]
     } else {
         Vec::new()
@@ -338,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn a_share_and_a_copy_undo_in_their_rollbacks_order_once_planned() {
+    fn a_share_and_a_copy_take_back_access_first_once_planned() {
         let state = json!({"input": {"imageId": "ami-1"}, "plan": {"imageId": "ami-1", "ownerAccount": "123456789012", "kmsKeyIds": ["k"], "receivers": {"accountIds": ["210987654321"]}}});
         let share = plan(&settings(), &ended("ShareImage"), "t", &state);
         let order: Vec<(&str, &str)> = share
@@ -364,9 +366,9 @@ mod tests {
         );
         assert_eq!(share[1].payload["kmsKeyIds"], json!(["k"]));
         let copy = plan(&settings(), &ended("CopyImage"), "t", &state);
-        assert_eq!(copy[0].function_arn, "copy");
-        assert_eq!(copy[0].payload["startedAt"], "t");
-        assert_eq!(copy.len(), 3);
+        let order: Vec<&str> = copy.iter().map(|s| s.function_arn.as_str()).collect();
+        assert_eq!(order, ["share", "grant", "copy"]);
+        assert_eq!(copy[2].payload["startedAt"], "t");
         for machine in ["ShareImage", "CopyImage"] {
             assert!(plan(&settings(), &ended(machine), "t", &json!({"input": {}})).is_empty());
         }

@@ -117,6 +117,7 @@ pub enum ShareImageRequest {
 pub enum ShareImageOutput {
     Plan(Box<SharePlan>),
     Permissions(PermissionRecord),
+    #[serde(rename_all = "camelCase")]
     Removed { removed_image_ids: Vec<String> },
 }
 
