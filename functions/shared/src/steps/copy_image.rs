@@ -308,7 +308,9 @@ mod tests {
 pub enum CopyImageOutput {
     Copy(CopyOutput),
     #[serde(rename_all = "camelCase")]
-    Removed { removed_image_ids: Vec<String> },
+    Removed {
+        removed_image_ids: Vec<String>,
+    },
 }
 
 /// Acts in the target account through the input's role.

@@ -118,7 +118,9 @@ pub enum ShareImageOutput {
     Plan(Box<SharePlan>),
     Permissions(PermissionRecord),
     #[serde(rename_all = "camelCase")]
-    Removed { removed_image_ids: Vec<String> },
+    Removed {
+        removed_image_ids: Vec<String>,
+    },
 }
 
 /// What the share steps (and preflight) need to know of an image.
