@@ -24,11 +24,11 @@ from amiflow_local.seed import seed
 from amiflow_local.template import _CfnLoader
 
 from accounts import A, APPS_OU, B, ORG_ID, SHAREABLE, as_account, copy_input, encrypted_image
-from workflow import run, wait_for
+from workflow import entered_states, run, start, state_machine_arn, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = {"create-image", "wait-image", "launch", "verify-instance", "cleanup", "share-image",
-             "grant-kms", "copy-image", "trigger", "preflight"}
+             "grant-kms", "copy-image", "trigger", "preflight", "reaper"}
 
 
 def allowed_actions(template: str) -> dict[str, list[str]]:
@@ -98,6 +98,17 @@ def test_every_call_of_every_function_is_granted_by_its_role(stack, ec2, sfn, or
     succeeds(sfn, "CopyImage", copy_input(image_id, b_key))
     stack.control("faults", {"kind": "fail-image"})
     assert run(sfn, "CopyImage", copy_input(image_id, b_key)).error == "ImageFailed"
+
+    # The reaper: a migration stopped while it waits for its image is taken back.
+    stack.control("config", {"imageDelaySeconds": 5})
+    world = seed(ec2, "us-east-1", name=f"iam-{uuid.uuid4().hex[:6]}")
+    name, arn = start(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+    wait_for(lambda: "WaitForImage" in entered_states(sfn, arn), what="the run to wait for its image")
+    sfn.stop_execution(executionArn=arn)
+    reaps = state_machine_arn(sfn, "Reap")
+    wait_for(lambda: any(e["name"] == f"reap-{name}" and e["status"] == "SUCCEEDED"
+                         for e in sfn.list_executions(stateMachineArn=reaps)["executions"]), what="the reap")
+    stack.control("config", {"imageDelaySeconds": 1})
 
     # The trigger: a tag event and a sweep.
     tagged = seed(ec2, "us-east-1", name=f"iam-{uuid.uuid4().hex[:6]}")

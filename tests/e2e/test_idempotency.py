@@ -119,7 +119,8 @@ def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
     plans = twice_at_once(stack, "share-image", {"action": "prepareCopy", "execution": execution, "input": copy})
     assert plans[0] == plans[1]
     plan = plans[0]
-    keys = {"execution": execution, "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
+    keys = {"execution": execution, "executionArn": f"arn:aws:states:us-east-1:{ACCOUNT}:execution:CopyImage:{execution}",
+            "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
             "kmsKeyIds": plan["kmsKeyIds"], "receivers": plan["receivers"]}
 
     twice_at_once(stack, "grant-kms", {"action": "grant", **keys})
@@ -156,7 +157,8 @@ def test_sharing_with_an_organization_twice_at_once_adds_its_key_policy_statemen
     plans = twice_at_once(stack, "share-image", {"action": "prepareShare", "execution": execution,
                                                  "input": {"imageId": image_id, "organizationArns": [org]}})
     plan = plans[0]
-    keys = {"execution": execution, "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
+    keys = {"execution": execution, "executionArn": f"arn:aws:states:us-east-1:{ACCOUNT}:execution:ShareImage:{execution}",
+            "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
             "kmsKeyIds": plan["kmsKeyIds"], "receivers": plan["receivers"]}
     twice_at_once(stack, "grant-kms", {"action": "grant", **keys})
     policy = json.loads(stack.client("kms").get_key_policy(KeyId=cmk, PolicyName="default")["Policy"])

@@ -84,8 +84,9 @@ _original_terminated = BaseExecutionWorkerCommunication.terminated
 
 
 def start(self: Execution) -> None:
-    _original_start(self)
+    # RUNNING is sent before the worker starts: a short execution may end before start returns.
     _send_status(self)
+    _original_start(self)
 
 
 def stop(self: Execution, stop_date: Any, error: str | None, cause: str | None) -> None:
