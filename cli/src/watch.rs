@@ -46,6 +46,14 @@ pub async fn watch(
     let mut seen = 0usize;
     let mut current: Option<(String, f64)> = None;
     loop {
+        // The status first, then the history: a run that has ended by now has all its states in
+        // the history read after, so its last states are never missed.
+        let described = sfn
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeExecution: {e}"))?;
         let mut events = Vec::new();
         let mut pages = sfn
             .get_execution_history()
@@ -86,12 +94,6 @@ pub async fn watch(
             }
         }
         seen = events.len();
-        let described = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| format!("DescribeExecution: {e}"))?;
         let status = described.status().as_str().to_string();
         if status != "RUNNING" {
             bar.finish_and_clear();
