@@ -245,7 +245,8 @@ def test_a_keys_tags_are_its_resource_tags(stack):
 
 
 def test_an_item_call_is_judged_with_its_partition_key_as_leading_keys(stack):
-    """grant-kms may take key-policy locks and no instance's run lock: `dynamodb:LeadingKeys`."""
+    """grant-kms may take key-policy locks and no instance's run lock, and create-image and cleanup
+    the reverse: `dynamodb:LeadingKeys`."""
     grant_kms = stack.as_function("grant-kms", "dynamodb")
     key_lock = {"resourceId": {"S": f"kms-key-policy/arn:aws:kms:us-east-1:{A}:key/1"}, "execution": {"S": "x"}}
     grant_kms.put_item(TableName="RunLockTable", Item=key_lock)
@@ -253,3 +254,7 @@ def test_an_item_call_is_judged_with_its_partition_key_as_leading_keys(stack):
     message = refused(lambda: grant_kms.put_item(TableName="RunLockTable", Item={"resourceId": {"S": "i-1"}}), "AccessDeniedException")
     assert "dynamodb:PutItem" in message
     refused(lambda: grant_kms.delete_item(TableName="RunLockTable", Key={"resourceId": {"S": "i-1"}}), "AccessDeniedException")
+    # And the run lock's functions may touch instances' items only.
+    refused(lambda: stack.as_function("create-image", "dynamodb").put_item(TableName="RunLockTable", Item=key_lock), "AccessDeniedException")
+    refused(lambda: stack.as_function("cleanup", "dynamodb").delete_item(TableName="RunLockTable", Key={"resourceId": key_lock["resourceId"]}),
+            "AccessDeniedException")
