@@ -82,6 +82,13 @@ pub const DEFAULT_INSTANCE_POLL: PollPolicy = PollPolicy {
     limit_seconds: 45 * 60,
 };
 
+/// A variable that must be set and not empty, or `Configuration` naming it.
+pub fn required(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String> {
+    var(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Configuration(format!("{name} is not set")))
+}
+
 impl Settings {
     /// Reads the settings through `var`, so that tests need no process environment.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {

@@ -27,11 +27,7 @@ pub struct ReapSettings {
 
 impl ReapSettings {
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let required = |name: &str| {
-            var(name)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::Configuration(format!("{name} is not set")))
-        };
+        let required = |name: &str| crate::settings::required(&var, name);
         Ok(ReapSettings {
             reap_state_machine_arn: required("AMIFLOW_REAP_STATE_MACHINE_ARN")?,
             cleanup_arn: required("AMIFLOW_CLEANUP_FUNCTION_ARN")?,

@@ -332,11 +332,7 @@ pub struct TriggerSettings {
 impl TriggerSettings {
     /// Reads the state machines' ARNs and the copy profiles through `var` (once per cold start).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let required = |name: &str| {
-            var(name)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::Configuration(format!("{name} is not set")))
-        };
+        let required = |name: &str| crate::settings::required(&var, name);
         let copy_profiles = match var("AMIFLOW_COPY_PROFILES").filter(|v| !v.trim().is_empty()) {
             Some(json) => serde_json::from_str(&json).map_err(|e| {
                 Error::Configuration(format!(
