@@ -15,7 +15,9 @@ refuses new public sharing.
 
 moto 5.2.5 has none of these actions and lets any image or snapshot be made public.
 
-The local stack's accounts are new accounts: AMIs blocked, snapshots unblocked. The control
+The local stack's accounts are new accounts: AMIs blocked, snapshots unblocked. No AWS page found
+states the snapshot default or the error code of a refused public snapshot share; the layer
+assumes `unblocked` and OperationNotPermitted (the code AWS gives for AMIs). The control
 endpoint (`POST /_amiflow/block-public-access`) sets a declarative policy's state, which the
 account's own Enable/Disable calls then cannot change.
 """
