@@ -21,11 +21,12 @@ REGION = "us-east-1"
 
 
 class Stack:
-    def __init__(self, endpoint: str, log_dir: Path):
+    def __init__(self, endpoint: str, log_dir: Path, region: str = REGION):
         self.endpoint = endpoint
         self.log_dir = log_dir
+        self.region = region
         self.session = boto3.session.Session(
-            aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
+            aws_access_key_id="local", aws_secret_access_key="local", region_name=region
         )
 
     def client(self, service: str, **config):
@@ -35,18 +36,19 @@ class Stack:
     def as_function(self, binary: str, service: str):
         """A client that signs as the stack's function `binary` does (its own access key), so that
         the stack judges its calls by that function's role."""
-        session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name=REGION)
+        session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name=self.region)
         return session.client(service, endpoint_url=self.endpoint)
 
     def account(self, account_id: str) -> boto3.session.Session:
         """A session whose calls belong to another account (credentials from STS AssumeRole)."""
         sts = self.client("sts")
-        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/amiflow-test", RoleSessionName="test")["Credentials"]
+        partition = self.session.get_partition_for_region(self.region)
+        creds = sts.assume_role(RoleArn=f"arn:{partition}:iam::{account_id}:role/amiflow-test", RoleSessionName="test")["Credentials"]
         return boto3.session.Session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds["SessionToken"],
-            region_name=REGION,
+            region_name=self.region,
         )
 
     def control(self, path: str, body=None, method: str | None = None):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import boto3
+from moto.utilities.utils import get_partition
 
 from .template import Template
 
@@ -15,7 +16,7 @@ def session_for(endpoint: str, region: str, account: str) -> boto3.session.Sessi
     """Credentials of `account`: moto gives AssumeRole credentials to the role's account."""
     base = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region)
     creds = base.client("sts", endpoint_url=endpoint).assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/amiflow-local-deployer", RoleSessionName="amiflow-local"
+        RoleArn=f"arn:{get_partition(region)}:iam::{account}:role/amiflow-local-deployer", RoleSessionName="amiflow-local"
     )["Credentials"]
     return boto3.session.Session(
         aws_access_key_id=creds["AccessKeyId"],
@@ -38,7 +39,7 @@ def accept_events_from(endpoint: str, region: str, template: Template, accounts:
     _accepted.update(accounts)
     statement = dict(template.resolve(template.resources["TargetAccountEventsPolicy"]["Properties"]["Statement"]))
     statement["Sid"] = template.resources["TargetAccountEventsPolicy"]["Properties"]["StatementId"]
-    statement["Principal"] = {"AWS": [f"arn:aws:iam::{a}:root" for a in sorted(_accepted)]}
+    statement["Principal"] = {"AWS": [f"arn:{template.partition}:iam::{a}:root" for a in sorted(_accepted)]}
     events.put_permission(EventBusName="default", Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
 
 
@@ -59,7 +60,7 @@ def deploy_target_account(
             "SourceAccountId": source.account,
             "TrustedRoleArns": source.output("TrustedRoleArns"),
             "ExternalId": external_id,
-            "TargetKmsKeyArn": target_kms_key_arn or f"arn:aws:kms:{region}:{account}:key/00000000-0000-0000-0000-000000000000",
+            "TargetKmsKeyArn": target_kms_key_arn or f"arn:{source.partition}:kms:{region}:{account}:key/00000000-0000-0000-0000-000000000000",
             "SourceRegion": region,
         },
         file=path.name,
@@ -82,7 +83,7 @@ def deploy_target_account(
                 iam.delete_role_policy(RoleName=name, PolicyName=old)
         for policy_name, document in wanted.items():
             iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
-        made["roles"].append(f"arn:aws:iam::{account}:role/{name}")
+        made["roles"].append(f"arn:{target.partition}:iam::{account}:role/{name}")
     for logical_id, resource in target.resources_of("AWS::Events::Rule"):
         props = resource["Properties"]
         events.put_rule(Name=f"amiflow-{logical_id}", EventPattern=json.dumps(props["EventPattern"]))

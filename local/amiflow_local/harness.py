@@ -15,7 +15,8 @@ LOCAL = Path(__file__).resolve().parents[1]
 
 
 class RunningStack:
-    def __init__(self, log_dir: Path, port: int | None = None, parameters: dict[str, str] | None = None, timeout: float = 120):
+    def __init__(self, log_dir: Path, port: int | None = None, parameters: dict[str, str] | None = None, timeout: float = 120,
+                 region: str | None = None):
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -23,6 +24,8 @@ class RunningStack:
         self.out_path = log_dir / "stack.out"
         self._out = open(self.out_path, "w")
         arguments = [sys.executable, "-m", "amiflow_local.server", "--port", str(self.port), "--log-dir", str(log_dir)]
+        if region:
+            arguments += ["--region", region]
         for name, value in (parameters or {}).items():
             arguments += ["--parameter", f"{name}={value}"]
         self.process = subprocess.Popen(

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     # moto reads these at import and at call time: its own port (the Step Functions interpreter
     # calls Lambda at localhost:MOTO_PORT) and whether state machines really run.
     os.environ["MOTO_PORT"] = str(args.port)
-    os.environ.setdefault("AWS_DEFAULT_REGION", args.region)
+    os.environ["AWS_DEFAULT_REGION"] = args.region
     from moto.core.config import default_user_config
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import WSGIRequestHandler, make_server
@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     layer.install()
+    from moto.utilities.utils import get_partition
+
+    layer.config.partition = get_partition(args.region)
+    layer.config.region = args.region
     layer.iam.start(layer.iam.node_binary())
     # AMIFLOW_LOCAL_IAM=off answers every call unjudged, as moto alone does: only to measure what
     # judging costs (local/README.md); the tests of IAM fail that way.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from moto.utilities.utils import get_partition
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -78,6 +79,7 @@ class Template:
         self.root = root
         self.account = account
         self.region = region
+        self.partition = get_partition(region)
         self.doc = yaml.load((root / file).read_text(), Loader=_CfnLoader)
         self.resources: dict[str, dict] = self.doc["Resources"]
         self.parameters = {
@@ -94,13 +96,13 @@ class Template:
         return self.resources[logical_id]["Metadata"]["BuildProperties"]["Binary"]
 
     def function_arn(self, logical_id: str) -> str:
-        return f"arn:aws:lambda:{self.region}:{self.account}:function:{self.function_name(logical_id)}"
+        return f"arn:{self.partition}:lambda:{self.region}:{self.account}:function:{self.function_name(logical_id)}"
 
     def ref(self, name: str) -> str:
         pseudo = {
             "AWS::AccountId": self.account,
             "AWS::Region": self.region,
-            "AWS::Partition": "aws",
+            "AWS::Partition": self.partition,
             "AWS::StackName": "amiflow-local",
             "AWS::URLSuffix": "amazonaws.com",
         }
@@ -129,12 +131,12 @@ class Template:
         if logical_id not in self.resources and logical_id.endswith("Role") and attribute == "Arn":
             function = logical_id[: -len("Role")]
             if self.resources.get(function, {}).get("Type") == "AWS::Serverless::Function":
-                return f"arn:aws:iam::{self.account}:role/{self.function_role_name(function)}"
+                return f"arn:{self.partition}:iam::{self.account}:role/{self.function_role_name(function)}"
         kind = self.resources[logical_id]["Type"]
         if kind == "AWS::Serverless::Function" and attribute == "Arn":
             return self.function_arn(logical_id)
         if kind == "AWS::DynamoDB::Table" and attribute == "Arn":
-            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{logical_id}"
+            return f"arn:{self.partition}:dynamodb:{self.region}:{self.account}:table/{logical_id}"
         raise ValueError(f"GetAtt {logical_id}.{attribute} is not supported locally")
 
     def resolve(self, value: Any) -> Any:
@@ -212,7 +214,7 @@ class Template:
 
     def state_machine_arn(self, logical_id: str) -> str:
         name = self.resolve(self.resources[logical_id]["Properties"]["Name"])
-        return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
+        return f"arn:{self.partition}:states:{self.region}:{self.account}:stateMachine:{name}"
 
     def state_machines(self) -> list[StateMachine]:
         out = []

@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import consistency, control, copies, events, iam, images, instances, kms, kms_calls, publicaccess, stepfunctions, tagging
+from . import consistency, control, copies, events, iam, images, instances, kms, kms_calls, partition, publicaccess, stepfunctions, tagging
 from .control import FaultInjector
 from .state import config, faults
 
@@ -20,3 +20,4 @@ def install() -> None:
     tagging.install()
     consistency.install()
     publicaccess.install()
+    partition.install()

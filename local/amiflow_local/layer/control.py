@@ -10,6 +10,8 @@ POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carryin
 POST   /_amiflow/target-account   {"accountId", "externalId", "template"?}: deploys target-account.yaml
                                   (or the copy of it at "template") in that account
 POST   /_amiflow/deploy   {"template"}: updates the functions' role policies from a copy of template.yaml
+POST   /_amiflow/instance-type-offerings  {"region", "offerings": {az: [types]}}: the instance types a
+                                  Region's AZs offer, where moto holds no data for it
 GET    /_amiflow/denials  every call IAM refused (principal, action, resource, decision); DELETE forgets them
 GET    /_amiflow/iam      how much judging there was: evaluator requests, simulations, seconds spent
 POST   /_amiflow/fire-schedule    {"rule"}: a schedule rule's time has come (Scheduled Event to its targets)
@@ -76,15 +78,21 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             # {"accountId", "region", "kind": image|snapshot, "state", "managedBy"?}: a declarative
             # policy's setting, or the account's own.
             return _json(start_response, "200 OK", publicaccess.set_setting(
-                body["accountId"], body.get("region", "us-east-1"), body["kind"], body["state"], body.get("managedBy", "account")))
+                body["accountId"], body.get("region", config.region), body["kind"], body["state"], body.get("managedBy", "account")))
         if path == "/_amiflow/block-public-access" and method == "DELETE":
             from . import publicaccess
 
             publicaccess.reset()
             return _json(start_response, "200 OK", {"reset": True})
+        if path == "/_amiflow/instance-type-offerings" and method == "POST":
+            from . import instances
+
+            # {"region", "offerings": {az: [instance types]}}: the offerings of a Region moto 5.2.5
+            # holds no data for (the China and GovCloud Regions), as the test's world declares them.
+            return _json(start_response, "200 OK", instances.declare_offerings(body.get("region", config.region), body["offerings"]))
         if path == "/_amiflow/fire-schedule" and method == "POST":
             account = body.get("account", "123456789012")
-            return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", "us-east-1"), body["rule"]))
+            return _json(start_response, "200 OK", events.fire_schedule(account, body.get("region", config.region), body["rule"]))
         if path == "/_amiflow/target-account" and method == "POST":
             return _json(start_response, "200 OK", hooks["target-account"](body or {}))
         if path == "/_amiflow/deploy" and method == "POST":

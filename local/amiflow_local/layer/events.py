@@ -27,7 +27,7 @@ from typing import Any, Callable
 from moto.events.models import Rule, events_backends
 from moto.utilities.arns import parse_arn
 
-from .state import faults
+from .state import config, faults
 
 log = logging.getLogger("amiflow.layer.events")
 
@@ -60,7 +60,7 @@ def envelope(account: str, region: str, source: str, detail_type: str, resources
 
 def ami_event(account: str, region: str, image_id: str, state: str, error_message: str = "") -> dict[str, Any]:
     return envelope(
-        account, region, "aws.ec2", "EC2 AMI State Change", [f"arn:aws:ec2:{region}::image/{image_id}"],
+        account, region, "aws.ec2", "EC2 AMI State Change", [f"arn:{config.partition}:ec2:{region}::image/{image_id}"],
         {"RequestId": str(uuid.uuid4()), "ImageId": image_id, "State": state, "ErrorMessage": error_message},
     )
 
@@ -121,7 +121,7 @@ def _principal_listed(document: dict[str, Any], sender: str) -> bool:
         principals = principal.get("AWS", []) if isinstance(principal, dict) else [principal]
         principals = [principals] if isinstance(principals, str) else principals
         for p in principals:
-            if p == sender or p == f"arn:aws:iam::{sender}:root":
+            if p == sender or p == f"arn:{config.partition}:iam::{sender}:root":
                 return True
             if p == "*":
                 from .organizations import condition_allows

@@ -137,13 +137,13 @@ def role_named(role_arn: str) -> Any | None:
 
     account = role_arn.split(":")[4]
     try:
-        return iam_backends[account]["aws"].get_role_by_arn(role_arn)
+        return iam_backends[account][config.partition].get_role_by_arn(role_arn)
     except Exception:  # noqa: BLE001 - moto raises its own NoSuchEntity
         return None
 
 
 def administrator(account: str) -> Principal:
-    return Principal(arn=f"arn:aws:iam::{account}:root", account=account, administrator=True)
+    return Principal(arn=f"arn:{config.partition}:iam::{account}:root", account=account, administrator=True)
 
 
 _sessions: dict[str, Any] = {}
@@ -158,7 +158,7 @@ def principal_for(access_key: str | None) -> Principal:
         if role_arn is None:
             return administrator(DEFAULT_ACCOUNT)
         account = role_arn.split(":")[4]
-        return Principal(f"arn:aws:sts::{account}:assumed-role/{role_arn.rsplit('/', 1)[-1]}/{binary}", account, role_arn)
+        return Principal(f"arn:{config.partition}:sts::{account}:assumed-role/{role_arn.rsplit('/', 1)[-1]}/{binary}", account, role_arn)
     session = _sessions.get(access_key) or _find_session(access_key)
     if session is None:
         return administrator(DEFAULT_ACCOUNT)

@@ -31,6 +31,7 @@ import json
 from typing import Any
 
 from .iam import Check, LayerError, Principal, role_named
+from .state import config
 
 # EC2 resource kinds by id prefix, and whether their ARN carries an account.
 _KINDS = {
@@ -111,7 +112,7 @@ class Ec2:
         else:
             with_account = kind not in ("image", "snapshot")
         account = self.account if with_account else ""
-        return f"arn:aws:ec2:{self.region}:{account}:{kind}/{resource_id}"
+        return f"arn:{config.partition}:ec2:{self.region}:{account}:{kind}/{resource_id}"
 
     @staticmethod
     def kind_of(resource_id: str) -> tuple[str, bool]:
@@ -232,7 +233,7 @@ def run_instances_checks(ec2: Ec2, params: dict[str, Any], principal: Principal,
         checks.append(ec2.existing(name, subnet))
     checks += [ec2.existing(name, g) for g in groups]
     if params.get("KeyName"):
-        checks.append(Check(name, f"arn:aws:ec2:{ec2.region}:{ec2.account}:key-pair/{params['KeyName']}", ec2.account))
+        checks.append(Check(name, f"arn:{config.partition}:ec2:{ec2.region}:{ec2.account}:key-pair/{params['KeyName']}", ec2.account))
     if params.get("LaunchTemplate.LaunchTemplateId"):
         checks.append(ec2.existing(name, params["LaunchTemplate.LaunchTemplateId"]))
     checks += [
@@ -261,7 +262,7 @@ def instance_profile_role(params: dict[str, Any], account: str) -> str | None:
     """The role an instance profile in a RunInstances request passes to the instance."""
     from moto.iam.models import iam_backends
 
-    iam = iam_backends[account]["aws"]
+    iam = iam_backends[account][config.partition]
     try:
         if params.get("IamInstanceProfile.Arn"):
             profile = iam.get_instance_profile_by_arn(params["IamInstanceProfile.Arn"])
@@ -332,7 +333,7 @@ def dynamodb_checks(action: str, params: dict[str, Any], principal: Principal, r
     table = params.get("TableName")
     if not table:
         raise LayerError(f"the layer does not know which resources dynamodb:{action} authorizes")
-    arn = f"arn:aws:dynamodb:{region}:{principal.account}:table/{table}"
+    arn = f"arn:{config.partition}:dynamodb:{region}:{principal.account}:table/{table}"
     key = leading_key(table, params, principal.account, region)
     context = {"dynamodb:LeadingKeys": [key]} if key is not None else {}
     return [Check(f"dynamodb:{action}", arn, principal.account, context)]
@@ -372,12 +373,12 @@ def organizations_checks(action: str, params: dict[str, Any], principal: Princip
         raise LayerError(f"the layer does not know which resources organizations:{action} authorizes")
     from moto.organizations.models import organizations_backends
 
-    org = organizations_backends[principal.account]["aws"].org
+    org = organizations_backends[principal.account][config.partition].org
     child = params.get("ChildId", "")
     if org is None:
         return [Check("organizations:ListParents", "*", principal.account)]
     kind = "ou" if child.startswith("ou-") else "account"
-    return [Check("organizations:ListParents", f"arn:aws:organizations::{org.master_account_id}:{kind}/{org.id}/{child}",
+    return [Check("organizations:ListParents", f"arn:{config.partition}:organizations::{org.master_account_id}:{kind}/{org.id}/{child}",
                   principal.account)]
 
 

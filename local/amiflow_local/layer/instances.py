@@ -28,6 +28,12 @@ AWS:
   (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
 - An image that is not `available` (pending, failed) cannot be launched: InvalidAMIID.Unavailable
   (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+- DescribeInstanceTypeOfferings answers what each AZ offers
+  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstanceTypeOfferings.html).
+  moto 5.2.5 holds that data for the `aws` partition's Regions only; for the others (cn-north-1,
+  cn-northwest-1, us-gov-*) it answers nothing, so a test declares its world's offerings
+  (`declare_offerings`, the control endpoint `instance-type-offerings`). Regions moto has data
+  for cannot be redeclared.
 moto 5.2.5 ignores the image's mappings, wants a size or snapshot in every mapping, turns a
 mapping silent on DeleteOnTermination into false, never checks the image id, reports status `ok` at once,
 knows no KMS, and starts a new instance for every call whatever its ClientToken.
@@ -41,6 +47,7 @@ import time
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError, InvalidRequest, MalformedAMIIdError, MissingParameterError
+from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.responses.instances import InstanceResponse
 
@@ -48,6 +55,8 @@ from . import consistency, images, kms, sharing
 from .state import config, faults
 
 _original_run_instances = InstanceBackend.run_instances
+# Regions moto ships offerings for, before any test declares its own.
+_SHIPPED_OFFERINGS = frozenset(INSTANCE_TYPE_OFFERINGS["availability-zone"])
 _original_parse_mappings = InstanceResponse._parse_block_device_mapping
 
 
@@ -255,3 +264,17 @@ def install() -> None:
     InstanceResponse._validate_block_device_mapping = staticmethod(_validate_mapping)
     Instance.instance_status = property(_status)
     Instance.system_status = property(_status)
+
+
+def declare_offerings(region: str, offerings: dict[str, list[str]]) -> dict[str, Any]:
+    """The instance types each AZ of `region` offers, for a Region moto holds no offerings for."""
+    if region in _SHIPPED_OFFERINGS:
+        raise ValueError(f"moto has offerings for {region}; they stay as they are")
+    if not all(az.startswith(region) for az in offerings):
+        raise ValueError(f"every AZ must be in {region}: {sorted(offerings)}")
+    INSTANCE_TYPE_OFFERINGS["availability-zone"][region] = [
+        {"InstanceType": t, "Location": az, "LocationType": "availability-zone"} for az, types in offerings.items() for t in types
+    ]
+    regional = sorted({t for types in offerings.values() for t in types})
+    INSTANCE_TYPE_OFFERINGS["region"][region] = [{"InstanceType": t, "Location": region, "LocationType": "region"} for t in regional]
+    return {"region": region, "offerings": offerings}

@@ -30,7 +30,7 @@ from typing import Any
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import kms_backends
 
-from .state import faults
+from .state import config, faults
 
 _original_default_key = EBSBackend._create_default_encryption_key
 
@@ -93,7 +93,7 @@ def aws_managed_ebs_policy(account: str, region: str) -> dict[str, Any]:
             {
                 "Sid": "Allow direct access to key metadata to the account",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Principal": {"AWS": f"arn:{config.partition}:iam::{account}:root"},
                 "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
                 "Resource": "*",
             },

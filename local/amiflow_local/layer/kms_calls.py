@@ -5,7 +5,7 @@ GenerateDataKey* on a key of another account by naming it by ARN
 (https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-modifying-external-accounts.html);
 whether it may is IAM's decision, with the key policy and grants (iam.py, kms.effective_policy).
 An explicit deny for the account (the `kms-denied` fault) answers AccessDeniedException.
-CreateGrant checks its operations and grantee, and a grant with a Name is not created twice for
+CreateGrant checks its operations and grantee (an ARN of the key's partition), and a grant with a Name is not created twice for
 the same parameters (https://docs.aws.amazon.com/kms/latest/APIReference/API_CreateGrant.html).
 moto 5.2.5 looks keys up in the caller's account only and creates any grant it is given.
 """
@@ -20,8 +20,8 @@ from moto.kms.exceptions import AccessDeniedException, NotFoundException, Valida
 from moto.kms.models import KmsBackend, kms_backends
 from moto.kms.responses import KmsResponse
 
-from . import consistency, kms
-from .state import faults
+from . import consistency, kms, partition
+from .state import config, faults
 
 GRANT_OPERATIONS = {
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
@@ -29,7 +29,9 @@ GRANT_OPERATIONS = {
     "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
     "DeriveSharedSecret",
 }
-GRANTEE = re.compile(r"^(arn:aws:(iam|sts)::\d{12}:.+|[a-z0-9.-]+\.amazonaws\.com)$")
+GRANTEE = re.compile(r"^(arn:aws[a-z-]*:(iam|sts)::\d{12}:.+|[a-z0-9.-]+\.amazonaws\.com)$")
+
+KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:")
 
 # response method -> (the parameter naming the key, the action it needs)
 CALLS = {
@@ -52,7 +54,7 @@ def _backend(self: KmsResponse) -> KmsBackend:
 
 
 def _owner(key_ref: str | None) -> tuple[str, str] | None:
-    if key_ref and key_ref.startswith("arn:aws:kms:"):
+    if key_ref and KEY_ARN.match(key_ref):
         parts = key_ref.split(":")
         return parts[4], parts[3]
     return None
@@ -71,7 +73,7 @@ def _cross_account(name: str, parameter: str, action: str):
             raise NotFoundException(f"Key '{key_ref}' does not exist")
         if faults.kms_denied(self.current_account):
             raise AccessDeniedException(
-                f"User: arn:aws:iam::{self.current_account}:root is not authorized to perform: {action} "
+                f"User: arn:{config.partition}:iam::{self.current_account}:root is not authorized to perform: {action} "
                 f"on resource: {key.arn} because no resource-based policy allows the {action} action"
             )
         self.amiflow_backend = kms_backends[owner[0]][owner[1]]
@@ -93,7 +95,7 @@ def create_grant(self: KmsBackend, key_id, grantee_principal, operations, name, 
             f"Member must satisfy constraint: [Member must satisfy enum value set: {sorted(GRANT_OPERATIONS)}]"
         )
     for principal, field in ((grantee_principal, "GranteePrincipal"), (retiring_principal, "RetiringPrincipal")):
-        if principal and not GRANTEE.match(principal):
+        if principal and (not GRANTEE.match(principal) or partition.foreign_partition(principal, self.partition)):
             raise ValidationException(f"{field} {principal} is not a valid principal")
     key = self.describe_key(key_id)
     with _grant_lock:  # two calls at once with one name still make one grant

@@ -26,6 +26,11 @@ class Config:
     iam_enforced: bool = True
     # How long a change takes to be seen everywhere (layer/consistency.py); 0: at once.
     eventual_consistency_seconds: float = 0.0
+    # The partition of the stack's region (aws, aws-cn, aws-us-gov): every ARN the layer builds
+    # names it, as AWS's do (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html).
+    partition: str = "aws"
+    # The stack's region, where a control call names none.
+    region: str = "us-east-1"
 
     def update(self, values: dict[str, Any]) -> None:
         names = {
@@ -56,7 +61,7 @@ class Config:
         }
 
     def organization_arn(self) -> str:
-        return f"arn:aws:organizations::{self.management_account}:organization/{self.organization_id}"
+        return f"arn:{self.partition}:organizations::{self.management_account}:organization/{self.organization_id}"
 
     def org_of(self, account: str) -> str | None:
         entry = self.organization.get(account)

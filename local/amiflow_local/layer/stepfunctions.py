@@ -15,6 +15,13 @@ AWS: StopExecution stops the execution at once: it is ABORTED from then on
 (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StopExecution.html).
 moto 5.2.5 keeps it RUNNING until the state it is in returns (a task token wait: until it is
 answered or times out).
+
+AWS: a Task state whose Resource (a Lambda function or a service integration such as
+`arn:aws-cn:states:::lambda:invoke`) is in another partition than the execution fails with
+`States.Runtime`: "The resource belongs to a different partition from the running execution"
+(the Task state's Resource is an ARN, https://docs.aws.amazon.com/step-functions/latest/dg/state-task.html;
+in the China Regions the integrations are `arn:aws-cn:states:::…`,
+https://docs.amazonaws.cn/en_us/step-functions/latest/dg/lambda-iam.html). moto 5.2.5 runs it.
 """
 
 from __future__ import annotations
@@ -24,9 +31,16 @@ import logging
 from typing import Any
 
 from moto.core.responses import EmptyResult
-from moto.stepfunctions.parser.api import ExecutionStatus
+from moto.stepfunctions.parser.api import ExecutionStatus, HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent, FailureEventException
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import Resource, ResourceRuntimePart
+from moto.stepfunctions.parser.asl.eval.environment import Environment
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.stepfunctions.responses import StepFunctionResponse
+from moto.utilities.utils import get_partition
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +95,7 @@ def _send_status(execution: Execution) -> None:
 _original_start = Execution.start
 _original_stop = Execution.stop
 _original_terminated = BaseExecutionWorkerCommunication.terminated
+_original_runtime_part = Resource._eval_runtime_part
 
 
 def start(self: Execution) -> None:
@@ -103,7 +118,29 @@ def terminated(self: BaseExecutionWorkerCommunication) -> None:
     _send_status(self.execution)
 
 
+def runtime_part(self: Resource, env: Environment) -> ResourceRuntimePart:
+    execution_partition = get_partition(env.aws_execution_details.region)
+    if self.partition != execution_partition:
+        # moto puts "An error occurred while executing the state '…'" before it, as AWS does.
+        cause = (
+            f"The resource belongs to a different partition from the running execution: {self.resource_arn} "
+            f"is in {self.partition}, the execution in {execution_partition}."
+        )
+        raise FailureEventException(
+            failure_event=FailureEvent(
+                env=env,
+                error_name=StatesErrorName(typ=StatesErrorNameType.StatesRuntime),
+                event_type=HistoryEventType.TaskFailed,
+                event_details=EventDetails(
+                    taskFailedEventDetails=TaskFailedEventDetails(error=StatesErrorNameType.StatesRuntime.to_name(), cause=cause)
+                ),
+            )
+        )
+    return _original_runtime_part(self, env)
+
+
 def install() -> None:
+    Resource._eval_runtime_part = runtime_part
     StepFunctionResponse.send_task_failure = send_task_failure
     Execution.start = start
     Execution.stop = stop

@@ -11,6 +11,7 @@ from __future__ import annotations
 from moto.ec2.responses.tags import TagResponse
 
 from . import events
+from .state import config
 
 _original_create_tags = TagResponse.create_tags
 _original_delete_tags = TagResponse.delete_tags
@@ -21,9 +22,9 @@ def _emit(self: TagResponse, changed: list[str]) -> None:
     account, region = self.current_account, self.region
     for resource_id in self._get_param("Resources", []):
         if resource_id.startswith("i-"):
-            kind, arn = "instance", f"arn:aws:ec2:{region}:{account}:instance/{resource_id}"
+            kind, arn = "instance", f"arn:{config.partition}:ec2:{region}:{account}:instance/{resource_id}"
         elif resource_id.startswith("ami-"):
-            kind, arn = "image", f"arn:aws:ec2:{region}::image/{resource_id}"
+            kind, arn = "image", f"arn:{config.partition}:ec2:{region}::image/{resource_id}"
         else:
             continue
         _versions[resource_id] = _versions.get(resource_id, 0) + 1
