@@ -118,3 +118,24 @@ def test_a_copy_stopped_while_the_target_copies_leaves_nothing_in_either_account
     audit_copy(stack, ec2, SimpleNamespace(name=name, status="ABORTED"), image_id, key)
     print(f"copy: clean {time.monotonic() - stopped:.1f} s after the stop; removed {removed}")
     assert time.monotonic() - stopped < 60, "reaped within a minute of the stop"
+
+
+def test_a_migration_failing_with_states_runtime_skips_its_catch_and_is_reaped(stack, ec2, sfn, world):
+    """States.Runtime is never caught (no Catch, not even on States.ALL, takes it), so the run's
+    own Rollback does not run; the reaper takes back what it had made."""
+    from workflow import finish
+
+    stack.control("faults", {"kind": "states-runtime", "state": "VerifyInstance", "count": 1})
+    name, arn = start(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"}, prefix="runtime")
+    result = finish(sfn, name, arn)
+    assert (result.status, result.error) == ("FAILED", "States.Runtime"), (result.error, result.cause)
+    assert "Rollback" not in result.states, result.states
+    ended = time.monotonic()
+    reap = reap_of(sfn, name)
+    assert reap["status"] == "SUCCEEDED", reap
+    removed = json.loads(reap["output"])["results"][0]["result"]
+    assert removed["deregisteredImageIds"] and removed["terminatedInstanceIds"], removed
+    wait_for(lambda: tagged(ec2, name) == {"instances": [], "images": [], "snapshots": []}, timeout=10, what="nothing tagged")
+    print(f"States.Runtime: clean {time.monotonic() - ended:.1f} s after the failure")
+    assert ec2.describe_addresses(AllocationIds=[world.allocation_id])["Addresses"][0]["InstanceId"] == world.instance_id
+    assert instance(ec2, world.instance_id)["State"]["Name"] == "running"

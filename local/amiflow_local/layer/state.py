@@ -119,6 +119,7 @@ class Faults:
             self.impaired_instances: set[str] = set()
             self.impair_next_instances = 0
             self.kms_denied_accounts: set[str] = set()
+            self.runtime_states: dict[str, _Budget] = {}
             self.fired: list[dict[str, Any]] = []
 
     def arm(self, spec: dict[str, Any]) -> None:
@@ -159,6 +160,10 @@ class Faults:
                 if not spec.get("accountId"):
                     raise ValueError("kms-denied needs accountId")
                 self.kms_denied_accounts.add(str(spec["accountId"]))
+            elif kind == "states-runtime":
+                if not spec.get("state"):
+                    raise ValueError("states-runtime needs state (the name of a Task state)")
+                self.runtime_states[spec["state"]] = _Budget.parse(spec)
             elif kind == "impaired":
                 if spec.get("instanceId"):
                     self.impaired_instances.add(spec["instanceId"])
@@ -167,7 +172,7 @@ class Faults:
             else:
                 raise ValueError(
                     f"unknown fault kind {kind!r}; known: throttle, server-error, api-error, delay, insufficient-capacity, "
-                    "fail-image, drop-event, crash-after-side-effect, impaired, kms-denied"
+                    "fail-image, drop-event, crash-after-side-effect, impaired, kms-denied, states-runtime"
                 )
 
     def _record(self, kind: str, **what: Any) -> None:
@@ -237,6 +242,15 @@ class Faults:
             budget = self.crash_functions.get(function)
             if budget and budget.fire():
                 self._record("crash-after-side-effect", function=function)
+                return True
+            return False
+
+    def runtime_error_in(self, state: str) -> bool:
+        """True when the Task state `state` is to fail with States.Runtime this time."""
+        with self.lock:
+            budget = self.runtime_states.get(state)
+            if budget and budget.fire():
+                self._record("states-runtime", state=state)
                 return True
             return False
 

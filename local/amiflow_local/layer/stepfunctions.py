@@ -22,6 +22,12 @@ AWS: a Task state whose Resource (a Lambda function or a service integration suc
 (the Task state's Resource is an ARN, https://docs.aws.amazon.com/step-functions/latest/dg/state-task.html;
 in the China Regions the integrations are `arn:aws-cn:states:::…`,
 https://docs.amazonaws.cn/en_us/step-functions/latest/dg/lambda-iam.html). moto 5.2.5 runs it.
+
+AWS: `States.Runtime` is neither retried nor caught: it always fails the execution, whatever the
+Retry and Catch say; `States.ALL` does not match it, nor the terminal `States.DataLimitExceeded`
+(https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html). So such a
+failure skips the state machine's rollback. moto 5.2.5 matches both with `States.ALL`, and an
+explicit `States.Runtime` catches it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 from moto.core.responses import EmptyResult
 from moto.stepfunctions.parser.api import ExecutionStatus, HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import ErrorEqualsDecl
 from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent, FailureEventException
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
@@ -41,6 +48,8 @@ from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
 from moto.stepfunctions.responses import StepFunctionResponse
 from moto.utilities.utils import get_partition
+
+from .state import faults
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,7 @@ _original_start = Execution.start
 _original_stop = Execution.stop
 _original_terminated = BaseExecutionWorkerCommunication.terminated
 _original_runtime_part = Resource._eval_runtime_part
+_original_error_equals = ErrorEqualsDecl._eval_body
 
 
 def start(self: Execution) -> None:
@@ -118,28 +128,46 @@ def terminated(self: BaseExecutionWorkerCommunication) -> None:
     _send_status(self.execution)
 
 
+def _runtime_error(env: Environment, cause: str) -> FailureEventException:
+    # moto puts "An error occurred while executing the state '…'" before the cause, as AWS does.
+    return FailureEventException(
+        failure_event=FailureEvent(
+            env=env,
+            error_name=StatesErrorName(typ=StatesErrorNameType.StatesRuntime),
+            event_type=HistoryEventType.TaskFailed,
+            event_details=EventDetails(
+                taskFailedEventDetails=TaskFailedEventDetails(error=StatesErrorNameType.StatesRuntime.to_name(), cause=cause)
+            ),
+        )
+    )
+
+
 def runtime_part(self: Resource, env: Environment) -> ResourceRuntimePart:
     execution_partition = get_partition(env.aws_execution_details.region)
     if self.partition != execution_partition:
-        # moto puts "An error occurred while executing the state '…'" before it, as AWS does.
-        cause = (
+        raise _runtime_error(env, (
             f"The resource belongs to a different partition from the running execution: {self.resource_arn} "
             f"is in {self.partition}, the execution in {execution_partition}."
-        )
-        raise FailureEventException(
-            failure_event=FailureEvent(
-                env=env,
-                error_name=StatesErrorName(typ=StatesErrorNameType.StatesRuntime),
-                event_type=HistoryEventType.TaskFailed,
-                event_details=EventDetails(
-                    taskFailedEventDetails=TaskFailedEventDetails(error=StatesErrorNameType.StatesRuntime.to_name(), cause=cause)
-                ),
-            )
-        )
+        ))
+    state = env.states.context_object.context_object_data["State"]["Name"]
+    if faults.runtime_error_in(state):
+        raise _runtime_error(env, "Injected by the local stack's states-runtime fault, as the interpreter fails a state it cannot process.")
     return _original_runtime_part(self, env)
 
 
+def error_equals(self: ErrorEqualsDecl, env: Environment) -> None:
+    error_name = env.stack[-1]
+    kind = getattr(error_name, "typ", None)
+    wildcard = any(getattr(n, "typ", None) == StatesErrorNameType.StatesALL for n in self.error_names)
+    if kind == StatesErrorNameType.StatesRuntime or (kind == StatesErrorNameType.StatesStatesDataLimitExceeded and wildcard):
+        env.stack.pop()
+        env.stack.append(False)
+        return
+    _original_error_equals(self, env)
+
+
 def install() -> None:
+    ErrorEqualsDecl._eval_body = error_equals
     Resource._eval_runtime_part = runtime_part
     StepFunctionResponse.send_task_failure = send_task_failure
     Execution.start = start

@@ -1,9 +1,10 @@
 //! reaper: takes back what a run that ended without its rollback had made.
 //!
-//! An execution stopped by an operator (StopExecution) or timed out skips its Catch, so its AMI,
-//! new instance, moved Elastic IP, permissions and grants would stay. Step Functions sends a
-//! `Step Functions Execution Status Change` event for it; an EventBridge rule gives the ABORTED and
-//! TIMED_OUT ones of amiflow's state machines to this function. It reads the input of the last
+//! An execution stopped by an operator (StopExecution) or timed out skips its Catch, and so does
+//! one that fails with `States.Runtime` or `States.DataLimitExceeded`, which no Catch on
+//! `States.ALL` matches; its AMI, new instance, moved Elastic IP, permissions and grants would
+//! stay. Step Functions sends a `Step Functions Execution Status Change` event for it; an
+//! EventBridge rule gives those of amiflow's state machines to this function. It reads the input of the last
 //! state the run entered (GetExecutionHistory), plans the rollback that run's own state machine
 //! would have run from there, and starts the Reap state machine, which invokes each step's function
 //! (under that function's own role) in order. The Reap execution is named after the run, so that a
@@ -46,7 +47,15 @@ pub struct EndedRun {
     pub state_machine_arn: String,
     pub name: String,
     pub status: String,
+    /// The error a FAILED run ended with.
+    #[serde(default)]
+    pub error: Option<String>,
 }
+
+/// Errors that end an execution without its Catch: `States.Runtime` is never caught, and
+/// `States.ALL` does not match `States.DataLimitExceeded`
+/// (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html).
+pub const UNCAUGHT_ERRORS: [&str; 2] = ["States.Runtime", "States.DataLimitExceeded"];
 
 /// One function invocation of the rollback.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,11 +76,20 @@ pub struct ReapOutput {
     pub steps: usize,
 }
 
-/// The ended run in an EventBridge event; `None` for a status this function does not reap. Pure.
+/// The ended run in an EventBridge event; `None` for a run whose own rollback ran (or had
+/// nothing to do): one that succeeded, or failed with an error its Catch took. Pure.
 pub fn ended_run(event: &Value) -> Result<Option<EndedRun>> {
     let run: EndedRun = serde_json::from_value(event["detail"].clone())
         .map_err(|e| Error::invalid("detail", format!("not an execution status change: {e}")))?;
-    Ok(matches!(run.status.as_str(), "ABORTED" | "TIMED_OUT").then_some(run))
+    let skipped_its_rollback = match run.status.as_str() {
+        "ABORTED" | "TIMED_OUT" => true,
+        "FAILED" => run
+            .error
+            .as_deref()
+            .is_some_and(|e| UNCAUGHT_ERRORS.contains(&e)),
+        _ => false,
+    };
+    Ok(skipped_its_rollback.then_some(run))
 }
 
 /// The input of the last state the run entered (the highest event id): what it had recorded
@@ -259,6 +277,7 @@ mod tests {
             ),
             name: "run-1".into(),
             status: "ABORTED".into(),
+            error: None,
         }
     }
 
@@ -279,15 +298,23 @@ mod tests {
     }
 
     #[test]
-    fn only_stopped_and_timed_out_runs_are_reaped() {
-        for (status, reaped) in [
-            ("ABORTED", true),
-            ("TIMED_OUT", true),
-            ("FAILED", false),
-            ("SUCCEEDED", false),
+    fn only_runs_that_skipped_their_rollback_are_reaped() {
+        for (status, error, reaped) in [
+            ("ABORTED", None, true),
+            ("TIMED_OUT", None, true),
+            ("FAILED", Some("States.Runtime"), true),
+            ("FAILED", Some("States.DataLimitExceeded"), true),
+            ("FAILED", Some("LaunchFailed"), false),
+            ("FAILED", Some("RollbackFailed"), false),
+            ("FAILED", None, false),
+            ("SUCCEEDED", None, false),
         ] {
-            let event = json!({"detail": {"executionArn": "e", "stateMachineArn": "m", "name": "n", "status": status}});
-            assert_eq!(ended_run(&event).unwrap().is_some(), reaped, "{status}");
+            let event = json!({"detail": {"executionArn": "e", "stateMachineArn": "m", "name": "n", "status": status, "error": error}});
+            assert_eq!(
+                ended_run(&event).unwrap().is_some(),
+                reaped,
+                "{status} {error:?}"
+            );
         }
         let e = ended_run(&json!({"detail": {"status": "ABORTED"}})).unwrap_err();
         assert!(e.to_string().starts_with("detail:"), "{e}");
