@@ -111,7 +111,7 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
                 assert!(run.is_some(), "{}: not a run to reap", path.display());
             }),
             "trigger" => {
-                let only = amiflow::steps::trigger::event_resources(&value);
+                let only = amiflow::trigger::event_resources(&value);
                 let scheduled = value["detail-type"] == "Scheduled Event";
                 assert!(
                     scheduled || !only.is_empty(),

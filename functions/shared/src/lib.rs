@@ -16,6 +16,7 @@ pub mod steps;
 pub mod tags;
 #[cfg(test)]
 mod test_support;
+pub mod trigger;
 
 pub use deps::Deps;
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! trigger: on a schedule and on tag changes, starts the runs that resources ask for with tags.
 
-use amiflow::steps::trigger::{self, TriggerSettings};
+use amiflow::trigger::{self, TriggerSettings};
 use amiflow::Deps;
 use lambda_runtime::{service_fn, tracing, Error, LambdaEvent};
 use serde_json::Value;

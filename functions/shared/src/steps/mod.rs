@@ -8,6 +8,5 @@ pub mod launch;
 pub mod lock;
 pub mod reap;
 pub mod share_image;
-pub mod trigger;
 pub mod verify_instance;
 pub mod wait_image;
