@@ -8,9 +8,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 
 use crate::error::Result;
+use crate::resources::keys::PolicyEdits;
+use crate::resources::lock::RunLock;
 use crate::settings::Settings;
-use crate::steps::grant_kms::PolicyEdits;
-use crate::steps::lock::RunLock;
 
 /// How long grant-kms waits for another run's edit of the same key policy before its step is
 /// retried by the state machine (an edit takes two KMS calls).

@@ -11,6 +11,7 @@ pub mod lambda;
 pub mod ownership;
 pub mod preflight;
 pub mod receivers;
+pub mod resources;
 pub mod settings;
 pub mod steps;
 pub mod tags;

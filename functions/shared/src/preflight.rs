@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::input::MigrateInput;
 use crate::receivers::{CopyInput, Receivers, ShareInput};
+use crate::resources::keys::GRANT_OPERATIONS;
 use crate::steps::create_image::{
     check_offered, check_source_action, check_target, read_source, resolve_subnet,
 };
-use crate::steps::grant_kms::GRANT_OPERATIONS;
 use crate::steps::share_image::{keys_of, launch_permissions, own_image};
 use crate::Deps;
 

@@ -20,9 +20,9 @@ use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
+use crate::resources::lock::RunLock;
 use crate::steps::create_image::{image_name, CreateImageOutput};
 use crate::steps::launch::{client_token, InstanceProgress};
-use crate::steps::lock::RunLock;
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,8 +10,8 @@ use crate::capture::{self, Attributes, Capture};
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
+use crate::resources::lock::{Claimant, RunLock};
 use crate::settings::Settings;
-use crate::steps::lock::{Claimant, RunLock};
 use crate::tags::{self, Tag};
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,6 @@ pub mod copy_image;
 pub mod create_image;
 pub mod grant_kms;
 pub mod launch;
-pub mod lock;
 pub mod reap;
 pub mod share_image;
 pub mod verify_instance;

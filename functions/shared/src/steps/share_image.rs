@@ -13,9 +13,9 @@ use crate::allow;
 use crate::error::{aws, Error, Result};
 use crate::ownership;
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
+use crate::resources::keys;
 use crate::settings::Settings;
 use crate::steps::cleanup::remove_image;
-use crate::steps::grant_kms;
 use crate::steps::launch::client_token;
 use crate::tags::{self, Tag};
 
@@ -354,7 +354,7 @@ pub async fn prepare_share(
     let (customer, managed) = keys_of(ec2, kms, &source.snapshot_ids).await?;
     // Keys the owner did not mark are refused now, before any change (grant-kms checks again).
     for key in &customer {
-        grant_kms::require_shareable(kms, key).await?;
+        keys::require_shareable(kms, key).await?;
     }
     let encrypted = !customer.is_empty() || !managed.is_empty();
     if input.public && encrypted {
@@ -383,7 +383,7 @@ pub async fn prepare_share(
             managed.join(", ")
         )));
     };
-    grant_kms::shareable_key(kms, key).await?;
+    keys::shareable_key(kms, key).await?;
     let copy_name = reencrypted_name(&input.image_id, &request.execution);
     let copy_id = match own_copy(ec2, &request.execution, &copy_name).await? {
         Some(id) => id,
@@ -489,7 +489,7 @@ pub async fn prepare_copy(
     }
     let (customer, managed) = keys_of(ec2, kms, &image.snapshot_ids).await?;
     for key in &customer {
-        grant_kms::require_shareable(kms, key).await?;
+        keys::require_shareable(kms, key).await?;
     }
     if !managed.is_empty() {
         return Err(Error::ManagedKeyNeedsReencryption(format!(
