@@ -20,8 +20,9 @@ use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
+use crate::resources::images::image_name;
 use crate::resources::lock::RunLock;
-use crate::steps::create_image::{image_name, CreateImageOutput};
+use crate::steps::create_image::CreateImageOutput;
 use crate::steps::launch::{client_token, InstanceProgress};
 use crate::tags;
 

@@ -1,0 +1,171 @@
+//! Instances: reading a source and everything a relaunch needs, and what its protection allows.
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+
+use crate::capture::{self, Attributes, Capture};
+use crate::error::{aws, Error, Result};
+use crate::input::SourceAction;
+
+/// A source action that the source's own protection would refuse is refused now, before the
+/// run makes anything, rather than after the new instance exists.
+pub fn check_source_action(capture: &Capture, action: SourceAction) -> Result<()> {
+    match action {
+        SourceAction::Terminate if capture.disable_api_termination => Err(Error::SourceProtected(format!(
+            "sourceAction: {} has termination protection (disableApiTermination); turn it off or choose keep or stop",
+            capture.instance_id
+        ))),
+        SourceAction::Stop | SourceAction::Terminate if capture.disable_api_stop => Err(Error::SourceProtected(format!(
+            "sourceAction: {} has stop protection (disableApiStop); turn it off or choose keep",
+            capture.instance_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn attribute(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+    name: InstanceAttributeName,
+) -> Result<aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput> {
+    ec2.describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(name)
+        .send()
+        .await
+        .map_err(aws("DescribeInstanceAttribute"))
+}
+
+/// Reads the source and everything a relaunch needs.
+pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Capture> {
+    let described = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))
+        .map_err(|e| match e {
+            Error::InstanceNotFound(m) => {
+                Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist ({m})"))
+            }
+            other => other,
+        })?;
+    let instance = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| {
+            Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist"))
+        })?;
+
+    let volume_ids: Vec<String> = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.volume_id().map(str::to_string))
+        .collect();
+    let volumes = if volume_ids.is_empty() {
+        Vec::new()
+    } else {
+        ec2.describe_volumes()
+            .set_volume_ids(Some(volume_ids))
+            .send()
+            .await
+            .map_err(aws("DescribeVolumes"))?
+            .volumes()
+            .to_vec()
+    };
+
+    let user_data = attribute(ec2, instance_id, InstanceAttributeName::UserData).await?;
+    let termination = attribute(
+        ec2,
+        instance_id,
+        InstanceAttributeName::DisableApiTermination,
+    )
+    .await?;
+    let stop = attribute(ec2, instance_id, InstanceAttributeName::DisableApiStop).await?;
+    let shutdown = attribute(
+        ec2,
+        instance_id,
+        InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+    )
+    .await?;
+    let attributes = Attributes {
+        user_data: user_data
+            .user_data()
+            .and_then(|v| v.value())
+            .map(str::to_string),
+        disable_api_termination: termination
+            .disable_api_termination()
+            .and_then(|v| v.value())
+            .unwrap_or(false),
+        disable_api_stop: stop
+            .disable_api_stop()
+            .and_then(|v| v.value())
+            .unwrap_or(false),
+        shutdown_behavior: shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value())
+            .map(str::to_string),
+    };
+
+    let addresses = ec2
+        .describe_addresses()
+        .filters(
+            Filter::builder()
+                .name("instance-id")
+                .values(instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(aws("DescribeAddresses"))?;
+
+    let instance_type = instance
+        .instance_type()
+        .map(|t| t.as_str())
+        .unwrap_or_default();
+    let cpu_credits = if capture::is_burstable(instance_type) {
+        ec2.describe_instance_credit_specifications()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(aws("DescribeInstanceCreditSpecifications"))?
+            .instance_credit_specifications()
+            .first()
+            .and_then(|c| c.cpu_credits())
+            .map(str::to_string)
+    } else {
+        None
+    };
+
+    capture::capture(
+        instance,
+        &volumes,
+        attributes,
+        addresses.addresses().first(),
+        cpu_credits,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::tests::sample_capture;
+
+    #[test]
+    fn protection_refuses_the_source_action_up_front() {
+        let c = sample_capture(); // termination protection on, stop protection off
+        assert!(check_source_action(&c, SourceAction::Keep).is_ok());
+        assert!(check_source_action(&c, SourceAction::Stop).is_ok());
+        assert_eq!(
+            check_source_action(&c, SourceAction::Terminate)
+                .unwrap_err()
+                .name(),
+            "SourceProtected"
+        );
+        let mut stop_protected = c.clone();
+        stop_protected.disable_api_termination = false;
+        stop_protected.disable_api_stop = true;
+        assert!(check_source_action(&stop_protected, SourceAction::Stop).is_err());
+    }
+}
