@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::input::MigrateInput;
 use crate::receivers::{CopyInput, Receivers, ShareInput};
+use crate::resources::images::{keys_of, launch_permissions, own_image};
 use crate::resources::instances::{check_source_action, read_source};
 use crate::resources::keys::GRANT_OPERATIONS;
 use crate::resources::subnets::{check_offered, check_target, resolve_subnet};
-use crate::steps::share_image::{keys_of, launch_permissions, own_image};
 use crate::Deps;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

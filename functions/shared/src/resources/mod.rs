@@ -6,3 +6,13 @@ pub mod instances;
 pub mod keys;
 pub mod lock;
 pub mod subnets;
+
+use sha2::{Digest, Sha256};
+
+/// A ClientToken (at most 64 ASCII characters) that is the same for every attempt of one
+/// execution's step and differs between executions.
+pub fn client_token(execution: &str, step: &str) -> String {
+    let digest = Sha256::digest(format!("{execution}/{step}").as_bytes());
+    let hex: String = digest.iter().take(24).map(|b| format!("{b:02x}")).collect();
+    format!("amiflow-{hex}")
+}

@@ -11,7 +11,7 @@
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, EbsInstanceBlockDeviceSpecification,
-    InstanceBlockDeviceMappingSpecification, SnapshotReturnCodes,
+    InstanceBlockDeviceMappingSpecification,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,10 +20,11 @@ use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
-use crate::resources::images::image_name;
+use crate::resources::client_token;
+use crate::resources::images::{delete_snapshot, image_name, remove_image, retire_image, Leftover};
 use crate::resources::lock::RunLock;
 use crate::steps::create_image::CreateImageOutput;
-use crate::steps::launch::{client_token, InstanceProgress};
+use crate::steps::launch::InstanceProgress;
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,14 +58,6 @@ pub struct MigrateOutput {
     /// migration.
     #[serde(default)]
     pub leftovers: Vec<Leftover>,
-}
-
-/// A resource of the run that Complete left behind, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Leftover {
-    pub resource_id: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,144 +215,6 @@ async fn set_delete_on_termination(
         .await
         .map_err(aws("ModifyInstanceAttribute"))?;
     Ok(())
-}
-
-/// Deregisters an image and deletes its snapshots; returns the snapshot ids deleted.
-/// The snapshots EC2 made for an image that are still there: named in its mappings while it
-/// exists, and found by their description (EC2 writes "… for ami-…" and "… DestinationAmi ami-…")
-/// once it is deregistered, so that a retry after a half-done removal still finds them.
-async fn snapshots_of_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
-    let mut snapshots: Vec<String> = match ec2
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))
-    {
-        Ok(found) => found
-            .images()
-            .iter()
-            .flat_map(|i| i.block_device_mappings())
-            .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
-            .collect(),
-        Err(Error::ImageNotFound(_)) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let described = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("description")
-                .values(format!("*{image_id}*"))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(aws("DescribeSnapshots"))?;
-    for snapshot in described.snapshots() {
-        if let Some(id) = snapshot.snapshot_id() {
-            if !snapshots.iter().any(|s| s == id) {
-                snapshots.push(id.to_string());
-            }
-        }
-    }
-    Ok(snapshots)
-}
-
-/// Deregisters an image and deletes its snapshots (a rollback's removal); returns the snapshot
-/// ids deleted. Anything left is an error, which the rollback's retries try again: a snapshot of
-/// an image just deregistered can still be in use for a while. Safe to call again after a
-/// partial removal.
-pub async fn remove_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
-    let (deleted, leftovers) = retire_image(ec2, image_id).await?;
-    if !leftovers.is_empty() {
-        let listed: Vec<String> = leftovers
-            .iter()
-            .map(|l| format!("{} ({})", l.resource_id, l.reason))
-            .collect();
-        return Err(Error::AwsApi(format!(
-            "{image_id} not entirely removed: {}",
-            listed.join("; ")
-        )));
-    }
-    Ok(deleted)
-}
-
-/// Complete's removal of the AMI: one DeregisterImage that deletes the snapshots too
-/// (DeleteAssociatedSnapshots), so that no separate DeleteSnapshot races the deregistration
-/// (InvalidSnapshot.InUse). A snapshot EC2 did not delete, or an image that cannot be removed, is
-/// a leftover; only a throttled or transient failure is an error, which the state machine retries.
-/// Safe to call again: an image already gone leaves its snapshots to delete one by one.
-pub async fn retire_image(
-    ec2: &aws_sdk_ec2::Client,
-    image_id: &str,
-) -> Result<(Vec<String>, Vec<Leftover>)> {
-    let snapshots = snapshots_of_image(ec2, image_id).await?;
-    let mut deleted = Vec::new();
-    let mut leftovers = Vec::new();
-    match ec2
-        .deregister_image()
-        .image_id(image_id)
-        .delete_associated_snapshots(true)
-        .send()
-        .await
-        .map_err(aws("DeregisterImage"))
-    {
-        Ok(answer) => {
-            for result in answer.delete_snapshot_results() {
-                let id = result.snapshot_id().unwrap_or_default().to_string();
-                match result.return_code() {
-                    Some(SnapshotReturnCodes::Success) => deleted.push(id),
-                    code => leftovers.push(Leftover {
-                        resource_id: id,
-                        reason: format!(
-                            "DeregisterImage did not delete it: {}",
-                            code.map(|c| c.as_str()).unwrap_or("no return code")
-                        ),
-                    }),
-                }
-            }
-        }
-        Err(Error::ImageNotFound(_)) => {}
-        Err(e) if e.is_retryable() => return Err(e),
-        Err(e) => {
-            leftovers.push(Leftover {
-                resource_id: image_id.to_string(),
-                reason: e.to_string(),
-            });
-            return Ok((deleted, leftovers));
-        }
-    }
-    for snapshot in snapshots {
-        if deleted.contains(&snapshot) || leftovers.iter().any(|l| l.resource_id == snapshot) {
-            continue;
-        }
-        match delete_snapshot(ec2, &snapshot).await {
-            Ok(()) => deleted.push(snapshot),
-            Err(e) if e.is_retryable() => return Err(e),
-            Err(e) => leftovers.push(Leftover {
-                resource_id: snapshot,
-                reason: e.to_string(),
-            }),
-        }
-    }
-    tracing::info!(image_id, deleted = ?deleted, leftovers = ?leftovers, "image retired");
-    Ok((deleted, leftovers))
-}
-
-async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<()> {
-    match ec2
-        .delete_snapshot()
-        .snapshot_id(snapshot_id)
-        .send()
-        .await
-        .map_err(aws("DeleteSnapshot"))
-    {
-        Ok(_) => Ok(()),
-        Err(Error::AwsApi(m)) if m.contains("InvalidSnapshot.NotFound") => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Terminates an instance the execution made, volumes and all. One that is already going (another

@@ -9,8 +9,8 @@ use serde_json::Value;
 use crate::error::{aws, Error, Result};
 use crate::ownership;
 use crate::receivers::CopyInput;
-use crate::steps::cleanup::remove_image;
-use crate::steps::launch::client_token;
+use crate::resources::client_token;
+use crate::resources::images::remove_image;
 use crate::steps::share_image::SharePlan;
 use crate::tags::{self, Tag};
 

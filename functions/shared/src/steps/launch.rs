@@ -8,11 +8,11 @@ use aws_sdk_ec2::types::{
     ResourceType, ShutdownBehavior, Tenancy, VolumeType,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::capture::{is_burstable, Capture, MetadataSpec};
 use crate::error::{aws, Error, Result};
 use crate::ownership;
+use crate::resources::client_token;
 use crate::settings::Settings;
 use crate::steps::create_image::CreateImageOutput;
 use crate::tags::{self, Tag};
@@ -80,14 +80,6 @@ pub struct LaunchPlan {
     pub instance_tags: Vec<Tag>,
     pub volume_tags: Vec<Tag>,
     pub client_token: String,
-}
-
-/// A ClientToken (at most 64 ASCII characters) that is the same for every attempt of one
-/// execution's step and differs between executions.
-pub fn client_token(execution: &str, step: &str) -> String {
-    let digest = Sha256::digest(format!("{execution}/{step}").as_bytes());
-    let hex: String = digest.iter().take(24).map(|b| format!("{b:02x}")).collect();
-    format!("amiflow-{hex}")
 }
 
 /// Provisioned IOPS apply to io1, io2 and gp3 only; throughput to gp3 only. gp2 reports a

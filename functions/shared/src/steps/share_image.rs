@@ -5,7 +5,6 @@ use aws_sdk_ec2::types::{
     Filter, LaunchPermission, LaunchPermissionModifications, OperationType, ResourceType,
     SnapshotAttributeName,
 };
-use aws_sdk_kms::types::KeyManagerType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,10 +12,12 @@ use crate::allow;
 use crate::error::{aws, Error, Result};
 use crate::ownership;
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
+use crate::resources::client_token;
+use crate::resources::images::{
+    keys_of, launch_permissions, own_image, remove_image, require_available, ImageFacts,
+};
 use crate::resources::keys;
 use crate::settings::Settings;
-use crate::steps::cleanup::remove_image;
-use crate::steps::launch::client_token;
 use crate::tags::{self, Tag};
 
 /// What a share, an unshare or a copy works on, found before anything changes.
@@ -123,115 +124,6 @@ pub enum ShareImageOutput {
     },
 }
 
-/// What the share steps (and preflight) need to know of an image.
-pub struct ImageFacts {
-    pub owner: String,
-    pub state: String,
-    pub snapshot_ids: Vec<String>,
-    pub product_codes: usize,
-    pub tags: Vec<Tag>,
-}
-
-/// The image, which must be this account's own.
-pub async fn own_image(
-    ec2: &aws_sdk_ec2::Client,
-    field: &str,
-    image_id: &str,
-) -> Result<ImageFacts> {
-    let owned = ec2
-        .describe_images()
-        .owners("self")
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"));
-    let image = match owned {
-        Ok(found) => found.images().first().cloned(),
-        Err(Error::ImageNotFound(_)) => None,
-        Err(e) => return Err(e),
-    };
-    let Some(image) = image else {
-        let visible = ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(aws("DescribeImages"));
-        return match visible {
-            Ok(found) if !found.images().is_empty() => Err(Error::ImageNotOwned(format!(
-                "{field}: {image_id} belongs to {}; only its owner can share or copy it out",
-                found.images()[0].owner_id().unwrap_or("another account")
-            ))),
-            Ok(_) | Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(format!(
-                "{field}: {image_id} does not exist"
-            ))),
-            Err(e) => Err(e),
-        };
-    };
-    Ok(ImageFacts {
-        owner: image.owner_id().unwrap_or_default().to_string(),
-        state: image
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-        snapshot_ids: image
-            .block_device_mappings()
-            .iter()
-            .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
-            .collect(),
-        product_codes: image.product_codes().len(),
-        tags: tags::from_sdk(image.tags())
-            .into_iter()
-            .filter(|t| !t.key.starts_with("aws:"))
-            .collect(),
-    })
-}
-
-/// The encryption keys behind the snapshots: (customer managed, AWS managed).
-pub async fn keys_of(
-    ec2: &aws_sdk_ec2::Client,
-    kms: &aws_sdk_kms::Client,
-    snapshots: &[String],
-) -> Result<(Vec<String>, Vec<String>)> {
-    if snapshots.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let described = ec2
-        .describe_snapshots()
-        .set_snapshot_ids(Some(snapshots.to_vec()))
-        .send()
-        .await
-        .map_err(aws("DescribeSnapshots"))?;
-    let mut keys: Vec<String> = described
-        .snapshots()
-        .iter()
-        .filter(|s| s.encrypted().unwrap_or(false))
-        .filter_map(|s| s.kms_key_id().map(str::to_string))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let (mut customer, mut managed) = (Vec::new(), Vec::new());
-    for key in keys {
-        let meta = kms
-            .describe_key()
-            .key_id(&key)
-            .send()
-            .await
-            .map_err(aws("DescribeKey"))?;
-        let arn = meta
-            .key_metadata()
-            .and_then(|m| m.arn())
-            .unwrap_or(&key)
-            .to_string();
-        if meta.key_metadata().and_then(|m| m.key_manager()) == Some(&KeyManagerType::Aws) {
-            managed.push(arn);
-        } else {
-            customer.push(arn);
-        }
-    }
-    Ok((customer, managed))
-}
-
 /// The name of the re-encrypted copy of `image_id` that `execution` makes: unique to the run.
 pub fn reencrypted_name(image_id: &str, execution: &str) -> String {
     format!(
@@ -265,21 +157,6 @@ async fn own_copy(
         .iter()
         .filter(|i| ownership::is_runs_image(i, name, None))
         .find_map(|i| i.image_id().map(str::to_string)))
-}
-
-/// Only an available image can be shared or copied: EC2 refuses the others
-/// (InvalidAMIID.Unavailable), so a run stops before it changes anything. Pure.
-pub fn require_available(field: &str, image_id: &str, state: &str) -> Result<()> {
-    match state {
-        "available" => Ok(()),
-        "failed" | "deregistered" | "disabled" | "error" => Err(Error::ImageFailed(format!(
-            "{field}: {image_id} is {state}; only an available image can be shared or copied"
-        ))),
-        other => Err(Error::invalid(
-            field,
-            format!("{image_id} is {other}; only an available image can be shared or copied, so wait until it is available"),
-        )),
-    }
 }
 
 /// Refuses a public share that the account's block public access setting would stop, before
@@ -517,34 +394,6 @@ pub async fn prepare_copy(
     })
 }
 
-/// The launch permissions a set of receivers means. Pure.
-pub fn launch_permissions(receivers: &Receivers) -> Vec<LaunchPermission> {
-    let mut out: Vec<LaunchPermission> = receivers
-        .account_ids
-        .iter()
-        .map(|a| LaunchPermission::builder().user_id(a).build())
-        .collect();
-    out.extend(
-        receivers
-            .organization_arns
-            .iter()
-            .map(|a| LaunchPermission::builder().organization_arn(a).build()),
-    );
-    out.extend(receivers.organizational_unit_arns.iter().map(|a| {
-        LaunchPermission::builder()
-            .organizational_unit_arn(a)
-            .build()
-    }));
-    if receivers.public {
-        out.push(
-            LaunchPermission::builder()
-                .group(aws_sdk_ec2::types::PermissionGroup::All)
-                .build(),
-        );
-    }
-    out
-}
-
 fn describe_permission(p: &LaunchPermission) -> Value {
     if let Some(a) = p.user_id() {
         serde_json::json!({"userId": a})
@@ -762,6 +611,7 @@ mod mocked {
         BlockDeviceMapping, EbsBlockDevice, Image, ImageState, ProductCode, Snapshot,
     };
     use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
+    use aws_sdk_kms::types::KeyManagerType;
     use aws_sdk_kms::types::KeyMetadata;
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
     use serde_json::json;
