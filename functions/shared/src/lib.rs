@@ -6,6 +6,7 @@ pub mod arn;
 pub mod capture;
 pub mod deps;
 pub mod error;
+pub mod handoff;
 pub mod input;
 pub mod lambda;
 pub mod ownership;

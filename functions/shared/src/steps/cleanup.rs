@@ -18,13 +18,14 @@ use serde_json::Value;
 
 use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
+use crate::handoff::CreateImageOutput;
+use crate::handoff::InstanceProgress;
+use crate::handoff::MigrateOutput;
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
 use crate::resources::client_token;
-use crate::resources::images::{delete_snapshot, image_name, remove_image, retire_image, Leftover};
+use crate::resources::images::{delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
-use crate::steps::create_image::CreateImageOutput;
-use crate::steps::launch::InstanceProgress;
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,30 +35,6 @@ pub struct CompleteRequest {
     pub input: MigrateInput,
     pub image: CreateImageOutput,
     pub instance: InstanceProgress,
-}
-
-/// The output of a successful MigrateInstance run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MigrateOutput {
-    pub image_id: String,
-    /// True when `keepImage` kept the AMI and its snapshots.
-    pub image_kept: bool,
-    pub deleted_snapshot_ids: Vec<String>,
-    pub new_instance_id: String,
-    pub availability_zone: String,
-    pub subnet_id: String,
-    pub instance_type: String,
-    pub elastic_ip: Option<String>,
-    pub source_instance_id: String,
-    pub source_action: SourceAction,
-    pub source_state: String,
-    pub not_carried: Vec<String>,
-    /// What Complete could not remove after the new instance was verified (a snapshot still in
-    /// use, a permission missing): reported here for the operator, never a reason to undo the
-    /// migration.
-    #[serde(default)]
-    pub leftovers: Vec<Leftover>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -606,7 +583,7 @@ mod tests {
 #[cfg(test)]
 mod mocked {
     use super::*;
-    use crate::steps::launch::tests::sample_image;
+    use crate::handoff::tests::sample_image;
     use crate::test_support::{image, images, instance_in, reservation};
     use aws_sdk_ec2::operation::associate_address::AssociateAddressOutput;
     use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{aws, Error, Result};
+use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::CopyInput;
 use crate::resources::client_token;
 use crate::resources::images::remove_image;
-use crate::steps::share_image::SharePlan;
 use crate::tags::{self, Tag};
 
 /// The source image's id, as a tag on the copy.

@@ -3,11 +3,11 @@
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::ResourceType;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::capture::Capture;
 use crate::error::{aws, Error, Result};
+use crate::handoff::{CreateImageOutput, Target};
 use crate::input::MigrateInput;
 use crate::resources::images::{find_own_image, image_name};
 use crate::resources::instances::{check_source_action, read_source};
@@ -24,29 +24,6 @@ pub struct CreateImageRequest {
     pub execution_arn: String,
     /// The workflow input as the operator gave it; parsed and checked here.
     pub input: Value,
-}
-
-/// Where the new instance goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    pub subnet_id: String,
-    pub availability_zone: String,
-    pub vpc_id: String,
-    pub instance_type: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CreateImageOutput {
-    pub image_id: String,
-    pub image_name: String,
-    /// False when an earlier attempt of this execution had already made the image.
-    pub created: bool,
-    pub capture: Capture,
-    pub target: Target,
-    /// How long the run waits for the AMI event before it polls instead.
-    pub event_wait_seconds: u64,
 }
 
 pub async fn run(

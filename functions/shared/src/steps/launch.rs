@@ -7,14 +7,15 @@ use aws_sdk_ec2::types::{
     InstanceMetadataProtocolState, InstanceMetadataTagsState, InstanceType, Placement,
     ResourceType, ShutdownBehavior, Tenancy, VolumeType,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::capture::{is_burstable, Capture, MetadataSpec};
 use crate::error::{aws, Error, Result};
+use crate::handoff::CreateImageOutput;
+use crate::handoff::InstanceProgress;
 use crate::ownership;
 use crate::resources::client_token;
 use crate::settings::Settings;
-use crate::steps::create_image::CreateImageOutput;
 use crate::tags::{self, Tag};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,21 +23,6 @@ use crate::tags::{self, Tag};
 pub struct LaunchRequest {
     pub execution: String,
     pub image: CreateImageOutput,
-}
-
-/// The new instance as the run follows it: launch makes it, verify-instance advances it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceProgress {
-    pub instance_id: String,
-    pub state: String,
-    /// Running, both status checks passed, and the settings RunInstances cannot take applied.
-    pub ready: bool,
-    pub attempt: u32,
-    /// The Wait before the next check.
-    pub wait_seconds: u64,
-    #[serde(default)]
-    pub elastic_ip: Option<String>,
 }
 
 /// One block device mapping of the AMI.
@@ -360,24 +346,8 @@ pub async fn run(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::capture::tests::sample_capture;
-    use crate::steps::create_image::Target;
 
-    pub fn sample_image() -> CreateImageOutput {
-        CreateImageOutput {
-            image_id: "ami-0123456789abcdef0".into(),
-            image_name: "amiflow-i-0123456789abcdef0-run-1".into(),
-            created: true,
-            capture: sample_capture(),
-            target: Target {
-                subnet_id: "subnet-0bbbbbbb".into(),
-                availability_zone: "us-east-1b".into(),
-                vpc_id: "vpc-01234567".into(),
-                instance_type: "t3.micro".into(),
-            },
-            event_wait_seconds: 5,
-        }
-    }
+    use crate::handoff::tests::sample_image;
 
     fn devices() -> Vec<ImageDevice> {
         vec![
@@ -459,8 +429,8 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod mocked {
-    use super::tests::sample_image;
     use super::*;
+    use crate::handoff::tests::sample_image;
     use crate::test_support::{image, images, instance_in, meta, no_instances, reservation};
     use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
     use aws_sdk_ec2::types::{ImageState, InstanceStateName};

@@ -10,73 +10,16 @@ use serde_json::Value;
 
 use crate::allow;
 use crate::error::{aws, Error, Result};
+use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
 use crate::resources::client_token;
 use crate::resources::images::{
-    keys_of, launch_permissions, own_image, remove_image, require_available, ImageFacts,
+    keys_of, launch_permissions, own_image, remove_image, require_available,
 };
 use crate::resources::keys;
 use crate::settings::Settings;
 use crate::tags::{self, Tag};
-
-/// What a share, an unshare or a copy works on, found before anything changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SharePlan {
-    /// The image the receivers get: the one given, or its re-encrypted copy.
-    pub image_id: String,
-    pub source_image_id: String,
-    pub owner_account: String,
-    /// True when the image was under an AWS managed key and a copy under `reencryptKmsKeyId` is shared.
-    pub reencrypted: bool,
-    /// `pending` while that copy is being made; the workflow waits, then plans again.
-    pub image_state: String,
-    pub snapshot_ids: Vec<String>,
-    /// The customer managed keys behind the snapshots, which the receivers must be able to use.
-    pub kms_key_ids: Vec<String>,
-    pub receivers: Receivers,
-    pub share_snapshots: bool,
-    /// The image's own tags (not `aws:`), for a copy in another account.
-    pub tags: Vec<Tag>,
-    /// How long the workflow waits for an AMI event before it polls instead.
-    pub event_wait_seconds: u64,
-    /// CopyImage: keep the sharing after the copy (from the input; false otherwise).
-    #[serde(default)]
-    pub keep_sharing: bool,
-    /// CopyImage: how long the workflow lets the grants and permissions take effect before the
-    /// target copies (0 for the other workflows).
-    #[serde(default)]
-    pub access_propagation_seconds: u64,
-}
-
-impl SharePlan {
-    /// The plan for an image of this account, shared as it is.
-    fn of(
-        image_id: &str,
-        image: ImageFacts,
-        kms_key_ids: Vec<String>,
-        receivers: Receivers,
-        share_snapshots: bool,
-        settings: &Settings,
-    ) -> Self {
-        SharePlan {
-            image_id: image_id.to_string(),
-            source_image_id: image_id.to_string(),
-            owner_account: image.owner,
-            reencrypted: false,
-            image_state: image.state,
-            snapshot_ids: image.snapshot_ids,
-            kms_key_ids,
-            receivers,
-            share_snapshots,
-            tags: image.tags,
-            event_wait_seconds: settings.event_wait_seconds,
-            keep_sharing: false,
-            access_propagation_seconds: 0,
-        }
-    }
-}
 
 /// What was added (share) or removed (unshare), so that it can be undone exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use serde::Deserialize;
 
 use crate::error::{aws, Error, Result};
+use crate::handoff::CreateImageOutput;
+use crate::handoff::InstanceProgress;
 use crate::settings::{PollPolicy, Settings};
-use crate::steps::create_image::CreateImageOutput;
-use crate::steps::launch::InstanceProgress;
 use crate::tags::{self, Tag};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,8 +238,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::tests::sample_image;
     use crate::settings::DEFAULT_INSTANCE_POLL;
-    use crate::steps::launch::tests::sample_image;
 
     #[test]
     fn verdicts() {
@@ -330,7 +330,7 @@ mod tests {
 #[cfg(test)]
 mod mocked {
     use super::*;
-    use crate::steps::launch::tests::sample_image;
+    use crate::handoff::tests::sample_image;
     use crate::test_support::{instance_in, reservation};
     use aws_sdk_ec2::operation::associate_address::AssociateAddressOutput;
     use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
