@@ -32,7 +32,7 @@ def tags_of(resource: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
 
 
-def test_migrates_to_the_target_az_with_every_setting(ec2, sfn, world):
+def test_migrates_to_the_target_az_with_every_setting(stack, ec2, sfn, world):
     result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     out = result.output
@@ -80,6 +80,13 @@ def test_migrates_to_the_target_az_with_every_setting(ec2, sfn, world):
     assert result.states[:4] == ["Start", "PreflightAsked", "CreateImage", "WaitForImage"]
     assert "Preflight" not in result.states, "no preflight unless the input asks"
     assert result.states[-1] == "Complete"
+
+    # Every line a step logged about this run's image can be found by the run's name.
+    about_the_image = [
+        line for f in ("create-image", "launch", "verify-instance", "cleanup")
+        for log in stack.log_dir.glob(f"{f}*.log") for line in log.read_text().splitlines() if out["imageId"] in line
+    ]
+    assert about_the_image and all(f"execution={result.name}" in line for line in about_the_image), about_the_image[:3]
 
 
 def test_terminates_the_source_and_keeps_the_image_when_asked(ec2, sfn, world):

@@ -483,6 +483,16 @@ async fn admitted(deps: &crate::Deps, workflow: Workflow, input: Value) -> Resul
     })
 }
 
+/// Serves one invocation: a schedule sweeps every tagged resource, a tag change only the
+/// resources it names.
+pub async fn handle(
+    deps: &crate::Deps,
+    settings: &TriggerSettings,
+    event: Value,
+) -> Result<Vec<Outcome>> {
+    sweep(deps, settings, &event_resources(&event)).await
+}
+
 pub async fn sweep(
     deps: &crate::Deps,
     settings: &TriggerSettings,

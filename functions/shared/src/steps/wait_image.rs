@@ -416,6 +416,16 @@ async fn poll(
     }
 }
 
+/// Serves one invocation: an image in another account (a cross-account copy) is looked at
+/// through the role its request names.
+pub async fn handle(deps: &crate::Deps, request: WaitImageRequest) -> Result<WaitImageOutput> {
+    let ec2 = match request.role() {
+        Some((role, external_id, execution)) => deps.ec2_as(role, external_id, execution).await,
+        None => deps.ec2.clone(),
+    };
+    run(&ec2, &deps.sfn, &deps.dynamodb, &deps.settings, request).await
+}
+
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
     sfn: &aws_sdk_sfn::Client,
