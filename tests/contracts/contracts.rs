@@ -1,6 +1,6 @@
 //! The state machines, the event fixtures and the README must agree with the Rust types.
 
-use amiflow::error::ERROR_NAMES;
+use amiflow::error::{ERROR_NAMES, ERROR_TABLE};
 use amiflow::input::MigrateInput;
 use amiflow::parse_request;
 use amiflow::receivers::{CopyInput, ShareInput, UnshareInput};
@@ -150,12 +150,25 @@ fn the_create_image_fixture_holds_a_valid_workflow_input() {
 }
 
 #[test]
-fn the_readme_lists_every_error_name() {
+fn the_readmes_error_table_is_the_one_the_code_defines() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
-    for name in ERROR_NAMES.iter().chain(["RollbackFailed"].iter()) {
-        assert!(
-            readme.contains(&format!("| `{name}` |")),
-            "README.md's error table has no row for {name}"
-        );
-    }
+    let header = "| name | raised when | the state machine |";
+    let rows: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    // RollbackFailed is the state machines' own: no function raises it.
+    let mut wanted: Vec<String> = ERROR_TABLE
+        .iter()
+        .map(|(name, when, handling)| format!("| `{name}` | {when} | {handling} |"))
+        .collect();
+    wanted.push("| `RollbackFailed` | Raised by the state machines, not a function: the rollback itself failed, so resources, permissions or grants of the execution may remain. | fails the run |".into());
+    assert_eq!(
+        rows,
+        wanted,
+        "README.md's error table must be, row for row:\n{}",
+        wanted.join("\n")
+    );
 }

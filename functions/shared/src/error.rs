@@ -7,170 +7,84 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ErrorMetadata;
 use lambda_runtime::Diagnostic;
 
-/// Every failure a step can report. `name()` is what Step Functions sees as the error name.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
-    /// The input is malformed; the message starts with the field's name.
-    #[error("{field}: {reason}")]
-    InvalidInput { field: String, reason: String },
-    #[error("{0}")]
-    InstanceNotFound(String),
-    #[error("{0}")]
-    SubnetNotFound(String),
-    #[error("{0}")]
-    SubnetAmbiguous(String),
-    /// The target does not fit the source: wrong VPC, wrong AZ, or the AZ the source is in.
-    #[error("{0}")]
-    TargetMismatch(String),
-    #[error("{0}")]
-    InstanceTypeNotOffered(String),
-    /// The source cannot be moved by an AMI (instance-store root, or a state that has no image).
-    #[error("{0}")]
-    UnsupportedSource(String),
-    /// The requested source action is blocked by the source's own protection attribute.
-    #[error("{0}")]
-    SourceProtected(String),
-    /// Another MigrateInstance run holds the source's run lock.
-    #[error("{0}")]
-    InstanceBusy(String),
-    /// The image is not (yet) visible; retried, as it is right after CreateImage.
-    #[error("{0}")]
-    ImageNotFound(String),
-    #[error("{0}")]
-    ImageFailed(String),
-    #[error("{0}")]
-    ImageWaitTimedOut(String),
-    #[error("{0}")]
-    InsufficientCapacity(String),
-    /// The new instance stopped or terminated before it was verified; StateReason in the message.
-    #[error("{0}")]
-    LaunchFailed(String),
-    #[error("{0}")]
-    StatusCheckFailed(String),
-    #[error("{0}")]
-    InstanceWaitTimedOut(String),
-    /// The API refused the call for its rate (RequestLimitExceeded and kin); retried.
-    #[error("{0}")]
-    Throttled(String),
-    /// A 5xx, a time-out or a broken connection; retried.
-    #[error("{0}")]
-    ServiceUnavailable(String),
-    /// Any other AWS error, with its code.
-    #[error("{0}")]
-    AwsApi(String),
-    /// The image is not owned by this account; only an owner can share it.
-    #[error("{0}")]
-    ImageNotOwned(String),
-    /// An encrypted image cannot be made public.
-    #[error("{0}")]
-    EncryptedImageNotPublic(String),
-    /// `public: true` while block public access for AMIs or snapshots is on in the account.
-    #[error("{0}")]
-    PublicSharingBlocked(String),
-    /// The image is encrypted with an AWS managed key, which cannot be shared; give a customer managed key to re-encrypt with.
-    #[error("{0}")]
-    ManagedKeyNeedsReencryption(String),
-    /// A KMS key cannot be managed by this account (another account's key, or AWS managed).
-    #[error("{0}")]
-    KeyNotManageable(String),
-    /// A KMS key behind the image is not marked `amiflow:shareable=true` by its owner.
-    #[error("{0}")]
-    KeyNotShareable(String),
-    /// The image has a billing product and cannot be copied to another account.
-    #[error("{0}")]
-    BillingProductNotCopyable(String),
-    /// The target account's role cannot be assumed.
-    #[error("{0}")]
-    RoleNotAssumable(String),
-    /// A receiver is not in the stack's `AllowedReceivers`; every refused receiver is named.
-    #[error("{0}")]
-    ReceiverNotAllowed(String),
-    /// The target account is not in the stack's `AllowedCopyTargets`.
-    #[error("{0}")]
-    CopyTargetNotAllowed(String),
-    /// A check asked for with `"preflight": true` failed; every failed check is in the message.
-    #[error("{0}")]
-    PreflightFailed(String),
-    /// The function's own environment is wrong (a missing table name, say).
-    #[error("{0}")]
-    Configuration(String),
+/// Every failure a step can report, each defined once: its name (what Step Functions sees, so
+/// Retry and Catch match on it), when it is raised and what the state machines do with it. The
+/// enum, `name()`, [`ERROR_NAMES`] and [`ERROR_TABLE`] (the README's table, checked by a contract
+/// test) all come from this one list.
+macro_rules! errors {
+    ($($name:ident: $when:literal => $handling:literal;)+) => {
+        #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+        pub enum Error {
+            /// The input is malformed; the message starts with the field's name.
+            #[error("{field}: {reason}")]
+            InvalidInput { field: String, reason: String },
+            $(
+                #[doc = $when]
+                #[error("{0}")]
+                $name(String),
+            )+
+        }
+
+        /// Every error name, in the order of the enum.
+        pub const ERROR_NAMES: &[&str] = &["InvalidInput", $(stringify!($name)),+];
+
+        /// Each name, when it is raised, and what the state machines do with it.
+        pub const ERROR_TABLE: &[(&str, &str, &str)] = &[
+            ("InvalidInput", INVALID_INPUT.0, INVALID_INPUT.1),
+            $((stringify!($name), $when, $handling)),+
+        ];
+
+        impl Error {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    Error::InvalidInput { .. } => "InvalidInput",
+                    $(Error::$name(_) => stringify!($name),)+
+                }
+            }
+        }
+    };
 }
 
-/// Every error name, in the order of the enum. The ASL test checks Retry/Catch against it.
-pub const ERROR_NAMES: &[&str] = &[
-    "InvalidInput",
-    "InstanceNotFound",
-    "SubnetNotFound",
-    "SubnetAmbiguous",
-    "TargetMismatch",
-    "InstanceTypeNotOffered",
-    "UnsupportedSource",
-    "SourceProtected",
-    "InstanceBusy",
-    "ImageNotFound",
-    "ImageFailed",
-    "ImageWaitTimedOut",
-    "InsufficientCapacity",
-    "LaunchFailed",
-    "StatusCheckFailed",
-    "InstanceWaitTimedOut",
-    "Throttled",
-    "ServiceUnavailable",
-    "AwsApi",
-    "ImageNotOwned",
-    "EncryptedImageNotPublic",
-    "PublicSharingBlocked",
-    "ManagedKeyNeedsReencryption",
-    "KeyNotManageable",
-    "KeyNotShareable",
-    "BillingProductNotCopyable",
-    "RoleNotAssumable",
-    "ReceiverNotAllowed",
-    "CopyTargetNotAllowed",
-    "PreflightFailed",
-    "Configuration",
-];
+const INVALID_INPUT: (&str, &str) = ("A field is missing, malformed, of the wrong type or unknown, or a target AZ is in another region. The message starts with the field.", "fails the run; nothing was made");
+
+errors! {
+    InstanceNotFound: "The source instance does not exist." => "fails the run";
+    SubnetNotFound: "`targetSubnetId` does not exist, or the source's VPC has no subnet in the target AZ." => "fails the run";
+    SubnetAmbiguous: "Several subnets of the source's VPC are in the target AZ; give `targetSubnetId`." => "fails the run";
+    TargetMismatch: "The subnet is in another VPC or another AZ than asked, or the source is already in the target AZ." => "fails the run";
+    InstanceTypeNotOffered: "The instance type is not offered in the target AZ." => "fails the run";
+    UnsupportedSource: "The source has an instance-store root, is not in a VPC, or is in a state with no image (pending, stopping, terminated)." => "fails the run";
+    SourceProtected: "`sourceAction` asks for something the source's termination or stop protection forbids." => "fails the run before any change";
+    InstanceBusy: "Another MigrateInstance run holds the source's run lock (the message names its execution)." => "fails the run before any change";
+    ImageNotFound: "The AMI is not visible yet (eventual consistency right after CreateImage)." => "retried with backoff, then rolled back";
+    ImageFailed: "The AMI went `failed`, `deregistered` or `disabled`; its state reason is in the message." => "rolled back";
+    ImageWaitTimedOut: "The AMI was still pending after 48 hours of fallback polling." => "rolled back";
+    InsufficientCapacity: "RunInstances found no capacity in the target AZ." => "rolled back";
+    LaunchFailed: "The new instance stopped or terminated before it was verified; its StateReason code and message are in the message." => "rolled back";
+    StatusCheckFailed: "The new instance runs but a status check is `impaired`." => "rolled back";
+    InstanceWaitTimedOut: "The new instance was not running with both checks `ok` within `InstanceWaitLimitSeconds`." => "rolled back";
+    Throttled: "An API refused the call for its rate (RequestLimitExceeded and kin), after the SDK's own retries." => "retried with backoff and jitter, then rolled back";
+    ServiceUnavailable: "A 5xx, a time-out or a broken connection." => "retried with backoff and jitter, then rolled back";
+    AwsApi: "Any other AWS error, with its code (e.g. `UnauthorizedOperation`)." => "rolled back";
+    UnexpectedAnswer: "An AWS answer lacks what the API documents: a create call answered without the new resource's id, a key policy that is not JSON, an execution without its start date." => "rolled back";
+    ImageNotOwned: "ShareImage, UnshareImage or CopyImage was given an image of another account." => "fails the run; nothing changed";
+    EncryptedImageNotPublic: "`public: true` for an encrypted image." => "fails the run; nothing changed";
+    PublicSharingBlocked: "`public: true` while block public access for AMIs (or, with `shareSnapshots`, for snapshots) is on in the account and Region; the cause names the setting, its state and whether a declarative policy manages it." => "fails the run; nothing changed";
+    ManagedKeyNeedsReencryption: "The image is encrypted with an AWS managed key (aws/ebs), which no other account can use: ShareImage needs `reencryptKmsKeyId`; CopyImage needs a re-encrypted image." => "fails the run; nothing changed";
+    KeyNotManageable: "A key behind the image is AWS managed or belongs to another account, so amiflow cannot grant it." => "taken back";
+    KeyNotShareable: "A customer managed key behind the image (or `reencryptKmsKeyId`) is not tagged `amiflow:shareable=true` by its owner; grant-kms may grant and edit only keys so marked." => "fails the run before any change";
+    BillingProductNotCopyable: "CopyImage of an image with a billing product (Marketplace, some Windows)." => "fails the run; nothing changed";
+    RoleNotAssumable: "The target account's role could not be assumed (trust policy, external id)." => "taken back";
+    ReceiverNotAllowed: "ShareImage named a receiver that the stack's non-empty `AllowedReceivers` does not admit; every such receiver is named with its field." => "fails the run; nothing changed";
+    CopyTargetNotAllowed: "CopyImage's `targetAccountId` is not in the stack's non-empty `AllowedCopyTargets`." => "fails the run; nothing changed";
+    PreflightFailed: "The input asked for `\"preflight\": true` and a check failed; every failed check is in the message." => "fails the run before any change";
+    Configuration: "The function's environment is wrong (e.g. no `AMIFLOW_TASK_TABLE`)." => "rolled back";
+}
 
 impl Error {
     /// Whether the state machines retry this error (it names a rate limit or a transient failure).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Throttled(_) | Error::ServiceUnavailable(_))
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Error::InvalidInput { .. } => "InvalidInput",
-            Error::InstanceNotFound(_) => "InstanceNotFound",
-            Error::SubnetNotFound(_) => "SubnetNotFound",
-            Error::SubnetAmbiguous(_) => "SubnetAmbiguous",
-            Error::TargetMismatch(_) => "TargetMismatch",
-            Error::InstanceTypeNotOffered(_) => "InstanceTypeNotOffered",
-            Error::UnsupportedSource(_) => "UnsupportedSource",
-            Error::SourceProtected(_) => "SourceProtected",
-            Error::InstanceBusy(_) => "InstanceBusy",
-            Error::ImageNotFound(_) => "ImageNotFound",
-            Error::ImageFailed(_) => "ImageFailed",
-            Error::ImageWaitTimedOut(_) => "ImageWaitTimedOut",
-            Error::InsufficientCapacity(_) => "InsufficientCapacity",
-            Error::LaunchFailed(_) => "LaunchFailed",
-            Error::StatusCheckFailed(_) => "StatusCheckFailed",
-            Error::InstanceWaitTimedOut(_) => "InstanceWaitTimedOut",
-            Error::Throttled(_) => "Throttled",
-            Error::ServiceUnavailable(_) => "ServiceUnavailable",
-            Error::AwsApi(_) => "AwsApi",
-            Error::ImageNotOwned(_) => "ImageNotOwned",
-            Error::EncryptedImageNotPublic(_) => "EncryptedImageNotPublic",
-            Error::PublicSharingBlocked(_) => "PublicSharingBlocked",
-            Error::ManagedKeyNeedsReencryption(_) => "ManagedKeyNeedsReencryption",
-            Error::KeyNotManageable(_) => "KeyNotManageable",
-            Error::KeyNotShareable(_) => "KeyNotShareable",
-            Error::BillingProductNotCopyable(_) => "BillingProductNotCopyable",
-            Error::RoleNotAssumable(_) => "RoleNotAssumable",
-            Error::ReceiverNotAllowed(_) => "ReceiverNotAllowed",
-            Error::CopyTargetNotAllowed(_) => "CopyTargetNotAllowed",
-            Error::PreflightFailed(_) => "PreflightFailed",
-            Error::Configuration(_) => "Configuration",
-        }
     }
 
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -264,6 +178,17 @@ fn display_chain(err: &dyn std::error::Error) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The id a create call's answer must carry; its absence is `UnexpectedAnswer`, never an empty id
+/// that a later step would act on.
+pub fn answered_id(operation: &str, field: &str, id: Option<&str>) -> Result<String> {
+    match id {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(Error::UnexpectedAnswer(format!(
+            "{operation}: the answer has no {field}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +215,7 @@ mod tests {
             Error::Throttled(String::new()),
             Error::ServiceUnavailable(String::new()),
             Error::AwsApi(String::new()),
+            Error::UnexpectedAnswer(String::new()),
             Error::ImageNotOwned(String::new()),
             Error::EncryptedImageNotPublic(String::new()),
             Error::PublicSharingBlocked(String::new()),
@@ -305,6 +231,21 @@ mod tests {
         ];
         let names: Vec<&str> = samples.iter().map(Error::name).collect();
         assert_eq!(names, ERROR_NAMES);
+    }
+
+    #[test]
+    fn a_create_answer_without_its_id_is_an_unexpected_answer() {
+        assert_eq!(
+            answered_id("RunInstances", "InstanceId", Some("i-1")).unwrap(),
+            "i-1"
+        );
+        for missing in [None, Some("")] {
+            let e = answered_id("CreateGrant", "GrantId", missing).unwrap_err();
+            assert_eq!(
+                e,
+                Error::UnexpectedAnswer("CreateGrant: the answer has no GrantId".into())
+            );
+        }
     }
 
     #[test]

@@ -85,8 +85,9 @@ fn statements_of(policy: &Value) -> Vec<Value> {
 }
 
 fn parse_policy(policy: &str) -> Result<Value> {
-    serde_json::from_str(policy)
-        .map_err(|e| Error::AwsApi(format!("GetKeyPolicy: the key policy is not JSON: {e}")))
+    serde_json::from_str(policy).map_err(|e| {
+        Error::UnexpectedAnswer(format!("GetKeyPolicy: the key policy is not JSON: {e}"))
+    })
 }
 
 /// Adds the receivers to amiflow's statements for the image (creating them as needed), keeping
@@ -202,7 +203,7 @@ async fn key_metadata(
         .await
         .map_err(aws("DescribeKey"))?
         .key_metadata
-        .ok_or_else(|| Error::AwsApi(format!("DescribeKey: no metadata for {key_ref}")))
+        .ok_or_else(|| Error::UnexpectedAnswer(format!("DescribeKey: no metadata for {key_ref}")))
 }
 
 /// The ARN of a key named in any form (an alias too), refusing it if its owner has not marked

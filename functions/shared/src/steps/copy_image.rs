@@ -6,7 +6,7 @@ use aws_sdk_ec2::types::ResourceType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{aws, Error, Result};
+use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::CopyInput;
@@ -143,7 +143,7 @@ pub async fn copy(
         .await
         .map_err(aws("CopyImage"))
         .map_err(role_error(input))?;
-    let image_id = copied.image_id().unwrap_or_default().to_string();
+    let image_id = answered_id("CopyImage", "ImageId", copied.image_id())?;
     tracing::info!(source = %request.plan.image_id, target_image_id = %image_id, account = %input.target_account_id, execution, "copy started in the target account");
     Ok(CopyOutput {
         target_image_id: image_id,

@@ -112,7 +112,7 @@ pub async fn run(
     };
     let image_id = created
         .image_id()
-        .ok_or_else(|| Error::AwsApi("CreateImage: the answer has no ImageId".into()))?
+        .ok_or_else(|| Error::UnexpectedAnswer("CreateImage: the answer has no ImageId".into()))?
         .to_string();
     tracing::info!(image_id = %image_id, instance_id = %input.instance_id, execution, "image requested");
     Ok(output(image_id, true))

@@ -15,7 +15,7 @@ use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::types::GrantOperation;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{aws, Error, Result};
+use crate::error::{answered_id, aws, Error, Result};
 use crate::receivers::Receivers;
 use crate::resources::keys::{
     existing_grants, grant_name, manageable, merge_policy, org_statements, owned, policy_of,
@@ -102,10 +102,8 @@ pub async fn grant(
                     .name(&name)
                     .send()
                     .await
-                    .map_err(aws("CreateGrant"))?
-                    .grant_id()
-                    .unwrap_or_default()
-                    .to_string(),
+                    .map_err(aws("CreateGrant"))
+                    .and_then(|made| answered_id("CreateGrant", "GrantId", made.grant_id()))?,
             };
             tracing::info!(kms_key_id = %key, account, grant_id = %grant_id, execution = %request.execution, "key granted");
             grants.push(GrantRecord {

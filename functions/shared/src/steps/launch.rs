@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{
 use serde::Deserialize;
 
 use crate::capture::{is_burstable, Capture, MetadataSpec};
-use crate::error::{aws, Error, Result};
+use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
 use crate::ownership;
@@ -329,11 +329,10 @@ pub async fn run(
         );
     }
     let launched = call.send().await.map_err(aws("RunInstances"))?;
-    let instance = launched
-        .instances()
-        .first()
-        .ok_or_else(|| Error::AwsApi("RunInstances: the answer has no instance".into()))?;
-    let instance_id = instance.instance_id().unwrap_or_default().to_string();
+    let instance = launched.instances().first().ok_or_else(|| {
+        Error::UnexpectedAnswer("RunInstances: the answer has no instance".into())
+    })?;
+    let instance_id = answered_id("RunInstances", "InstanceId", instance.instance_id())?;
     let state = instance
         .state()
         .and_then(|s| s.name())

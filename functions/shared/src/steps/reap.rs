@@ -196,7 +196,7 @@ pub async fn run(
     let started_at = described
         .start_date()
         .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .map_err(|e| Error::AwsApi(format!("DescribeExecution: startDate: {e}")))?;
+        .map_err(|e| Error::UnexpectedAnswer(format!("DescribeExecution: startDate: {e}")))?;
     let mut events = Vec::new();
     let mut token = None;
     loop {

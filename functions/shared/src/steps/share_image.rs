@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::allow;
-use crate::error::{aws, Error, Result};
+use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::{CopyInput, Receivers, ShareInput, UnshareInput};
@@ -229,10 +229,8 @@ pub async fn prepare_share(
                 .tag_specifications(tags::spec(ResourceType::Snapshot, &own))
                 .send()
                 .await
-                .map_err(aws("CopyImage"))?
-                .image_id()
-                .unwrap_or_default()
-                .to_string()
+                .map_err(aws("CopyImage"))
+                .and_then(|made| answered_id("CopyImage", "ImageId", made.image_id()))?
         }
     };
     let copy = own_image(ec2, "reencryptKmsKeyId", &copy_id).await?;
