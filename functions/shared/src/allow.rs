@@ -62,9 +62,12 @@ impl AllowList {
             } else if item == "public" {
                 list.public = true;
             } else {
-                return Err(Error::Configuration(format!(
+                return Err(Error::Configuration(
+                    format!(
                     "{name}: {item:?} is not an account id, organization ARN, OU ARN or `public`"
-                )));
+                )
+                    .into(),
+                ));
             }
         }
         Ok(list)
@@ -137,9 +140,9 @@ pub fn parse_accounts(name: &str, text: &str) -> Result<Vec<String>> {
             if is_account_id(item) {
                 Ok(item.to_string())
             } else {
-                Err(Error::Configuration(format!(
-                    "{name}: {item:?} is not a 12-digit account id"
-                )))
+                Err(Error::Configuration(
+                    format!("{name}: {item:?} is not a 12-digit account id").into(),
+                ))
             }
         })
         .collect()
@@ -178,9 +181,10 @@ impl TagPowers {
                     continue;
                 }
                 other => {
-                    return Err(Error::Configuration(format!(
-                        "{name}: {other:?} is not one of keep, stop, terminate, reboot"
-                    )))
+                    return Err(Error::Configuration(
+                        format!("{name}: {other:?} is not one of keep, stop, terminate, reboot")
+                            .into(),
+                    ))
                 }
             };
             if !powers.source_actions.contains(&action) {
@@ -211,10 +215,8 @@ pub async fn ou_ancestors(
             .send()
             .await
             .map_err(|e| {
-                let e = e.into_service_error();
-                let code = aws_sdk_organizations::error::ProvideErrorMetadata::code(&e)
-                    .unwrap_or("unknown")
-                    .to_string();
+                let e = crate::error::aws("ListParents")(e);
+                let code = e.aws_code().unwrap_or("unknown");
                 format!("organizations:ListParents on {child} was refused ({code})")
             })?;
         let Some(parent) = parents.parents().first() else {
@@ -266,11 +268,14 @@ pub async fn check_receivers(
     if refused.is_empty() {
         return Ok(());
     }
-    Err(Error::ReceiverNotAllowed(format!(
+    Err(Error::ReceiverNotAllowed(
+        format!(
         "not in the stack's AllowedReceivers: {} (an OU is admitted by itself, an OU above it that \
          Organizations shows, or its organization)",
         refused.join(", ")
-    )))
+    )
+        .into(),
+    ))
 }
 
 /// CopyImage's check of a non-empty `AllowedCopyTargets`, whichever way the run was started. Pure.
@@ -278,10 +283,13 @@ pub fn check_copy_target(list: &[String], account: &str) -> Result<()> {
     if list.is_empty() || list.iter().any(|a| a == account) {
         return Ok(());
     }
-    Err(Error::CopyTargetNotAllowed(format!(
-        "targetAccountId: {account} is not in the stack's AllowedCopyTargets ({})",
-        list.join(", ")
-    )))
+    Err(Error::CopyTargetNotAllowed(
+        format!(
+            "targetAccountId: {account} is not in the stack's AllowedCopyTargets ({})",
+            list.join(", ")
+        )
+        .into(),
+    ))
 }
 
 #[cfg(test)]

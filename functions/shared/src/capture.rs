@@ -149,7 +149,7 @@ pub fn capture(
     if !matches!(state.as_str(), "running" | "stopped") {
         return Err(Error::UnsupportedSource(format!(
             "instance {instance_id} is {state}; an AMI can be made only of a running or stopped instance"
-        )));
+        ).into()));
     }
     let root_type = instance
         .root_device_type()
@@ -158,7 +158,7 @@ pub fn capture(
     if root_type != "ebs" {
         return Err(Error::UnsupportedSource(format!(
             "instance {instance_id} has an {root_type} root device; only EBS-backed instances can be moved by an AMI"
-        )));
+        ).into()));
     }
     let placement = instance.placement();
     let availability_zone = placement
@@ -166,7 +166,7 @@ pub fn capture(
         .unwrap_or_default()
         .to_string();
     let vpc_id = instance.vpc_id().ok_or_else(|| {
-        Error::UnsupportedSource(format!("instance {instance_id} is not in a VPC"))
+        Error::UnsupportedSource(format!("instance {instance_id} is not in a VPC").into())
     })?;
 
     let mut specs = Vec::new();
@@ -179,9 +179,10 @@ pub fn capture(
             .iter()
             .find(|v| v.volume_id() == Some(volume_id))
             .ok_or_else(|| {
-                Error::AwsApi(format!(
-                    "DescribeVolumes: volume {volume_id} of {device} was not returned"
-                ))
+                Error::AwsApi(
+                    format!("DescribeVolumes: volume {volume_id} of {device} was not returned")
+                        .into(),
+                )
             })?;
         specs.push(VolumeSpec {
             device_name: device.to_string(),

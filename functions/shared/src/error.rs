@@ -1,5 +1,6 @@
 //! The one error type of every step, with the stable names that the state machines' Retry and
-//! Catch clauses match on. The AWS error code, when there is one, stays in the message.
+//! Catch clauses match on. An error that came from AWS keeps the AWS error code as data
+//! ([`Error::aws_code`], [`Error::is_code`]), and in the message.
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -21,7 +22,7 @@ macro_rules! errors {
             $(
                 #[doc = $when]
                 #[error("{0}")]
-                $name(String),
+                $name(Detail),
             )+
         }
 
@@ -41,6 +42,13 @@ macro_rules! errors {
                     $(Error::$name(_) => stringify!($name),)+
                 }
             }
+
+            fn detail(&self) -> Option<&Detail> {
+                match self {
+                    Error::InvalidInput { .. } => None,
+                    $(Error::$name(detail) => Some(detail),)+
+                }
+            }
         }
     };
 }
@@ -57,6 +65,7 @@ errors! {
     SourceProtected: "`sourceAction` asks for something the source's termination or stop protection forbids." => "fails the run before any change";
     InstanceBusy: "Another MigrateInstance run holds the source's run lock (the message names its execution)." => "fails the run before any change";
     ImageNotFound: "The AMI is not visible yet (eventual consistency right after CreateImage)." => "retried with backoff, then rolled back";
+    ImageNameRace: "CreateImage found the run's image name taken by a concurrent attempt of the same execution, whose image is not visible yet." => "retried with backoff, then rolled back";
     ImageFailed: "The AMI went `failed`, `deregistered` or `disabled`; its state reason is in the message." => "rolled back";
     ImageWaitTimedOut: "The AMI was still pending after 48 hours of fallback polling." => "rolled back";
     InsufficientCapacity: "RunInstances found no capacity in the target AZ." => "rolled back";
@@ -64,6 +73,7 @@ errors! {
     StatusCheckFailed: "The new instance runs but a status check is `impaired`." => "rolled back";
     InstanceWaitTimedOut: "The new instance was not running with both checks `ok` within `InstanceWaitLimitSeconds`." => "rolled back";
     Throttled: "An API refused the call for its rate (RequestLimitExceeded and kin), after the SDK's own retries." => "retried with backoff and jitter, then rolled back";
+    KeyPolicyBusy: "Another run was editing the same key policy for longer than 30 s (grant-kms holds a lock per key from the read to the write)." => "retried with backoff and jitter, then rolled back";
     ServiceUnavailable: "A 5xx, a time-out or a broken connection." => "retried with backoff and jitter, then rolled back";
     AwsApi: "Any other AWS error, with its code (e.g. `UnauthorizedOperation`)." => "rolled back";
     UnexpectedAnswer: "An AWS answer lacks what the API documents: a create call answered without the new resource's id, a key policy that is not JSON, an execution without its start date." => "rolled back";
@@ -81,7 +91,63 @@ errors! {
     Configuration: "The function's environment is wrong (e.g. no `AMIFLOW_TASK_TABLE`)." => "rolled back";
 }
 
+/// What an error says: its message and, when AWS answered it, AWS's error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detail {
+    message: String,
+    code: Option<String>,
+}
+
+impl Detail {
+    /// A message AWS answered with `code` (e.g. `InvalidSnapshot.NotFound`).
+    pub fn aws(message: String, code: Option<&str>) -> Self {
+        Detail {
+            message,
+            code: code.map(str::to_string),
+        }
+    }
+}
+
+impl From<String> for Detail {
+    fn from(message: String) -> Self {
+        Detail {
+            message,
+            code: None,
+        }
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::ops::Deref for Detail {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
 impl Error {
+    /// The AWS error code this error came from, if AWS answered it.
+    pub fn aws_code(&self) -> Option<&str> {
+        self.detail()?.code.as_deref()
+    }
+
+    /// Whether AWS answered this error with `code`: the one way amiflow asks which AWS error it
+    /// got (never the message's text).
+    pub fn is_code(&self, code: &str) -> bool {
+        self.aws_code() == Some(code)
+    }
+
     /// Whether the state machines retry this error (it names a rate limit or a transient failure).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Throttled(_) | Error::ServiceUnavailable(_))
@@ -115,10 +181,13 @@ pub fn classify(
     message: Option<&str>,
     status: Option<u16>,
 ) -> Error {
-    let text = format!(
-        "{operation}: {}: {}",
-        code.unwrap_or("Unknown"),
-        message.unwrap_or("no message")
+    let text = Detail::aws(
+        format!(
+            "{operation}: {}: {}",
+            code.unwrap_or("Unknown"),
+            message.unwrap_or("no message")
+        ),
+        code,
     );
     match code {
         Some(c) if THROTTLING_ERRORS.contains(&c) => Error::Throttled(text),
@@ -159,9 +228,9 @@ where
             )
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Error::ServiceUnavailable(format!("{operation}: {}", display_chain(&err)))
+            Error::ServiceUnavailable(format!("{operation}: {}", display_chain(&err)).into())
         }
-        _ => Error::AwsApi(format!("{operation}: {}", display_chain(&err))),
+        _ => Error::AwsApi(format!("{operation}: {}", display_chain(&err)).into()),
     }
 }
 
@@ -183,9 +252,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn answered_id(operation: &str, field: &str, id: Option<&str>) -> Result<String> {
     match id {
         Some(id) if !id.is_empty() => Ok(id.to_string()),
-        _ => Err(Error::UnexpectedAnswer(format!(
-            "{operation}: the answer has no {field}"
-        ))),
+        _ => Err(Error::UnexpectedAnswer(
+            format!("{operation}: the answer has no {field}").into(),
+        )),
     }
 }
 
@@ -197,37 +266,39 @@ mod tests {
     fn every_variant_name_is_listed_once() {
         let samples = [
             Error::invalid("f", "r"),
-            Error::InstanceNotFound(String::new()),
-            Error::SubnetNotFound(String::new()),
-            Error::SubnetAmbiguous(String::new()),
-            Error::TargetMismatch(String::new()),
-            Error::InstanceTypeNotOffered(String::new()),
-            Error::UnsupportedSource(String::new()),
-            Error::SourceProtected(String::new()),
-            Error::InstanceBusy(String::new()),
-            Error::ImageNotFound(String::new()),
-            Error::ImageFailed(String::new()),
-            Error::ImageWaitTimedOut(String::new()),
-            Error::InsufficientCapacity(String::new()),
-            Error::LaunchFailed(String::new()),
-            Error::StatusCheckFailed(String::new()),
-            Error::InstanceWaitTimedOut(String::new()),
-            Error::Throttled(String::new()),
-            Error::ServiceUnavailable(String::new()),
-            Error::AwsApi(String::new()),
-            Error::UnexpectedAnswer(String::new()),
-            Error::ImageNotOwned(String::new()),
-            Error::EncryptedImageNotPublic(String::new()),
-            Error::PublicSharingBlocked(String::new()),
-            Error::ManagedKeyNeedsReencryption(String::new()),
-            Error::KeyNotManageable(String::new()),
-            Error::KeyNotShareable(String::new()),
-            Error::BillingProductNotCopyable(String::new()),
-            Error::RoleNotAssumable(String::new()),
-            Error::ReceiverNotAllowed(String::new()),
-            Error::CopyTargetNotAllowed(String::new()),
-            Error::PreflightFailed(String::new()),
-            Error::Configuration(String::new()),
+            Error::InstanceNotFound(String::new().into()),
+            Error::SubnetNotFound(String::new().into()),
+            Error::SubnetAmbiguous(String::new().into()),
+            Error::TargetMismatch(String::new().into()),
+            Error::InstanceTypeNotOffered(String::new().into()),
+            Error::UnsupportedSource(String::new().into()),
+            Error::SourceProtected(String::new().into()),
+            Error::InstanceBusy(String::new().into()),
+            Error::ImageNotFound(String::new().into()),
+            Error::ImageNameRace(String::new().into()),
+            Error::ImageFailed(String::new().into()),
+            Error::ImageWaitTimedOut(String::new().into()),
+            Error::InsufficientCapacity(String::new().into()),
+            Error::LaunchFailed(String::new().into()),
+            Error::StatusCheckFailed(String::new().into()),
+            Error::InstanceWaitTimedOut(String::new().into()),
+            Error::Throttled(String::new().into()),
+            Error::KeyPolicyBusy(String::new().into()),
+            Error::ServiceUnavailable(String::new().into()),
+            Error::AwsApi(String::new().into()),
+            Error::UnexpectedAnswer(String::new().into()),
+            Error::ImageNotOwned(String::new().into()),
+            Error::EncryptedImageNotPublic(String::new().into()),
+            Error::PublicSharingBlocked(String::new().into()),
+            Error::ManagedKeyNeedsReencryption(String::new().into()),
+            Error::KeyNotManageable(String::new().into()),
+            Error::KeyNotShareable(String::new().into()),
+            Error::BillingProductNotCopyable(String::new().into()),
+            Error::RoleNotAssumable(String::new().into()),
+            Error::ReceiverNotAllowed(String::new().into()),
+            Error::CopyTargetNotAllowed(String::new().into()),
+            Error::PreflightFailed(String::new().into()),
+            Error::Configuration(String::new().into()),
         ];
         let names: Vec<&str> = samples.iter().map(Error::name).collect();
         assert_eq!(names, ERROR_NAMES);
@@ -266,10 +337,13 @@ mod tests {
             Some("slow down"),
             Some(503),
         );
+        assert_eq!(e.name(), "Throttled");
         assert_eq!(
-            e,
-            Error::Throttled("CreateImage: RequestLimitExceeded: slow down".into())
+            e.to_string(),
+            "CreateImage: RequestLimitExceeded: slow down"
         );
+        assert_eq!(e.aws_code(), Some("RequestLimitExceeded"));
+        assert!(e.is_code("RequestLimitExceeded") && !e.is_code("Throttling"));
     }
 
     #[test]
@@ -355,9 +429,10 @@ mod tests {
             Some("no"),
             Some(403),
         );
-        assert_eq!(
-            e,
-            Error::AwsApi("RunInstances: UnauthorizedOperation: no".into())
-        );
+        assert_eq!(e.name(), "AwsApi");
+        assert_eq!(e.to_string(), "RunInstances: UnauthorizedOperation: no");
+        assert!(e.is_code("UnauthorizedOperation"));
+        // An error amiflow raised itself carries no AWS code.
+        assert_eq!(Error::ImageFailed("failed".into()).aws_code(), None);
     }
 }

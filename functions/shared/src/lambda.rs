@@ -45,7 +45,11 @@ where
         let span = tracing::info_span!("invocation", execution = %run_of(&event.payload));
         async move {
             let request = parse(event.payload).map_err(Diagnostic::from)?;
-            handler(deps, request).await.map_err(Diagnostic::from)
+            // Boxed: a step's future nested in the runtime's is deeper than the compiler's
+            // layout limit allows (share-image's).
+            Box::pin(handler(deps, request))
+                .await
+                .map_err(Diagnostic::from)
         }
         .instrument(span)
     }))

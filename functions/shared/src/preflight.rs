@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::LaunchPermissionModifications;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{aws, Error, Result};
 use crate::input::MigrateInput;
 use crate::receivers::{CopyInput, Receivers, ShareInput};
 use crate::resources::images::{keys_of, launch_permissions, own_image};
@@ -49,31 +49,15 @@ fn from(check: &str, result: Result<String, Error>) -> Row {
     }
 }
 
-/// A DryRun call: DryRunOperation means it would have been allowed.
-fn dry_run<E: ProvideErrorMetadata>(check: &str, result: Result<impl Sized, E>) -> Row {
+/// A DryRun call: DryRunOperation means it would have been allowed. Pure.
+fn dry_run(check: &str, result: Result<impl Sized, Error>) -> Row {
     match result {
         Ok(_) => row(check, Verdict::Pass, "allowed"),
-        Err(e) => match e.code() {
-            Some("DryRunOperation") => row(check, Verdict::Pass, "allowed (DryRun)"),
-            Some("UnauthorizedOperation") | Some("AccessDenied") => row(
-                check,
-                Verdict::Fail,
-                format!(
-                    "{}: {}",
-                    e.code().unwrap_or_default(),
-                    e.message().unwrap_or_default()
-                ),
-            ),
-            code => row(
-                check,
-                Verdict::Unknown,
-                format!(
-                    "the DryRun answered {}: {}",
-                    code.unwrap_or("no code"),
-                    e.message().unwrap_or_default()
-                ),
-            ),
-        },
+        Err(e) if e.is_code("DryRunOperation") => row(check, Verdict::Pass, "allowed (DryRun)"),
+        Err(e) if e.is_code("UnauthorizedOperation") || e.is_code("AccessDenied") => {
+            row(check, Verdict::Fail, e.to_string())
+        }
+        Err(e) => row(check, Verdict::Unknown, format!("the DryRun answered {e}")),
     }
 }
 
@@ -183,7 +167,8 @@ pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> 
             .name("amiflow-preflight")
             .dry_run(true)
             .send()
-            .await,
+            .await
+            .map_err(aws("CreateImage")),
     ));
     let mut launch = deps
         .ec2
@@ -207,7 +192,7 @@ pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> 
     }
     rows.push(dry_run(
         "RunInstances in the target subnet (DryRun)",
-        launch.send().await,
+        launch.send().await.map_err(aws("RunInstances")),
     ));
     rows.push(row(
         "instance quota",
@@ -366,7 +351,8 @@ pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
             .launch_permission(permissions)
             .dry_run(true)
             .send()
-            .await,
+            .await
+            .map_err(aws("ModifyImageAttribute")),
     ));
     rows
 }
@@ -463,7 +449,8 @@ pub async fn copy(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
             .kms_key_id(&parsed.target_kms_key_id)
             .dry_run(true)
             .send()
-            .await,
+            .await
+            .map_err(aws("CopyImage")),
     ));
     rows.push(row("copy quota", Verdict::Unknown, "the concurrent AMI copy quota (300 per destination region) is not reported by an API amiflow reads"));
     rows
@@ -499,7 +486,7 @@ pub async fn run(deps: &Deps, request: PreflightRequest) -> Result<Vec<Row>> {
     if failed.is_empty() {
         Ok(rows)
     } else {
-        Err(Error::PreflightFailed(failed.join("; ")))
+        Err(Error::PreflightFailed(failed.join("; ").into()))
     }
 }
 

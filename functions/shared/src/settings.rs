@@ -86,7 +86,7 @@ pub const DEFAULT_INSTANCE_POLL: PollPolicy = PollPolicy {
 pub fn required(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String> {
     var(name)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| Error::Configuration(format!("{name} is not set")))
+        .ok_or_else(|| Error::Configuration(format!("{name} is not set").into()))
 }
 
 impl Settings {
@@ -97,7 +97,9 @@ impl Settings {
                 None => Ok(default),
                 Some(v) if v.trim().is_empty() => Ok(default),
                 Some(v) => v.trim().parse().map_err(|_| {
-                    Error::Configuration(format!("{name}={v:?} is not a whole number of seconds"))
+                    Error::Configuration(
+                        format!("{name}={v:?} is not a whole number of seconds").into(),
+                    )
                 }),
             }
         };

@@ -335,9 +335,9 @@ impl TriggerSettings {
         let required = |name: &str| crate::settings::required(&var, name);
         let copy_profiles = match var("AMIFLOW_COPY_PROFILES").filter(|v| !v.trim().is_empty()) {
             Some(json) => serde_json::from_str(&json).map_err(|e| {
-                Error::Configuration(format!(
-                    "AMIFLOW_COPY_PROFILES is not a JSON map of copy profiles: {e}"
-                ))
+                Error::Configuration(
+                    format!("AMIFLOW_COPY_PROFILES is not a JSON map of copy profiles: {e}").into(),
+                )
             })?,
             None => HashMap::new(),
         };
@@ -559,13 +559,11 @@ pub async fn sweep(
                     .name(&name)
                     .input(input.to_string())
                     .send()
-                    .await;
+                    .await
+                    .map_err(aws("StartExecution"));
                 match started {
-                    Ok(_) => {}
-                    Err(e)
-                        if aws_sdk_sfn::error::ProvideErrorMetadata::code(&e)
-                            == Some("ExecutionAlreadyExists") => {}
-                    Err(e) => return Err(aws("StartExecution")(e)),
+                    Err(e) if !e.is_code("ExecutionAlreadyExists") => return Err(e),
+                    _ => {}
                 }
                 let status = format!("running:{name}");
                 set_status(ec2, &id, &status).await?;

@@ -110,10 +110,9 @@ pub async fn remove_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<V
             .iter()
             .map(|l| format!("{} ({})", l.resource_id, l.reason))
             .collect();
-        return Err(Error::AwsApi(format!(
-            "{image_id} not entirely removed: {}",
-            listed.join("; ")
-        )));
+        return Err(Error::AwsApi(
+            format!("{image_id} not entirely removed: {}", listed.join("; ")).into(),
+        ));
     }
     Ok(deleted)
 }
@@ -215,13 +214,16 @@ pub async fn own_image(
             .await
             .map_err(aws("DescribeImages"));
         return match visible {
-            Ok(found) if !found.images().is_empty() => Err(Error::ImageNotOwned(format!(
-                "{field}: {image_id} belongs to {}; only its owner can share or copy it out",
-                found.images()[0].owner_id().unwrap_or("another account")
-            ))),
-            Ok(_) | Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(format!(
-                "{field}: {image_id} does not exist"
-            ))),
+            Ok(found) if !found.images().is_empty() => Err(Error::ImageNotOwned(
+                format!(
+                    "{field}: {image_id} belongs to {}; only its owner can share or copy it out",
+                    found.images()[0].owner_id().unwrap_or("another account")
+                )
+                .into(),
+            )),
+            Ok(_) | Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(
+                format!("{field}: {image_id} does not exist").into(),
+            )),
             Err(e) => Err(e),
         };
     };
@@ -296,7 +298,7 @@ pub fn require_available(field: &str, image_id: &str, state: &str) -> Result<()>
         "available" => Ok(()),
         "failed" | "deregistered" | "disabled" | "error" => Err(Error::ImageFailed(format!(
             "{field}: {image_id} is {state}; only an available image can be shared or copied"
-        ))),
+        ).into())),
         other => Err(Error::invalid(
             field,
             format!("{image_id} is {other}; only an available image can be shared or copied, so wait until it is available"),
@@ -341,7 +343,7 @@ pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Re
         .map_err(aws("DeleteSnapshot"))
     {
         Ok(_) => Ok(()),
-        Err(Error::AwsApi(m)) if m.contains("InvalidSnapshot.NotFound") => Ok(()),
+        Err(e) if e.is_code("InvalidSnapshot.NotFound") => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -13,11 +13,11 @@ pub fn check_source_action(capture: &Capture, action: SourceAction) -> Result<()
         SourceAction::Terminate if capture.disable_api_termination => Err(Error::SourceProtected(format!(
             "sourceAction: {} has termination protection (disableApiTermination); turn it off or choose keep or stop",
             capture.instance_id
-        ))),
+        ).into())),
         SourceAction::Stop | SourceAction::Terminate if capture.disable_api_stop => Err(Error::SourceProtected(format!(
             "sourceAction: {} has stop protection (disableApiStop); turn it off or choose keep",
             capture.instance_id
-        ))),
+        ).into())),
         _ => Ok(()),
     }
 }
@@ -44,9 +44,9 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
         .await
         .map_err(aws("DescribeInstances"))
         .map_err(|e| match e {
-            Error::InstanceNotFound(m) => {
-                Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist ({m})"))
-            }
+            Error::InstanceNotFound(m) => Error::InstanceNotFound(
+                format!("instanceId: {instance_id} does not exist ({m})").into(),
+            ),
             other => other,
         })?;
     let instance = described
@@ -55,7 +55,7 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
         .flat_map(|r| r.instances())
         .next()
         .ok_or_else(|| {
-            Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist"))
+            Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist").into())
         })?;
 
     let volume_ids: Vec<String> = instance

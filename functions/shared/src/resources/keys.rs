@@ -86,7 +86,7 @@ fn statements_of(policy: &Value) -> Vec<Value> {
 
 fn parse_policy(policy: &str) -> Result<Value> {
     serde_json::from_str(policy).map_err(|e| {
-        Error::UnexpectedAnswer(format!("GetKeyPolicy: the key policy is not JSON: {e}"))
+        Error::UnexpectedAnswer(format!("GetKeyPolicy: the key policy is not JSON: {e}").into())
     })
 }
 
@@ -181,13 +181,13 @@ pub async fn owned(kms: &aws_sdk_kms::Client, key_id: &str, owner: &str) -> Resu
     if meta.key_manager() == Some(&KeyManagerType::Aws) {
         return Err(Error::KeyNotManageable(format!(
             "{key_id} is an AWS managed key; AWS managed keys cannot be shared with other accounts (re-encrypt with a customer managed key)"
-        )));
+        ).into()));
     }
     if meta.aws_account_id() != Some(owner) {
         return Err(Error::KeyNotManageable(format!(
             "{key_id} belongs to {}, not to the image's account {owner}; its grants and policy are not amiflow's to change",
             meta.aws_account_id().unwrap_or("another account")
-        )));
+        ).into()));
     }
     Ok(meta.arn().unwrap_or(key_id).to_string())
 }
@@ -203,7 +203,9 @@ async fn key_metadata(
         .await
         .map_err(aws("DescribeKey"))?
         .key_metadata
-        .ok_or_else(|| Error::UnexpectedAnswer(format!("DescribeKey: no metadata for {key_ref}")))
+        .ok_or_else(|| {
+            Error::UnexpectedAnswer(format!("DescribeKey: no metadata for {key_ref}").into())
+        })
 }
 
 /// The ARN of a key named in any form (an alias too), refusing it if its owner has not marked
@@ -232,7 +234,7 @@ pub async fn require_shareable(kms: &aws_sdk_kms::Client, key: &str) -> Result<(
     Err(Error::KeyNotShareable(format!(
         "{key} is not marked for sharing: the key's owner tags it {}=true to let amiflow grant it to receivers and edit its policy",
         tags::SHAREABLE
-    )))
+    ).into()))
 }
 
 /// Whether the stack owner marked a key for sharing with the tag `amiflow:shareable=true`. Pure.
@@ -307,7 +309,7 @@ pub fn policy_lock_of(key_arn: &str) -> String {
 
 impl PolicyEdits<'_> {
     /// Waits for the key's policy lock; a run still editing it after `patience` makes this step
-    /// `Throttled`, which the state machine retries with backoff.
+    /// `KeyPolicyBusy`, which the state machine retries with backoff.
     async fn hold(&self, key: &str, who: &Claimant<'_>) -> Result<()> {
         let resource = policy_lock_of(key);
         let deadline = std::time::Instant::now() + self.patience;
@@ -317,9 +319,9 @@ impl PolicyEdits<'_> {
                 return Ok(());
             };
             if std::time::Instant::now() >= deadline {
-                return Err(Error::Throttled(format!(
+                return Err(Error::KeyPolicyBusy(format!(
                     "kmsKeyIds: the policy of {key} is being edited by execution {holder}; retried later"
-                )));
+                ).into()));
             }
             tracing::info!(kms_key_id = %key, %holder, "waiting for another run's key-policy edit");
             tokio::time::sleep(pause).await;

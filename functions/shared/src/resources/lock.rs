@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sfn::error::ProvideErrorMetadata;
 
 use crate::error::{aws, Error, Result};
 
@@ -50,14 +49,11 @@ pub fn contention(holder_status: Option<&str>) -> Contention {
 fn busy(resource: &str, holder: &str) -> Error {
     Error::InstanceBusy(format!(
         "instanceId: {resource} is being migrated by execution {holder}; wait for it to end or stop it"
-    ))
+    ).into())
 }
 
-fn conditional_failed<E: ProvideErrorMetadata>(err: &aws_sdk_dynamodb::error::SdkError<E>) -> bool {
-    err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
-}
+/// A conditional write whose condition did not hold.
+const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -99,10 +95,10 @@ impl RunLock<'_> {
             .set_expression_attribute_values(Some(values))
             .send()
             .await;
-        match put {
+        match put.map_err(aws("PutItem")) {
             Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(aws("PutItem")(e)),
+            Err(e) if e.is_code(CONDITION_FAILED) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -150,9 +146,9 @@ impl RunLock<'_> {
             .cloned()
         else {
             // Given back between the two calls: the next attempt of this step takes it.
-            return Err(Error::Throttled(format!(
-                "run lock on {resource}: released while being read; retry"
-            )));
+            return Err(Error::Throttled(
+                format!("run lock on {resource}: released while being read; retry").into(),
+            ));
         };
         let status = match self
             .sfn
@@ -160,10 +156,11 @@ impl RunLock<'_> {
             .execution_arn(&holder)
             .send()
             .await
+            .map_err(aws("DescribeExecution"))
         {
             Ok(d) => Some(d.status().as_str().to_string()),
-            Err(e) if e.code() == Some("ExecutionDoesNotExist") => None,
-            Err(e) => return Err(aws("DescribeExecution")(e)),
+            Err(e) if e.is_code("ExecutionDoesNotExist") => None,
+            Err(e) => return Err(e),
         };
         if contention(status.as_deref()) == Contention::Busy {
             return Ok(Some(holder));
@@ -191,10 +188,10 @@ impl RunLock<'_> {
             .expression_attribute_values(":me", AttributeValue::S(execution.into()))
             .send()
             .await;
-        match deleted {
+        match deleted.map_err(aws("DeleteItem")) {
             Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(aws("DeleteItem")(e)),
+            Err(e) if e.is_code(CONDITION_FAILED) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }

@@ -33,41 +33,53 @@ pub fn choose_subnet(candidates: &[SubnetInfo], vpc_id: &str, az: &str) -> Resul
         .collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(Error::SubnetNotFound(format!(
-            "no subnet of {vpc_id} in {az}; create one or give targetSubnetId"
-        ))),
-        many => Err(Error::SubnetAmbiguous(format!(
-            "{} subnets of {vpc_id} are in {az} ({}); give targetSubnetId",
-            many.len(),
-            many.iter()
-                .map(|s| s.subnet_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        [] => Err(Error::SubnetNotFound(
+            format!("no subnet of {vpc_id} in {az}; create one or give targetSubnetId").into(),
+        )),
+        many => Err(Error::SubnetAmbiguous(
+            format!(
+                "{} subnets of {vpc_id} are in {az} ({}); give targetSubnetId",
+                many.len(),
+                many.iter()
+                    .map(|s| s.subnet_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .into(),
+        )),
     }
 }
 
 /// The target must be in the source's VPC, in the AZ asked for, and not where the source is.
 pub fn check_target(capture: &Capture, subnet: &SubnetInfo, wanted_az: Option<&str>) -> Result<()> {
     if subnet.vpc_id != capture.vpc_id {
-        return Err(Error::TargetMismatch(format!(
-            "targetSubnetId: {} is in {}, but {} is in {}",
-            subnet.subnet_id, subnet.vpc_id, capture.instance_id, capture.vpc_id
-        )));
+        return Err(Error::TargetMismatch(
+            format!(
+                "targetSubnetId: {} is in {}, but {} is in {}",
+                subnet.subnet_id, subnet.vpc_id, capture.instance_id, capture.vpc_id
+            )
+            .into(),
+        ));
     }
     if let Some(az) = wanted_az {
         if subnet.availability_zone != az {
-            return Err(Error::TargetMismatch(format!(
-                "targetSubnetId: {} is in {}, not in targetAvailabilityZone {az}",
-                subnet.subnet_id, subnet.availability_zone
-            )));
+            return Err(Error::TargetMismatch(
+                format!(
+                    "targetSubnetId: {} is in {}, not in targetAvailabilityZone {az}",
+                    subnet.subnet_id, subnet.availability_zone
+                )
+                .into(),
+            ));
         }
     }
     if subnet.availability_zone == capture.availability_zone {
-        return Err(Error::TargetMismatch(format!(
-            "targetAvailabilityZone: {} is already in {}",
-            capture.instance_id, capture.availability_zone
-        )));
+        return Err(Error::TargetMismatch(
+            format!(
+                "targetAvailabilityZone: {} is already in {}",
+                capture.instance_id, capture.availability_zone
+            )
+            .into(),
+        ));
     }
     Ok(())
 }
@@ -86,9 +98,9 @@ pub async fn resolve_subnet(
             .await
             .map_err(aws("DescribeSubnets"))
             .map_err(|e| match e {
-                Error::SubnetNotFound(m) => Error::SubnetNotFound(format!(
-                    "targetSubnetId: {subnet_id} does not exist ({m})"
-                )),
+                Error::SubnetNotFound(m) => Error::SubnetNotFound(
+                    format!("targetSubnetId: {subnet_id} does not exist ({m})").into(),
+                ),
                 other => other,
             })?;
         return found
@@ -96,7 +108,7 @@ pub async fn resolve_subnet(
             .first()
             .map(SubnetInfo::from)
             .ok_or_else(|| {
-                Error::SubnetNotFound(format!("targetSubnetId: {subnet_id} does not exist"))
+                Error::SubnetNotFound(format!("targetSubnetId: {subnet_id} does not exist").into())
             });
     }
     let az = input
@@ -145,9 +157,9 @@ pub async fn check_offered(ec2: &aws_sdk_ec2::Client, instance_type: &str, az: &
     if offered {
         Ok(())
     } else {
-        Err(Error::InstanceTypeNotOffered(format!(
-            "instanceType: {instance_type} is not offered in {az}"
-        )))
+        Err(Error::InstanceTypeNotOffered(
+            format!("instanceType: {instance_type} is not offered in {az}").into(),
+        ))
     }
 }
 

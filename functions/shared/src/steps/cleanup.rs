@@ -289,9 +289,9 @@ pub async fn complete(
     let new_id = request.instance.instance_id.as_str();
     let source_id = capture.instance_id.as_str();
     if new_id == source_id {
-        return Err(Error::AwsApi(format!(
-            "refusing to treat the source {source_id} as the new instance"
-        )));
+        return Err(Error::AwsApi(
+            format!("refusing to treat the source {source_id} as the new instance").into(),
+        ));
     }
 
     set_delete_on_termination(ec2, new_id, &deferred_delete_on_termination(capture), false).await?;

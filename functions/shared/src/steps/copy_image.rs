@@ -91,10 +91,13 @@ pub fn role_error(input: &CopyInput) -> impl Fn(Error) -> Error + '_ {
             .iter()
             .any(|w| text.contains(w));
         if about_role {
-            Error::RoleNotAssumable(format!(
-                "targetRoleArn: {} could not be assumed with the given externalId: {text}",
-                input.target_role_arn
-            ))
+            Error::RoleNotAssumable(
+                format!(
+                    "targetRoleArn: {} could not be assumed with the given externalId: {text}",
+                    input.target_role_arn
+                )
+                .into(),
+            )
         } else {
             e
         }
@@ -168,9 +171,7 @@ pub async fn tag(
         .map_err(aws("DescribeImages"))
         .map_err(role_error(input))?;
     let image = described.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!(
-            "DescribeImages: the copy {image_id} is not visible"
-        ))
+        Error::ImageNotFound(format!("DescribeImages: the copy {image_id} is not visible").into())
     })?;
     let mut resources = vec![image_id.clone()];
     resources.extend(

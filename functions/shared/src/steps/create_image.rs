@@ -1,7 +1,6 @@
 //! create-image: validates the run, captures the source's settings and makes the AMI, once per
 //! execution.
 
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::ResourceType;
 use serde::Deserialize;
 use serde_json::Value;
@@ -93,22 +92,22 @@ pub async fn run(
         .tag_specifications(tags::spec(ResourceType::Snapshot, &own_tags))
         .send()
         .await;
-    let created = match created {
+    let created = match created.map_err(aws("CreateImage")) {
         Ok(created) => created,
         // The name comes from the execution, and AMI names are unique: an attempt running at
         // the same moment made the image first. Answer that one.
-        Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => {
+        Err(e) if e.is_code("InvalidAMIName.Duplicate") => {
             if let Some(existing) =
                 find_own_image(ec2, execution, &image_name, &input.instance_id).await?
             {
                 tracing::info!(image_id = %existing, execution, "a concurrent attempt made the image");
                 return Ok(output(existing, false));
             }
-            return Err(Error::ImageNotFound(format!(
-                "CreateImage: {image_name} exists but is not visible yet; retried"
-            )));
+            return Err(Error::ImageNameRace(
+                format!("CreateImage: {image_name} exists but is not visible yet; retried").into(),
+            ));
         }
-        Err(e) => return Err(aws("CreateImage")(e)),
+        Err(e) => return Err(e),
     };
     let image_id = created
         .image_id()

@@ -204,7 +204,7 @@ async fn image_devices(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<
         .await
         .map_err(aws("DescribeImages"))?;
     let image = images.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible yet"))
+        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible yet").into())
     })?;
     Ok(image
         .block_device_mappings()

@@ -196,7 +196,9 @@ pub async fn run(
     let started_at = described
         .start_date()
         .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .map_err(|e| Error::UnexpectedAnswer(format!("DescribeExecution: startDate: {e}")))?;
+        .map_err(|e| {
+            Error::UnexpectedAnswer(format!("DescribeExecution: startDate: {e}").into())
+        })?;
     let mut events = Vec::new();
     let mut token = None;
     loop {
@@ -234,17 +236,15 @@ pub async fn run(
         .name(reap_name(&ended.name))
         .input(input.to_string())
         .send()
-        .await;
+        .await
+        .map_err(aws("StartExecution"));
     let arn = match started {
         Ok(s) => s.execution_arn().to_string(),
-        Err(e)
-            if aws_sdk_sfn::error::ProvideErrorMetadata::code(&e)
-                == Some("ExecutionAlreadyExists") =>
-        {
+        Err(e) if e.is_code("ExecutionAlreadyExists") => {
             tracing::info!(execution = %ended.name, "already being reaped");
             return Ok(Some(out));
         }
-        Err(e) => return Err(aws("StartExecution")(e)),
+        Err(e) => return Err(e),
     };
     tracing::warn!(execution = %ended.name, status = %ended.status, reap = %arn, steps = out.steps, "taking back what the run made");
     out.reap_execution_arn = Some(arn);

@@ -120,7 +120,7 @@ pub fn public_sharing_allowed(
     };
     Err(Error::PublicSharingBlocked(format!(
         "public: block public access for {setting} is {state} in {region} ({how}); the image was not shared"
-    )))
+    ).into()))
 }
 
 /// Whether the account lets this image (and its snapshots, if they are shared too) be made public
@@ -181,7 +181,7 @@ pub async fn prepare_share(
         return Err(Error::EncryptedImageNotPublic(format!(
             "public: {} is encrypted; encrypted images cannot be made public (share with accounts, organizations or OUs)",
             input.image_id
-        )));
+        ).into()));
     }
     if input.public {
         require_public_sharing(ec2, region, input.share_snapshots).await?;
@@ -201,7 +201,7 @@ pub async fn prepare_share(
             "reencryptKmsKeyId: {} is encrypted with the AWS managed key {}, which other accounts can never use; give a customer managed key to re-encrypt a copy with, and the copy is shared",
             input.image_id,
             managed.join(", ")
-        )));
+        ).into()));
     };
     keys::shareable_key(kms, key).await?;
     let copy_name = reencrypted_name(&input.image_id, &request.execution);
@@ -235,16 +235,19 @@ pub async fn prepare_share(
     };
     let copy = own_image(ec2, "reencryptKmsKeyId", &copy_id).await?;
     if !matches!(copy.state.as_str(), "pending" | "available") {
-        return Err(Error::ImageFailed(format!(
-            "the re-encrypted copy {copy_id} of {} is {}",
-            input.image_id, copy.state
-        )));
+        return Err(Error::ImageFailed(
+            format!(
+                "the re-encrypted copy {copy_id} of {} is {}",
+                input.image_id, copy.state
+            )
+            .into(),
+        ));
     }
     let (keys, still_managed) = keys_of(ec2, kms, &copy.snapshot_ids).await?;
     if copy.state == "available" && !still_managed.is_empty() {
-        return Err(Error::ManagedKeyNeedsReencryption(format!(
-            "reencryptKmsKeyId: {key} is itself an AWS managed key"
-        )));
+        return Err(Error::ManagedKeyNeedsReencryption(
+            format!("reencryptKmsKeyId: {key} is itself an AWS managed key").into(),
+        ));
     }
     tracing::info!(image_id = %input.image_id, copy_id = %copy_id, state = %copy.state, "re-encrypted copy for sharing");
     Ok(SharePlan {
@@ -303,7 +306,7 @@ pub async fn prepare_copy(
         return Err(Error::BillingProductNotCopyable(format!(
             "sourceImageId: {} has a billing product (Marketplace or licensed OS); AWS does not copy such images to another account",
             input.source_image_id
-        )));
+        ).into()));
     }
     let (customer, managed) = keys_of(ec2, kms, &image.snapshot_ids).await?;
     for key in &customer {
@@ -315,7 +318,7 @@ pub async fn prepare_copy(
             input.source_image_id,
             managed.join(", "),
             input.target_account_id
-        )));
+        ).into()));
     }
     let target = Receivers {
         account_ids: vec![input.target_account_id.clone()],

@@ -44,14 +44,14 @@ pub fn assess(
                 "{instance_id} is running but its status checks are impaired (system: {}, instance: {})",
                 system_status.unwrap_or("unknown"),
                 instance_status.unwrap_or("unknown")
-            ))),
+            ).into())),
             _ => Assessment::Waiting,
         },
         other => Assessment::Failed(Error::LaunchFailed(format!(
             "{instance_id} went {other} during launch: {}: {}",
             reason_code.unwrap_or("no state reason"),
             reason_message.unwrap_or("")
-        ))),
+        ).into())),
     }
 }
 
@@ -63,11 +63,14 @@ pub fn next_check(
 ) -> Result<InstanceProgress> {
     let attempt = progress.attempt + 1;
     let wait = policy.next_wait(attempt).ok_or_else(|| {
-        Error::InstanceWaitTimedOut(format!(
-            "{} was not running with both status checks passed after {} s (last state {state})",
-            progress.instance_id,
-            policy.waited_before(attempt)
-        ))
+        Error::InstanceWaitTimedOut(
+            format!(
+                "{} was not running with both status checks passed after {} s (last state {state})",
+                progress.instance_id,
+                policy.waited_before(attempt)
+            )
+            .into(),
+        )
     })?;
     Ok(InstanceProgress {
         state: state.to_string(),

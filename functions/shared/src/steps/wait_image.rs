@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -160,7 +159,7 @@ async fn look(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<(String, Opti
         .await
         .map_err(aws("DescribeImages"))?;
     let image = images.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible"))
+        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible").into())
     })?;
     let state = image
         .state()
@@ -174,12 +173,15 @@ async fn look(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<(String, Opti
 }
 
 fn lost_error(image_id: &str, state: &str, reason: Option<&str>) -> Error {
-    Error::ImageFailed(format!(
-        "{image_id} is {state}: {}",
-        reason
-            .filter(|r| !r.is_empty())
-            .unwrap_or("no reason given")
-    ))
+    Error::ImageFailed(
+        format!(
+            "{image_id} is {state}: {}",
+            reason
+                .filter(|r| !r.is_empty())
+                .unwrap_or("no reason given")
+        )
+        .into(),
+    )
 }
 
 /// The tokens waiting on an image: (table key, token, execution).
@@ -236,11 +238,10 @@ async fn forget(
 }
 
 /// A token that Step Functions no longer knows (timed out, or answered already) is not an error.
-fn token_closed(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("TaskDoesNotExist" | "TaskTimedOut" | "InvalidToken")
-    )
+fn token_closed(error: &Error) -> bool {
+    ["TaskDoesNotExist", "TaskTimedOut", "InvalidToken"]
+        .iter()
+        .any(|code| error.is_code(code))
 }
 
 /// Answers every execution waiting on the image, then forgets their tokens.
@@ -263,7 +264,7 @@ async fn answer(
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| (e.code().map(str::to_string), aws("SendTaskSuccess")(e))),
+                .map_err(aws("SendTaskSuccess")),
             Phase::Lost => {
                 let error = lost_error(image_id, state, reason);
                 sfn.send_task_failure()
@@ -273,15 +274,15 @@ async fn answer(
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| (e.code().map(str::to_string), aws("SendTaskFailure")(e)))
+                    .map_err(aws("SendTaskFailure"))
             }
         };
         match sent {
             Ok(()) => answered += 1,
-            Err((code, _)) if token_closed(code.as_deref()) => {
+            Err(e) if token_closed(&e) => {
                 tracing::info!(image_id, execution = %execution, "token already closed");
             }
-            Err((_, e)) => return Err(e),
+            Err(e) => return Err(e),
         }
         forget(ddb, table, image_id, &key).await?;
         tracing::info!(image_id, state, execution = %execution, "waiting execution answered");
@@ -366,10 +367,13 @@ async fn on_event(
 pub fn next_poll(image_id: &str, attempt: u32, policy: &PollPolicy) -> Result<(u32, u64)> {
     let next = attempt + 1;
     policy.next_wait(next).map(|w| (next, w)).ok_or_else(|| {
-        Error::ImageWaitTimedOut(format!(
-            "{image_id} was still pending after {} s of polling",
-            policy.waited_before(next)
-        ))
+        Error::ImageWaitTimedOut(
+            format!(
+                "{image_id} was still pending after {} s of polling",
+                policy.waited_before(next)
+            )
+            .into(),
+        )
     })
 }
 
@@ -488,8 +492,11 @@ mod tests {
 
     #[test]
     fn closed_tokens_are_not_errors() {
-        assert!(token_closed(Some("TaskTimedOut")) && token_closed(Some("TaskDoesNotExist")));
-        assert!(!token_closed(Some("ThrottlingException")) && !token_closed(None));
+        let answered = |code| crate::error::classify("SendTaskSuccess", code, None, Some(400));
+        assert!(token_closed(&answered(Some("TaskTimedOut"))));
+        assert!(token_closed(&answered(Some("TaskDoesNotExist"))));
+        assert!(!token_closed(&answered(Some("ThrottlingException"))));
+        assert!(!token_closed(&answered(None)));
     }
 }
 
