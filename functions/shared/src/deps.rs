@@ -7,7 +7,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 
-use crate::error::Result;
+use crate::error::{aws, Detail, Error, Result};
 use crate::resources::keys::PolicyEdits;
 use crate::resources::lock::RunLock;
 use crate::settings::Settings;
@@ -75,34 +75,103 @@ impl Deps {
         })
     }
 
-    /// An EC2 client acting in another account through a role there, derived from the one
-    /// SdkConfig: aws-config's assume-role provider, with the external id the role demands.
+    /// An EC2 client acting in another account through a role there: AssumeRole with the external
+    /// id the role demands, then a client with those credentials (an hour's, longer than any
+    /// step). A role that cannot be assumed is `RoleNotAssumable`, with STS's code; a throttled or
+    /// failing STS stays `Throttled` or `ServiceUnavailable`, which the state machines retry.
     pub async fn ec2_as(
         &self,
         role_arn: &str,
         external_id: &str,
         execution: &str,
-    ) -> aws_sdk_ec2::Client {
-        let session: String = format!("amiflow-{execution}")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(64)
-            .collect();
-        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+    ) -> Result<aws_sdk_ec2::Client> {
+        let assumed = aws_sdk_sts::Client::new(&self.config)
+            .assume_role()
+            .role_arn(role_arn)
             .external_id(external_id)
-            .session_name(session)
-            .configure(&self.config)
-            .build()
-            .await;
+            .role_session_name(session_name(execution))
+            .send()
+            .await
+            .map_err(aws("AssumeRole"))
+            .map_err(|e| not_assumable(role_arn, e))?;
+        let creds = assumed.credentials().ok_or_else(|| {
+            Error::UnexpectedAnswer("AssumeRole: the answer has no Credentials".into())
+        })?;
+        let credentials = aws_credential_types::Credentials::new(
+            creds.access_key_id(),
+            creds.secret_access_key(),
+            Some(creds.session_token().to_string()),
+            std::time::SystemTime::try_from(*creds.expiration()).ok(),
+            "amiflow-assume-role",
+        );
         let conf = aws_sdk_ec2::config::Builder::from(&self.config)
-            .credentials_provider(provider)
+            .credentials_provider(credentials)
             .build();
-        aws_sdk_ec2::Client::from_conf(conf)
+        Ok(aws_sdk_ec2::Client::from_conf(conf))
+    }
+}
+
+/// The role session's name: the execution's, in the characters STS allows, at most 64. Pure.
+pub fn session_name(execution: &str) -> String {
+    format!("amiflow-{execution}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// An AssumeRole refusal is the role's fault (`RoleNotAssumable`, naming it); a rate limit or an
+/// outage is not, and is retried. Pure.
+pub fn not_assumable(role_arn: &str, error: Error) -> Error {
+    if error.is_retryable() {
+        return error;
+    }
+    Error::RoleNotAssumable(Detail::aws(
+        format!(
+            "targetRoleArn: {role_arn} could not be assumed with the given externalId: {error}"
+        ),
+        error.aws_code(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::classify;
+
+    #[test]
+    fn a_refused_assume_role_names_the_role_and_keeps_stss_code() {
+        let refused = classify(
+            "AssumeRole",
+            Some("AccessDenied"),
+            Some("not authorized"),
+            Some(403),
+        );
+        let e = not_assumable("arn:aws:iam::210987654321:role/amiflow-copy", refused);
+        assert_eq!(e.name(), "RoleNotAssumable");
+        assert!(
+            e.to_string().starts_with(
+                "targetRoleArn: arn:aws:iam::210987654321:role/amiflow-copy could not be assumed"
+            ),
+            "{e}"
+        );
+        assert!(e.is_code("AccessDenied"));
+        let throttled = classify("AssumeRole", Some("Throttling"), None, Some(400));
+        assert_eq!(
+            not_assumable("arn:aws:iam::1:role/r", throttled).name(),
+            "Throttled"
+        );
+    }
+
+    #[test]
+    fn session_names_keep_to_what_sts_allows() {
+        assert_eq!(session_name("run/1 x"), "amiflow-run-1-x");
+        assert_eq!(session_name(&"e".repeat(100)).len(), 64);
     }
 }

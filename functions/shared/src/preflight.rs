@@ -5,7 +5,6 @@
 //! Used by `amiflow preflight …` and, when a workflow's input has `"preflight": true`, by the
 //! `preflight` function as the workflow's first state.
 
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::LaunchPermissionModifications;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -409,31 +408,23 @@ pub async fn copy(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
             }
         }
     }
-    let target = deps
+    let target = match deps
         .ec2_as(&parsed.target_role_arn, &parsed.external_id, "preflight")
-        .await;
-    match target
-        .describe_images()
-        .owners("self")
-        .max_results(5)
-        .send()
         .await
     {
-        Ok(_) => rows.push(row(
-            "target role",
-            Verdict::Pass,
-            format!("{} can be assumed", parsed.target_role_arn),
-        )),
-        Err(e) => rows.push(row(
-            "target role",
-            Verdict::Fail,
-            format!(
-                "{} could not be assumed: {}",
-                parsed.target_role_arn,
-                e.message().unwrap_or("credentials could not be loaded")
-            ),
-        )),
-    }
+        Ok(target) => {
+            rows.push(row(
+                "target role",
+                Verdict::Pass,
+                format!("{} can be assumed", parsed.target_role_arn),
+            ));
+            target
+        }
+        Err(e) => {
+            rows.push(from("target role", Err(e)));
+            return rows;
+        }
+    };
     if dry_runs == DryRuns::Skip {
         rows.push(skipped("CopyImage as the target (DryRun)"));
         return rows;

@@ -83,27 +83,6 @@ impl CopyImageRequest {
     }
 }
 
-/// A call that fails because the role could not be assumed says so, by name.
-pub fn role_error(input: &CopyInput) -> impl Fn(Error) -> Error + '_ {
-    move |e| {
-        let text = e.to_string();
-        let about_role = ["AssumeRole", "credential", "Credential"]
-            .iter()
-            .any(|w| text.contains(w));
-        if about_role {
-            Error::RoleNotAssumable(
-                format!(
-                    "targetRoleArn: {} could not be assumed with the given externalId: {text}",
-                    input.target_role_arn
-                )
-                .into(),
-            )
-        } else {
-            e
-        }
-    }
-}
-
 /// amiflow's tags on the copy and its snapshots, given when CopyImage creates them. Pure.
 pub fn own_tags(plan: &SharePlan, execution: &str) -> [Tag; 2] {
     [
@@ -144,8 +123,7 @@ pub async fn copy(
         .tag_specifications(tags::spec(ResourceType::Snapshot, &own))
         .send()
         .await
-        .map_err(aws("CopyImage"))
-        .map_err(role_error(input))?;
+        .map_err(aws("CopyImage"))?;
     let image_id = answered_id("CopyImage", "ImageId", copied.image_id())?;
     tracing::info!(source = %request.plan.image_id, target_image_id = %image_id, account = %input.target_account_id, execution, "copy started in the target account");
     Ok(CopyOutput {
@@ -168,8 +146,7 @@ pub async fn tag(
         .image_ids(image_id)
         .send()
         .await
-        .map_err(aws("DescribeImages"))
-        .map_err(role_error(input))?;
+        .map_err(aws("DescribeImages"))?;
     let image = described.images().first().ok_or_else(|| {
         Error::ImageNotFound(format!("DescribeImages: the copy {image_id} is not visible").into())
     })?;
@@ -193,8 +170,7 @@ pub async fn tag(
             .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
             .send()
             .await
-            .map_err(aws("CreateTags"))
-            .map_err(role_error(input))?;
+            .map_err(aws("CreateTags"))?;
     }
     Ok(CopyOutput {
         kms_key_id: key,
@@ -218,8 +194,7 @@ pub async fn remove(
         .filters(tags::execution_filter(execution))
         .send()
         .await
-        .map_err(aws("DescribeImages"))
-        .map_err(role_error(input))?;
+        .map_err(aws("DescribeImages"))?;
     let mut removed = Vec::new();
     for image in found.images() {
         let Some(id) = image.image_id() else { continue };
@@ -285,22 +260,6 @@ mod tests {
             ]
         );
     }
-
-    #[test]
-    fn credential_failures_name_the_role() {
-        let e = role_error(&input(true))(Error::ServiceUnavailable(
-            "CopyImage: dispatch failure: failed to load credentials: AssumeRole AccessDenied"
-                .into(),
-        ));
-        assert_eq!(e.name(), "RoleNotAssumable");
-        assert!(e
-            .to_string()
-            .starts_with("targetRoleArn: arn:aws:iam::210987654321:role/amiflow-copy"));
-        assert_eq!(
-            role_error(&input(true))(Error::Throttled("x".into())).name(),
-            "Throttled"
-        );
-    }
 }
 
 /// What copy-image answers, by action.
@@ -323,7 +282,7 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
             &input.external_id,
             request.execution(),
         )
-        .await;
+        .await?;
     Ok(match &request {
         CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, &input, r).await?),
         CopyImageRequest::Tag(r) => CopyImageOutput::Copy(tag(&target, &input, r).await?),

@@ -424,7 +424,7 @@ async fn poll(
 /// through the role its request names.
 pub async fn handle(deps: &crate::Deps, request: WaitImageRequest) -> Result<WaitImageOutput> {
     let ec2 = match request.role() {
-        Some((role, external_id, execution)) => deps.ec2_as(role, external_id, execution).await,
+        Some((role, external_id, execution)) => deps.ec2_as(role, external_id, execution).await?,
         None => deps.ec2.clone(),
     };
     run(&ec2, &deps.sfn, &deps.dynamodb, &deps.settings, request).await
