@@ -113,17 +113,7 @@ impl Deps {
 
 /// The role session's name: the execution's, in the characters STS allows, at most 64. Pure.
 pub fn session_name(execution: &str) -> String {
-    format!("amiflow-{execution}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect()
+    crate::names::restricted(&format!("amiflow-{execution}"), "+=,.@-_", '-', 64)
 }
 
 /// An AssumeRole refusal is the role's fault (`RoleNotAssumable`, naming it); a rate limit or an

@@ -9,6 +9,7 @@ pub mod error;
 pub mod handoff;
 pub mod input;
 pub mod lambda;
+pub mod names;
 pub mod ownership;
 pub mod preflight;
 pub mod receivers;

@@ -263,16 +263,7 @@ pub fn admit(
 
 /// A tag value may hold letters, digits, spaces and `_ . : / = + - @`, up to 256 characters.
 pub fn tag_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c) {
-                c
-            } else {
-                ' '
-            }
-        })
-        .take(256)
-        .collect()
+    crate::names::restricted(text, " _.:/=+-@", ' ', 256)
 }
 
 /// What the status tag says now.

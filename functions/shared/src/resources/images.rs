@@ -14,16 +14,7 @@ use crate::tags::{self, Tag};
 /// AMI names are unique per account and region; the execution name makes this one so.
 pub fn image_name(instance_id: &str, execution: &str) -> String {
     let name = format!("amiflow-{instance_id}-{execution}");
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(128)
-        .collect()
+    crate::names::restricted(&name, "()[] ./-'@_", '-', 128)
 }
 
 /// The image an earlier attempt of this execution made, if any: tagged with the execution, and
