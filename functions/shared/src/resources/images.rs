@@ -2,7 +2,7 @@
 //! is and which keys its snapshots use, launch permissions, and removing an image with its
 //! snapshots.
 
-use aws_sdk_ec2::types::{LaunchPermission, SnapshotReturnCodes};
+use aws_sdk_ec2::types::{Image, LaunchPermission, SnapshotReturnCodes};
 use aws_sdk_kms::types::KeyManagerType;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,36 @@ pub fn image_name(instance_id: &str, execution: &str) -> String {
     crate::names::restricted(&name, "()[] ./-'@_", '-', 128)
 }
 
+/// The images of this account tagged with the execution: what the run may have made (a tag alone
+/// proves nothing; `ownership` proves the rest).
+pub async fn of_execution(ec2: &aws_sdk_ec2::Client, execution: &str) -> Result<Vec<Image>> {
+    Ok(ec2
+        .describe_images()
+        .owners("self")
+        .filters(tags::execution_filter(execution))
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))?
+        .images
+        .unwrap_or_default())
+}
+
+/// One image the caller can see, or `ImageNotFound` (right after it is made, it may not be yet).
+pub async fn describe(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Image> {
+    ec2.describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .map_err(aws("DescribeImages"))?
+        .images
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible").into())
+        })
+}
+
 /// The image an earlier attempt of this execution made, if any: tagged with the execution, and
 /// proved the run's by its name and source instance (a tag alone proves nothing).
 pub async fn find_own_image(
@@ -25,15 +55,8 @@ pub async fn find_own_image(
     name: &str,
     source_instance_id: &str,
 ) -> Result<Option<String>> {
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(tags::execution_filter(execution))
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
-    Ok(images
-        .images()
+    Ok(of_execution(ec2, execution)
+        .await?
         .iter()
         .filter(|i| i.state().is_none_or(|s| s.as_str() != "deregistered"))
         .filter(|i| ownership::is_runs_image(i, name, Some(source_instance_id)))

@@ -1,10 +1,11 @@
 //! Instances: reading a source and everything a relaunch needs, and what its protection allows.
 
-use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceAttributeName};
 
 use crate::capture::{self, Attributes, Capture};
 use crate::error::{aws, Error, Result};
 use crate::input::SourceAction;
+use crate::tags;
 
 /// A source action that the source's own protection would refuse is refused now, before the
 /// run makes anything, rather than after the new instance exists.
@@ -35,28 +36,54 @@ async fn attribute(
         .map_err(aws("DescribeInstanceAttribute"))
 }
 
-/// Reads the source and everything a relaunch needs.
-pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Capture> {
-    let described = ec2
+/// The instance, or `None` when EC2 does not (or not yet) know it: a missing id is
+/// `InvalidInstanceID.NotFound`, and an instance just launched may not be found for a while.
+pub async fn find(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<Instance>> {
+    let described = match ec2
         .describe_instances()
         .instance_ids(instance_id)
         .send()
         .await
         .map_err(aws("DescribeInstances"))
-        .map_err(|e| match e {
-            Error::InstanceNotFound(m) => Error::InstanceNotFound(
-                format!("instanceId: {instance_id} does not exist ({m})").into(),
-            ),
-            other => other,
-        })?;
-    let instance = described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .next()
-        .ok_or_else(|| {
-            Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist").into())
-        })?;
+    {
+        Ok(described) => described,
+        Err(Error::InstanceNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(described
+        .reservations
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .find(|i| i.instance_id() == Some(instance_id)))
+}
+
+/// The instances tagged with the execution that are not terminated: what the run may have
+/// launched (a tag alone proves nothing; `ownership` proves the rest).
+pub async fn live_of_execution(
+    ec2: &aws_sdk_ec2::Client,
+    execution: &str,
+) -> Result<Vec<Instance>> {
+    Ok(ec2
+        .describe_instances()
+        .filters(tags::execution_filter(execution))
+        .filters(tags::live_instances_filter())
+        .send()
+        .await
+        .map_err(aws("DescribeInstances"))?
+        .reservations
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .collect())
+}
+
+/// Reads the source and everything a relaunch needs.
+pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Capture> {
+    let instance = find(ec2, instance_id).await?.ok_or_else(|| {
+        Error::InstanceNotFound(format!("instanceId: {instance_id} does not exist").into())
+    })?;
+    let instance = &instance;
 
     let volume_ids: Vec<String> = instance
         .block_device_mappings()

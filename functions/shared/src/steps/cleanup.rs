@@ -23,9 +23,9 @@ use crate::handoff::InstanceProgress;
 use crate::handoff::MigrateOutput;
 use crate::input::{MigrateInput, SourceAction};
 use crate::ownership;
-use crate::resources::client_token;
-use crate::resources::images::{delete_snapshot, image_name, remove_image, retire_image};
+use crate::resources::images::{self, delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
+use crate::resources::{client_token, instances};
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,25 +258,8 @@ pub fn source_step(action: SourceAction, current: &str) -> SourceStep {
 /// An instance's state now (the source's, or one the run made); one EC2 no longer knows is
 /// reported as terminated.
 pub async fn source_state_now(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<String> {
-    let found = match ec2
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await
-    {
-        Ok(found) => found,
-        Err(e) => {
-            return match aws("DescribeInstances")(e) {
-                Error::InstanceNotFound(_) => Ok("terminated".into()),
-                other => Err(other),
-            }
-        }
-    };
-    Ok(found
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find(|i| i.instance_id() == Some(instance_id))
+    Ok(instances::find(ec2, instance_id)
+        .await?
         .and_then(|i| i.state()?.name().map(|n| n.as_str().to_string()))
         .unwrap_or_else(|| "terminated".into()))
 }
@@ -434,14 +417,7 @@ pub async fn rollback(
         _ => false,
     };
 
-    let described = ec2
-        .describe_instances()
-        .filters(tags::execution_filter(execution))
-        .filters(tags::live_instances_filter())
-        .send()
-        .await
-        .map_err(aws("DescribeInstances"))?;
-    for instance in described.reservations().iter().flat_map(|r| r.instances()) {
+    for instance in &instances::live_of_execution(ec2, execution).await? {
         let Some(id) = instance.instance_id() else {
             continue;
         };
@@ -475,15 +451,8 @@ pub async fn rollback(
         }
     }
 
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(tags::execution_filter(execution))
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
     let mut image_ids: Vec<String> = Vec::new();
-    for image in images.images() {
+    for image in &images::of_execution(ec2, execution).await? {
         let Some(id) = image.image_id() else {
             continue;
         };

@@ -6,12 +6,12 @@ use aws_sdk_ec2::types::ResourceType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{answered_id, aws, Error, Result};
+use crate::error::{answered_id, aws, Result};
 use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::CopyInput;
 use crate::resources::client_token;
-use crate::resources::images::remove_image;
+use crate::resources::images::{self, remove_image};
 use crate::tags::{self, Tag};
 
 /// The source image's id, as a tag on the copy.
@@ -141,15 +141,7 @@ pub async fn tag(
     request: &TagRequest,
 ) -> Result<CopyOutput> {
     let image_id = &request.copy.target_image_id;
-    let described = target
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
-    let image = described.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!("DescribeImages: the copy {image_id} is not visible").into())
-    })?;
+    let image = images::describe(target, image_id).await?;
     let mut resources = vec![image_id.clone()];
     resources.extend(
         image
@@ -188,15 +180,8 @@ pub async fn remove(
     started_at: Option<&str>,
 ) -> Result<Vec<String>> {
     let started_at = ownership::parse_start(started_at);
-    let found = target
-        .describe_images()
-        .owners("self")
-        .filters(tags::execution_filter(execution))
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
     let mut removed = Vec::new();
-    for image in found.images() {
+    for image in &images::of_execution(target, execution).await? {
         let Some(id) = image.image_id() else { continue };
         if !ownership::is_runs_copy(image, |name| name == input.name, started_at.as_ref()) {
             tracing::warn!(

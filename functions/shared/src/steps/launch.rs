@@ -14,7 +14,7 @@ use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
 use crate::ownership;
-use crate::resources::client_token;
+use crate::resources::{client_token, images, instances};
 use crate::settings::Settings;
 use crate::tags::{self, Tag};
 
@@ -172,18 +172,10 @@ pub async fn find_own_instance(
     execution: &str,
     image_id: &str,
 ) -> Result<Option<(String, String)>> {
-    let found = ec2
-        .describe_instances()
-        .filters(tags::execution_filter(execution))
-        .filters(tags::live_instances_filter())
-        .send()
-        .await
-        .map_err(aws("DescribeInstances"))?;
     let token = client_token(execution, "launch");
-    Ok(found
-        .reservations()
+    Ok(instances::live_of_execution(ec2, execution)
+        .await?
         .iter()
-        .flat_map(|r| r.instances())
         .filter(|i| ownership::is_runs_instance(i, &token, image_id, None))
         .find_map(|i| {
             Some((
@@ -197,15 +189,7 @@ pub async fn find_own_instance(
 }
 
 async fn image_devices(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<ImageDevice>> {
-    let images = ec2
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
-    let image = images.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible yet").into())
-    })?;
+    let image = images::describe(ec2, image_id).await?;
     Ok(image
         .block_device_mappings()
         .iter()

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
+use crate::resources::instances;
 use crate::settings::{PollPolicy, Settings};
 use crate::tags::{self, Tag};
 
@@ -154,28 +155,9 @@ pub async fn run(
     request: VerifyRequest,
 ) -> Result<InstanceProgress> {
     let instance_id = request.instance.instance_id.as_str();
-    let described = match ec2
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await
-        .map_err(aws("DescribeInstances"))
-    {
-        Ok(described) => described,
-        // EC2 is eventually consistent: an instance just launched may not be found yet. It is
-        // still pending; the wait ends at InstanceWaitLimitSeconds if it never shows.
-        Err(Error::InstanceNotFound(_)) => {
-            tracing::info!(instance_id, "not visible yet");
-            return next_check(&request.instance, "pending", &settings.instance_poll);
-        }
-        Err(e) => return Err(e),
-    };
-    let Some(instance) = described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .next()
-    else {
+    // EC2 is eventually consistent: an instance just launched may not be found yet. It is still
+    // pending; the wait ends at InstanceWaitLimitSeconds if it never shows.
+    let Some(instance) = instances::find(ec2, instance_id).await? else {
         tracing::info!(instance_id, "not visible yet");
         return next_check(&request.instance, "pending", &settings.instance_poll);
     };
@@ -225,7 +207,7 @@ pub async fn run(
             next_check(&request.instance, state, &settings.instance_poll)
         }
         Assessment::Ready => {
-            let elastic_ip = finalize(ec2, &request, instance).await?;
+            let elastic_ip = finalize(ec2, &request, &instance).await?;
             tracing::info!(instance_id, "instance verified");
             Ok(InstanceProgress {
                 state: state.to_string(),

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{aws, Error, Result};
+use crate::resources::images;
 use crate::settings::{PollPolicy, Settings};
 
 /// The `detail` of an `EC2 AMI State Change` event.
@@ -152,15 +153,7 @@ fn now() -> u64 {
 
 /// The image's state and, when it failed, why.
 async fn look(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<(String, Option<String>)> {
-    let images = ec2
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))?;
-    let image = images.images().first().ok_or_else(|| {
-        Error::ImageNotFound(format!("DescribeImages: {image_id} is not visible").into())
-    })?;
+    let image = images::describe(ec2, image_id).await?;
     let state = image
         .state()
         .map(|s| s.as_str().to_string())
