@@ -11,14 +11,7 @@ pub struct Machines {
 }
 
 fn describe(e: impl std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+    amiflow::error::display_chain(&e)
 }
 
 impl Machines {

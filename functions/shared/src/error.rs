@@ -234,7 +234,9 @@ where
     }
 }
 
-fn display_chain(err: &dyn std::error::Error) -> String {
+/// An error and every error under it, joined with `: ` (what the SDK's errors say only in their
+/// sources). Shared with the CLI.
+pub fn display_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {

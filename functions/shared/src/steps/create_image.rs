@@ -188,17 +188,43 @@ mod mocked {
         json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b"})
     }
 
-    /// Every read the step makes, answering for the sample source in us-east-1a.
-    fn reads(offered: bool, existing: Option<&'static str>) -> Vec<Rule> {
-        vec![
-            mock!(Client::describe_instances)
+    /// Every read the step makes, by name, answering for the sample source in us-east-1a.
+    struct Reads {
+        instances: Rule,
+        volumes: Rule,
+        attributes: Rule,
+        addresses: Rule,
+        credits: Rule,
+        subnets: Rule,
+        offerings: Rule,
+        images: Rule,
+    }
+
+    impl Reads {
+        fn rules(self) -> Vec<Rule> {
+            vec![
+                self.instances,
+                self.volumes,
+                self.attributes,
+                self.addresses,
+                self.credits,
+                self.subnets,
+                self.offerings,
+                self.images,
+            ]
+        }
+    }
+
+    fn reads(offered: bool, existing: Option<&'static str>) -> Reads {
+        Reads {
+            instances: mock!(Client::describe_instances)
                 .then_output(|| reservation(vec![source_instance(InstanceStateName::Running)])),
-            mock!(Client::describe_volumes).then_output(|| {
+            volumes: mock!(Client::describe_volumes).then_output(|| {
                 DescribeVolumesOutput::builder()
                     .set_volumes(Some(source_volumes()))
                     .build()
             }),
-            mock!(Client::describe_instance_attribute).then_compute_output(|req| {
+            attributes: mock!(Client::describe_instance_attribute).then_compute_output(|req| {
                 let out = DescribeInstanceAttributeOutput::builder();
                 match req.attribute().map(|a| a.as_str()) {
                     Some("userData") => {
@@ -216,7 +242,7 @@ mod mocked {
                 }
                 .build()
             }),
-            mock!(Client::describe_addresses).then_output(|| {
+            addresses: mock!(Client::describe_addresses).then_output(|| {
                 DescribeAddressesOutput::builder()
                     .addresses(
                         Address::builder()
@@ -226,7 +252,7 @@ mod mocked {
                     )
                     .build()
             }),
-            mock!(Client::describe_instance_credit_specifications).then_output(|| {
+            credits: mock!(Client::describe_instance_credit_specifications).then_output(|| {
                 DescribeInstanceCreditSpecificationsOutput::builder()
                     .instance_credit_specifications(
                         InstanceCreditSpecification::builder()
@@ -235,7 +261,7 @@ mod mocked {
                     )
                     .build()
             }),
-            mock!(Client::describe_subnets).then_output(|| {
+            subnets: mock!(Client::describe_subnets).then_output(|| {
                 DescribeSubnetsOutput::builder()
                     .subnets(
                         aws_sdk_ec2::types::Subnet::builder()
@@ -246,7 +272,7 @@ mod mocked {
                     )
                     .build()
             }),
-            mock!(Client::describe_instance_type_offerings).then_output(move || {
+            offerings: mock!(Client::describe_instance_type_offerings).then_output(move || {
                 let out = DescribeInstanceTypeOfferingsOutput::builder();
                 if offered {
                     out.instance_type_offerings(
@@ -260,7 +286,7 @@ mod mocked {
                     out.build()
                 }
             }),
-            mock!(Client::describe_images).then_output(move || {
+            images: mock!(Client::describe_images).then_output(move || {
                 images(
                     existing
                         .map(|id| {
@@ -280,7 +306,7 @@ mod mocked {
                         .unwrap_or_default(),
                 )
             }),
-        ]
+        }
     }
 
     fn create() -> Rule {
@@ -306,7 +332,7 @@ mod mocked {
 
     #[tokio::test]
     async fn captures_checks_and_creates_the_tagged_image() {
-        let mut rules = reads(true, None);
+        let mut rules = reads(true, None).rules();
         rules.push(create());
         let ec2 = client(&rules);
         let (out, locks) = locked_run(&ec2, request(default_input())).await;
@@ -326,7 +352,7 @@ mod mocked {
 
     #[tokio::test]
     async fn a_second_attempt_finds_the_image_instead_of_making_another() {
-        let mut rules = reads(true, Some("ami-0earlier"));
+        let mut rules = reads(true, Some("ami-0earlier")).rules();
         rules.push(create());
         let ec2 = client(&rules);
         let out = locked_run(&ec2, request(default_input())).await.0.unwrap();
@@ -339,7 +365,7 @@ mod mocked {
 
     #[tokio::test]
     async fn an_unoffered_type_is_refused_before_the_image() {
-        let mut rules = reads(false, None);
+        let mut rules = reads(false, None).rules();
         rules.push(create());
         let ec2 = client(&rules);
         let (err, locks) = locked_run(&ec2, request(default_input())).await;
@@ -356,12 +382,15 @@ mod mocked {
 
     #[tokio::test]
     async fn termination_protection_refuses_terminate_before_the_image() {
-        let mut rules = reads(true, None);
-        rules[2] = mock!(Client::describe_instance_attribute).then_output(|| {
-            DescribeInstanceAttributeOutput::builder()
-                .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
-                .build()
-        });
+        let protected = Reads {
+            attributes: mock!(Client::describe_instance_attribute).then_output(|| {
+                DescribeInstanceAttributeOutput::builder()
+                    .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
+                    .build()
+            }),
+            ..reads(true, None)
+        };
+        let mut rules = protected.rules();
         rules.push(create());
         let ec2 = client(&rules);
         let input = json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "sourceAction": "terminate"});
@@ -373,7 +402,7 @@ mod mocked {
     #[tokio::test]
     async fn a_run_holding_the_instance_stops_this_one_before_the_image() {
         use aws_sdk_sfn::types::ExecutionStatus;
-        let mut rules = reads(true, None);
+        let mut rules = reads(true, None).rules();
         rules.push(create());
         let ec2 = client(&rules);
         let put = mock!(aws_sdk_dynamodb::Client::put_item).then_error(|| {
@@ -468,9 +497,12 @@ mod mocked {
 
     #[tokio::test]
     async fn a_missing_subnet_id_names_the_field() {
-        let mut rules = reads(true, None);
-        rules[5] = mock!(Client::describe_subnets)
-            .then_output(|| DescribeSubnetsOutput::builder().build());
+        let no_subnet = Reads {
+            subnets: mock!(Client::describe_subnets)
+                .then_output(|| DescribeSubnetsOutput::builder().build()),
+            ..reads(true, None)
+        };
+        let rules = no_subnet.rules();
         let input =
             json!({"instanceId": "i-0123456789abcdef0", "targetSubnetId": "subnet-0ccccccc"});
         let err = locked_run(&client(&rules), request(input))
