@@ -3,63 +3,15 @@ loopback port, and stops it at the end."""
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "local"))
 
-from amiflow_local.harness import RunningStack  # noqa: E402
-
-REGION = "us-east-1"
-
-
-class Stack:
-    def __init__(self, endpoint: str, log_dir: Path, region: str = REGION):
-        self.endpoint = endpoint
-        self.log_dir = log_dir
-        self.region = region
-        self.session = boto3.session.Session(
-            aws_access_key_id="local", aws_secret_access_key="local", region_name=region
-        )
-
-    def client(self, service: str, **config):
-        options = {"config": Config(**config)} if config else {}
-        return self.session.client(service, endpoint_url=self.endpoint, **options)
-
-    def as_function(self, binary: str, service: str):
-        """A client that signs as the stack's function `binary` does (its own access key), so that
-        the stack judges its calls by that function's role."""
-        session = boto3.session.Session(aws_access_key_id=f"function-{binary}", aws_secret_access_key="local", region_name=self.region)
-        return session.client(service, endpoint_url=self.endpoint)
-
-    def account(self, account_id: str) -> boto3.session.Session:
-        """A session whose calls belong to another account (credentials from STS AssumeRole)."""
-        sts = self.client("sts")
-        partition = self.session.get_partition_for_region(self.region)
-        creds = sts.assume_role(RoleArn=f"arn:{partition}:iam::{account_id}:role/amiflow-test", RoleSessionName="test")["Credentials"]
-        return boto3.session.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            region_name=self.region,
-        )
-
-    def control(self, path: str, body=None, method: str | None = None):
-        """Calls the layer's control endpoint: faults, config, events."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{self.endpoint}/_amiflow/{path}", data=data, method=method or ("POST" if data else "GET"),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
+from amiflow_local.harness import RunningStack, Stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from amiflow_local.seed import organization_root, seed
 
-from accounts import B, C, D, SHAREABLE, as_account, copy_input, encrypted_image
+from accounts import B, C, D, as_account, copy_input, encrypted_image
 from workflow import fire, message, run, state_machine_arn, wait_for
 
 
@@ -30,11 +30,6 @@ def executions(sfn, machine: str, resource_id: str) -> list[dict]:
 
 def untouched(ec2, image_id: str) -> bool:
     return ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
-
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_a_share_with_tag_shares_nothing_while_allowed_receivers_is_empty(stack, ec2, sfn, cmk):

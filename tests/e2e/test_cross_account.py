@@ -10,24 +10,8 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from accounts import A, APPS_OU, B, C, D, ORG_ID, SHAREABLE, as_account, copy_input, encrypted_image, launch_as
+from accounts import A, APPS_OU, B, C, D, ORG_ID, as_account, copy_input, encrypted_image, launch_as
 from workflow import message, run
-
-
-@pytest.fixture
-def organization(stack):
-    stack.control("config", {"organization": {
-        A: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-platform/"},
-        B: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-appsaaaa/"},
-        C: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-sandboxx/"},
-    }})
-    yield
-    stack.control("config", {"organization": {}})
-
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_a_shared_encrypted_ami_launches_in_b_only_because_of_the_grant(stack, ec2, sfn, cmk):

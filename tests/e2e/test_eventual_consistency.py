@@ -10,7 +10,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed
 
-from accounts import B, SHAREABLE, copy_input, encrypted_image
+from accounts import B, copy_input, encrypted_image
 from audits import NOTHING_SHARED, access_left, audit, audit_copy
 from workflow import run
 
@@ -23,11 +23,6 @@ def settle(stack):
     before, at once)."""
     yield lambda: stack.control("config", {"eventualConsistencySeconds": SECONDS})
     stack.control("config", {"eventualConsistencySeconds": 0})
-
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_a_migration_succeeds_while_ec2_settles(stack, ec2, sfn, settle):

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
-from amiflow_local.seed import seed
 
-from accounts import B, SHAREABLE, as_account, copy_input, encrypted_image
+from accounts import B, as_account, copy_input, encrypted_image
 from audits import NOTHING_SHARED, SHARED_WITH_B, access_left, audit, audit_copy
 from workflow import entered_states, finish, instance, message, run, start, state_machine_arn, tagged, wait_for
-
-
-@pytest.fixture
-def world(ec2):
-    return seed(ec2, "us-east-1", name=f"fault-{uuid.uuid4().hex[:6]}")
-
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def enter(sfn, execution_arn: str, state: str) -> None:

@@ -23,7 +23,7 @@ import yaml
 from amiflow_local.seed import seed
 from amiflow_local.template import _CfnLoader
 
-from accounts import A, APPS_OU, B, ORG_ID, SHAREABLE, as_account, copy_input, encrypted_image
+from accounts import A, APPS_OU, B, SHAREABLE, as_account, copy_input, encrypted_image
 from workflow import entered_states, run, start, state_machine_arn, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +54,6 @@ def allowed_actions(template: str) -> dict[str, list[str]]:
 
 def grants(patterns: list[str], action: str) -> bool:
     return any(fnmatch.fnmatchcase(action.lower(), p.lower()) for p in patterns)
-
-
-@pytest.fixture
-def organization(stack):
-    stack.control("config", {"organization": {
-        A: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-platform/"},
-        B: {"organizationId": ORG_ID, "ouPath": f"{ORG_ID}/r-root/ou-root-appsaaaa/"},
-    }})
-    yield
-    stack.control("config", {"organization": {}})
 
 
 def succeeds(sfn, machine: str, payload: dict) -> None:

@@ -5,15 +5,13 @@ update would, and deploys the original again afterwards."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from amiflow_local.seed import seed
 from amiflow_local.template import _CfnLoader
 
-from accounts import B, SHAREABLE, as_account, copy_input, encrypted_image
+from accounts import B, as_account, copy_input, encrypted_image
 from audits import NOTHING_SHARED, access_left, audit, audit_copy
 from workflow import instance, run, wait_for
 
@@ -57,11 +55,6 @@ def deploy(stack, tmp_path):
             stack.control("deploy", {"template": str(ROOT / file)})
         else:
             stack.control("target-account", {"accountId": B, "externalId": "ext-b"})
-
-
-@pytest.fixture
-def world(ec2):
-    return seed(ec2, "us-east-1", name=f"iam-{uuid.uuid4().hex[:6]}")
 
 
 def denied(stack, action: str) -> bool:
@@ -119,11 +112,6 @@ def test_without_its_kms_permissions_the_launch_of_an_encrypted_source_fails_as_
 
 
 # ShareImage and CopyImage -------------------------------------------------------------------
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
-
 
 # The undo runs on the plan, whatever the step's result, and reads before it writes. A role that
 # may not read its keys cannot show that no grant is left, so that run says RollbackFailed.

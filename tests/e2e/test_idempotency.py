@@ -13,9 +13,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from amiflow_local.seed import seed
 
-from accounts import B, SHAREABLE, as_account, copy_input, encrypted_image
+from accounts import B, as_account, copy_input, encrypted_image
 from workflow import instance, tagged, wait_for
 
 ACCOUNT = "123456789012"
@@ -36,11 +35,6 @@ def twice_at_once(stack, function: str, payload: dict) -> list[dict]:
 def names() -> tuple[str, str]:
     execution = f"idem-{uuid.uuid4().hex[:10]}"
     return execution, f"arn:aws:states:us-east-1:{ACCOUNT}:execution:MigrateInstance:{execution}"
-
-
-@pytest.fixture
-def world(ec2):
-    return seed(ec2, "us-east-1", name=f"idem-{uuid.uuid4().hex[:6]}")
 
 
 def test_every_migration_step_twice_at_once_leaves_what_once_leaves(stack, ec2, world):
@@ -100,11 +94,6 @@ def test_a_rollback_twice_at_once_removes_everything_once_and_leaves_the_source(
     # The lock was given back: another run may now take it.
     other, other_arn = names()
     assert invoke(stack, "create-image", {"execution": other, "executionArn": other_arn, "input": migration})["created"]
-
-
-@pytest.fixture
-def cmk(stack):
-    return stack.client("kms").create_key(Description="CMK-A", Tags=SHAREABLE)["KeyMetadata"]["Arn"]
 
 
 def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):

@@ -7,14 +7,8 @@ import json
 import uuid
 
 import pytest
-from amiflow_local.seed import seed
 
 from workflow import instance, message, run, state_machine_arn, tagged
-
-
-@pytest.fixture
-def world(ec2):
-    return seed(ec2, "us-east-1", name=f"web-{uuid.uuid4().hex[:6]}")
 
 
 def volumes_by_device(ec2, described: dict) -> dict[str, dict]:

@@ -9,7 +9,7 @@ import json
 import uuid
 
 import pytest
-from amiflow_local.harness import RunningStack
+from amiflow_local.harness import RunningStack, Stack
 from amiflow_local.seed import seed
 from botocore.exceptions import ClientError
 
@@ -21,8 +21,6 @@ REGION = "cn-northwest-1"
 
 @pytest.fixture(scope="module")
 def cn(tmp_path_factory):
-    from conftest import Stack
-
     log_dir = tmp_path_factory.mktemp("stack-logs-cn")
     try:
         running = RunningStack(log_dir, region=REGION)

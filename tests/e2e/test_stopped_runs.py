@@ -7,19 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
 from accounts import B, SHAREABLE, encrypted_image
-from amiflow_local.seed import seed
 from audits import NOTHING_SHARED, access_left
 from workflow import entered_states, instance, start, state_machine_arn, tagged, wait_for
-
-
-@pytest.fixture
-def world(ec2):
-    return seed(ec2, "us-east-1", name=f"stop-{uuid.uuid4().hex[:6]}")
 
 
 def stop_in(stack, sfn, machine: str, payload: dict, state: str) -> tuple[str, float]:
