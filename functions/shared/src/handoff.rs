@@ -151,4 +151,23 @@ pub(crate) mod tests {
             event_wait_seconds: 5,
         }
     }
+
+    /// A plan for an image under no customer key, whose tags include one of amiflow's.
+    pub fn sample_plan() -> SharePlan {
+        SharePlan {
+            image_id: "ami-0123456789abcdef0".into(),
+            source_image_id: "ami-0123456789abcdef0".into(),
+            owner_account: "123456789012".into(),
+            reencrypted: false,
+            image_state: "available".into(),
+            snapshot_ids: vec![],
+            kms_key_ids: vec![],
+            receivers: Receivers::default(),
+            share_snapshots: true,
+            tags: vec![Tag::new("app", "web"), Tag::new("amiflow:share-with", "x")],
+            event_wait_seconds: 5,
+            keep_sharing: false,
+            access_propagation_seconds: 0,
+        }
+    }
 }

@@ -200,7 +200,7 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::Receivers;
+
     use serde_json::json;
 
     fn input(copy_tags: bool) -> CopyInput {
@@ -215,23 +215,7 @@ mod tests {
         .unwrap()
     }
 
-    fn plan() -> SharePlan {
-        SharePlan {
-            image_id: "ami-0123456789abcdef0".into(),
-            source_image_id: "ami-0123456789abcdef0".into(),
-            owner_account: "123456789012".into(),
-            reencrypted: false,
-            image_state: "available".into(),
-            snapshot_ids: vec![],
-            kms_key_ids: vec![],
-            receivers: Receivers::default(),
-            share_snapshots: true,
-            tags: vec![Tag::new("app", "web"), Tag::new("amiflow:share-with", "x")],
-            event_wait_seconds: 5,
-            keep_sharing: false,
-            access_propagation_seconds: 0,
-        }
-    }
+    use crate::handoff::tests::sample_plan as plan;
 
     #[test]
     fn the_copy_carries_the_source_tags_only_when_asked() {
@@ -281,7 +265,7 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
 #[cfg(test)]
 mod mocked {
     use super::*;
-    use crate::receivers::Receivers;
+
     use crate::test_support::{image, images};
     use aws_sdk_ec2::operation::copy_image::CopyImageOutput as SdkCopy;
     use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
@@ -300,23 +284,7 @@ mod mocked {
         })
     }
 
-    fn plan() -> SharePlan {
-        SharePlan {
-            image_id: "ami-0123456789abcdef0".into(),
-            source_image_id: "ami-0123456789abcdef0".into(),
-            owner_account: "123456789012".into(),
-            reencrypted: false,
-            image_state: "available".into(),
-            snapshot_ids: vec![],
-            kms_key_ids: vec![],
-            receivers: Receivers::default(),
-            share_snapshots: true,
-            tags: vec![Tag::new("app", "web")],
-            event_wait_seconds: 5,
-            keep_sharing: false,
-            access_propagation_seconds: 0,
-        }
-    }
+    use crate::handoff::tests::sample_plan as plan;
 
     #[tokio::test]
     async fn copies_encrypted_with_the_target_key_and_a_stable_token() {
