@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := local/node_modules/.bin
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint unit e2e peer-test build clean
+.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint statemachines unit e2e peer-test build clean
 
 $(VENV)/.installed: local/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,12 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
+## The ASL files, written from statemachine/src (named retry and catch policies).
+statemachines: local-deps
+	$(PY) statemachine/build.py
+
 template-lint: local-deps
+	$(PY) statemachine/build.py --check
 	$(VENV)/bin/cfn-lint template.yaml target-account.yaml guardrails/guardrails.yaml
 	$(VENV)/bin/sam validate --lint --template template.yaml
 	for f in statemachine/*.asl.json; do $(NODE_BIN)/asl-validator --json-path $$f || exit 1; done
