@@ -172,3 +172,73 @@ fn the_readmes_error_table_is_the_one_the_code_defines() {
         wanted.join("\n")
     );
 }
+
+/// The function a Task invokes and the payload it gives it: `Resource: ${XFunctionArn}` with
+/// `Parameters`, or a `lambda:invoke` integration with `FunctionName: ${XFunctionArn}` and
+/// `Payload`. `None` for other states.
+fn invocation(state: &serde_json::Value) -> Option<(String, serde_json::Value)> {
+    let resource = state["Resource"].as_str()?;
+    let (arn, payload) = if resource.starts_with("${LambdaInvoke") {
+        (
+            state["Parameters"]["FunctionName"].as_str()?,
+            state["Parameters"]["Payload"].clone(),
+        )
+    } else {
+        (resource, state["Parameters"].clone())
+    };
+    let name = arn.strip_prefix("${")?.strip_suffix("FunctionArn}")?;
+    // CreateImage -> create-image
+    let mut function = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            function.push('-');
+        }
+        function.push(c.to_ascii_lowercase());
+    }
+    Some((function, payload))
+}
+
+/// A payload's field names, as the function receives them (`key.$` is the field `key`).
+fn field_names(payload: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    payload
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.strip_suffix(".$").unwrap_or(k).to_string())
+        .collect()
+}
+
+#[test]
+fn every_task_gives_its_function_the_fields_of_its_request_fixture() {
+    let mut checked = 0;
+    for path in files("statemachine", ".asl.json") {
+        let definition = json(&path);
+        for (state_name, state) in definition["States"].as_object().unwrap() {
+            let Some((function, payload)) = invocation(state) else {
+                continue;
+            };
+            let action = payload["action"].as_str();
+            // The fixture of that function (and action): it parses into the function's request
+            // type (the test above), so a Task that gives the same fields fits that type.
+            let fixtures: Vec<serde_json::Value> = files(&format!("events/{function}"), ".json")
+                .iter()
+                .map(|p| json(p))
+                .filter(|f| f["action"].as_str() == action && f.get("detail-type").is_none())
+                .collect();
+            assert!(
+                !fixtures.is_empty(),
+                "{}: state {state_name} invokes {function} with action {action:?}, which no fixture in events/{function} shows",
+                path.display()
+            );
+            let given = field_names(&payload);
+            assert!(
+                fixtures.iter().any(|f| field_names(f) == given),
+                "{}: state {state_name} gives {function} the fields {given:?}; its fixtures have {:?}",
+                path.display(),
+                fixtures.iter().map(field_names).collect::<Vec<_>>()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} tasks checked");
+}
