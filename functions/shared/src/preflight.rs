@@ -201,9 +201,9 @@ pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> 
     rows
 }
 
-/// Whether a key's policy or grants let a receiver use it the way a shared image needs.
+/// Whether a key's policy or grants let a receiver use it the way a shared image needs: reads
+/// them, and asks [`key_access_rows`].
 async fn receiver_may_use(deps: &Deps, key: &str, receivers: &Receivers) -> Vec<Row> {
-    let mut rows = Vec::new();
     let policy = deps
         .kms
         .get_key_policy()
@@ -213,16 +213,46 @@ async fn receiver_may_use(deps: &Deps, key: &str, receivers: &Receivers) -> Vec<
         .await
         .ok()
         .and_then(|p| p.policy().map(str::to_string));
-    let grants = deps
+    let grants: Vec<KeyGrant> = deps
         .kms
         .list_grants()
         .key_id(key)
         .send()
         .await
-        .map(|g| g.grants().to_vec())
+        .map(|g| {
+            g.grants()
+                .iter()
+                .map(|g| KeyGrant {
+                    grantee: g.grantee_principal().unwrap_or_default().to_string(),
+                    operations: g
+                        .operations()
+                        .iter()
+                        .map(|o| o.as_str().to_string())
+                        .collect(),
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    key_access_rows(key, receivers, &grants, policy.as_deref())
+}
+
+/// A grant on a key: to whom, for which operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub grantee: String,
+    pub operations: Vec<String>,
+}
+
+/// For each receiver, whether a grant (with every operation EC2 needs) or a key-policy statement
+/// lets it use the key. Pure.
+pub fn key_access_rows(
+    key: &str,
+    receivers: &Receivers,
+    grants: &[KeyGrant],
+    policy: Option<&str>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
     let statements: Vec<Value> = policy
-        .as_deref()
         .and_then(|p| serde_json::from_str::<Value>(p).ok())
         .and_then(|p| p.get("Statement").cloned())
         .map(|s| {
@@ -236,11 +266,10 @@ async fn receiver_may_use(deps: &Deps, key: &str, receivers: &Receivers) -> Vec<
     let text = |v: &Value| v.to_string();
     for account in &receivers.account_ids {
         let by_grant = grants.iter().any(|g| {
-            g.grantee_principal()
-                .is_some_and(|p| p.contains(account.as_str()))
+            g.grantee.contains(account.as_str())
                 && GRANT_OPERATIONS
                     .iter()
-                    .all(|op| g.operations().iter().any(|o| o.as_str() == *op))
+                    .all(|op| g.operations.iter().any(|o| o == op))
         });
         let by_policy = statements
             .iter()
@@ -469,6 +498,11 @@ pub async fn run(deps: &Deps, request: PreflightRequest) -> Result<Vec<Row>> {
             ))
         }
     };
+    outcome(rows)
+}
+
+/// The checks' result: every row, or `PreflightFailed` naming every failed check. Pure.
+pub fn outcome(rows: Vec<Row>) -> Result<Vec<Row>> {
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| r.verdict == Verdict::Fail)
@@ -498,5 +532,125 @@ pub fn print(rows: &[Row], json_output: bool) {
             Verdict::Unknown => "unknown",
         };
         println!("{verdict:<8} {:<width$}  {}", r.check, r.reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::classify;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:123456789012:key/k";
+    const B: &str = "210987654321";
+
+    fn receivers(accounts: &[&str], ous: &[&str]) -> Receivers {
+        Receivers {
+            account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+            organization_arns: vec![],
+            organizational_unit_arns: ous.iter().map(|o| o.to_string()).collect(),
+            public: false,
+        }
+    }
+
+    fn verdicts(rows: &[Row]) -> Vec<(String, Verdict)> {
+        rows.iter().map(|r| (r.check.clone(), r.verdict)).collect()
+    }
+
+    #[test]
+    fn an_account_may_use_a_key_through_a_full_grant_or_the_key_policy() {
+        let full = KeyGrant {
+            grantee: format!("arn:aws:iam::{B}:root"),
+            operations: GRANT_OPERATIONS.iter().map(|o| o.to_string()).collect(),
+        };
+        let rows = key_access_rows(
+            KEY,
+            &receivers(&[B], &[]),
+            std::slice::from_ref(&full),
+            None,
+        );
+        assert_eq!(
+            verdicts(&rows),
+            [(format!("KMS {KEY} for {B}"), Verdict::Pass)]
+        );
+
+        // A grant missing an operation EC2 needs does not count.
+        let partial = KeyGrant {
+            operations: vec!["Decrypt".into()],
+            ..full
+        };
+        let rows = key_access_rows(KEY, &receivers(&[B], &[]), &[partial], None);
+        assert_eq!(rows[0].verdict, Verdict::Fail);
+        assert!(
+            rows[0].reason.contains("grant-kms adds it"),
+            "{}",
+            rows[0].reason
+        );
+
+        let policy = format!(
+            r#"{{"Statement":{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{B}:root"}},"Action":"kms:Decrypt","Resource":"*"}}}}"#
+        );
+        let rows = key_access_rows(KEY, &receivers(&[B], &[]), &[], Some(&policy));
+        assert_eq!(rows[0].verdict, Verdict::Pass);
+        assert_eq!(rows[0].reason, "the key policy names the account");
+    }
+
+    #[test]
+    fn an_ou_may_use_a_key_only_through_a_key_policy_statement_naming_its_path() {
+        let ou = "arn:aws:organizations::123456789012:ou/o-abcdef1234/ou-ab12-cdef5678";
+        let path = "o-abcdef1234/*/ou-ab12-cdef5678/*";
+        let none = key_access_rows(
+            KEY,
+            &receivers(&[], &[ou]),
+            &[],
+            Some(r#"{"Statement":[]}"#),
+        );
+        assert_eq!(
+            verdicts(&none),
+            [(format!("KMS {KEY} for OU {path}"), Verdict::Fail)]
+        );
+        let policy = format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"*"}},"Action":"kms:Decrypt","Resource":"*","Condition":{{"ForAnyValue:StringLike":{{"aws:PrincipalOrgPaths":["{path}"]}}}}}}]}}"#
+        );
+        let admitted = key_access_rows(KEY, &receivers(&[], &[ou]), &[], Some(&policy));
+        assert_eq!(admitted[0].verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_failed_check_fails_the_run_naming_every_failed_check() {
+        let rows = vec![
+            row("input", Verdict::Pass, "well formed"),
+            row("target subnet", Verdict::Fail, "SubnetNotFound: none"),
+            row("instance quota", Verdict::Unknown, "not read"),
+            row("elastic IP", Verdict::Fail, "gone"),
+        ];
+        let e = outcome(rows.clone()).unwrap_err();
+        assert_eq!(e.name(), "PreflightFailed");
+        assert_eq!(
+            e.to_string(),
+            "target subnet: SubnetNotFound: none; elastic IP: gone"
+        );
+        let passed: Vec<Row> = rows
+            .into_iter()
+            .filter(|r| r.verdict != Verdict::Fail)
+            .collect();
+        assert_eq!(outcome(passed.clone()).unwrap(), passed);
+    }
+
+    #[test]
+    fn a_dry_run_passes_on_dry_run_operation_and_fails_on_a_refusal() {
+        let answered =
+            |code| Err::<(), _>(classify("RunInstances", Some(code), Some("m"), Some(412)));
+        assert_eq!(
+            dry_run("c", answered("DryRunOperation")).verdict,
+            Verdict::Pass
+        );
+        let refused = dry_run("c", answered("UnauthorizedOperation"));
+        assert_eq!(refused.verdict, Verdict::Fail);
+        assert_eq!(refused.reason, "RunInstances: UnauthorizedOperation: m");
+        assert_eq!(
+            dry_run("c", answered("InvalidParameter")).verdict,
+            Verdict::Unknown
+        );
+        assert_eq!(dry_run("c", Ok::<(), Error>(())).verdict, Verdict::Pass);
     }
 }
