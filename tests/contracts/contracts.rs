@@ -242,3 +242,25 @@ fn every_task_gives_its_function_the_fields_of_its_request_fixture() {
     }
     assert!(checked >= 30, "only {checked} tasks checked");
 }
+
+#[test]
+fn the_readmes_carry_over_table_is_the_plan_the_steps_ask() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
+    let header = "| setting | when | how |";
+    let rows: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let wanted: Vec<String> = amiflow::carry::SETTINGS
+        .iter()
+        .map(|s| format!("| {} | {} | {} |", s.name, s.when.label(), s.how))
+        .collect();
+    assert_eq!(
+        rows,
+        wanted,
+        "README.md's carry-over table must be, row for row:\n{}",
+        wanted.join("\n")
+    );
+}

@@ -198,38 +198,7 @@ pub fn capture(
         });
     }
 
-    let mut not_carried = Vec::new();
-    if let Some(ip) = instance.private_ip_address() {
-        not_carried.push(format!(
-            "private IP address {ip} (the new instance gets one from the target subnet)"
-        ));
-    }
-    let interfaces = instance.network_interfaces().len();
-    if interfaces > 1 {
-        not_carried.push(format!(
-            "{} secondary network interfaces (ENIs are bound to their AZ)",
-            interfaces - 1
-        ));
-    }
-    if let Some(group) = placement
-        .and_then(|p| p.group_name())
-        .filter(|g| !g.is_empty())
-    {
-        not_carried.push(format!("placement group {group}"));
-    }
-    if address.is_none() {
-        if let Some(public) = instance.public_ip_address() {
-            not_carried.push(format!(
-                "public IP address {public} (not an Elastic IP; the new one differs)"
-            ));
-        }
-    }
-    if instance
-        .instance_lifecycle()
-        .is_some_and(|l| l.as_str() == "spot")
-    {
-        not_carried.push("spot lifecycle (the new instance is on-demand)".into());
-    }
+    let not_carried = crate::carry::not_carried(instance, address.is_some());
 
     let metadata = instance.metadata_options().map(|m| MetadataSpec {
         http_tokens: m.http_tokens().map(|v| v.as_str().to_string()),

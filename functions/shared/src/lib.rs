@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod arn;
 pub mod capture;
+pub mod carry;
 pub mod deps;
 pub mod error;
 pub mod handoff;

@@ -9,11 +9,12 @@ use aws_sdk_ec2::types::LaunchPermissionModifications;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::carry::checked_first;
 use crate::error::{aws, Error, Result};
 use crate::input::MigrateInput;
 use crate::receivers::{CopyInput, Receivers, ShareInput};
 use crate::resources::images::{keys_of, launch_permissions, own_image};
-use crate::resources::instances::{check_source_action, read_source};
+use crate::resources::instances::read_source;
 use crate::resources::keys::GRANT_OPERATIONS;
 use crate::resources::subnets::{check_offered, check_target, resolve_subnet};
 use crate::Deps;
@@ -99,7 +100,7 @@ pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> 
     ));
     rows.push(from(
         "source action",
-        check_source_action(&capture, parsed.source_action).map(|_| {
+        checked_first(&capture, parsed.source_action).map(|_| {
             format!(
                 "{:?} is allowed by the source's protection",
                 parsed.source_action

@@ -4,24 +4,7 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceAttributeName};
 
 use crate::capture::{self, Attributes, Capture};
 use crate::error::{aws, Error, Result};
-use crate::input::SourceAction;
 use crate::tags;
-
-/// A source action that the source's own protection would refuse is refused now, before the
-/// run makes anything, rather than after the new instance exists.
-pub fn check_source_action(capture: &Capture, action: SourceAction) -> Result<()> {
-    match action {
-        SourceAction::Terminate if capture.disable_api_termination => Err(Error::SourceProtected(format!(
-            "sourceAction: {} has termination protection (disableApiTermination); turn it off or choose keep or stop",
-            capture.instance_id
-        ).into())),
-        SourceAction::Stop | SourceAction::Terminate if capture.disable_api_stop => Err(Error::SourceProtected(format!(
-            "sourceAction: {} has stop protection (disableApiStop); turn it off or choose keep",
-            capture.instance_id
-        ).into())),
-        _ => Ok(()),
-    }
-}
 
 async fn attribute(
     ec2: &aws_sdk_ec2::Client,
@@ -172,27 +155,4 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
         addresses.addresses().first(),
         cpu_credits,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::tests::sample_capture;
-
-    #[test]
-    fn protection_refuses_the_source_action_up_front() {
-        let c = sample_capture(); // termination protection on, stop protection off
-        assert!(check_source_action(&c, SourceAction::Keep).is_ok());
-        assert!(check_source_action(&c, SourceAction::Stop).is_ok());
-        assert_eq!(
-            check_source_action(&c, SourceAction::Terminate)
-                .unwrap_err()
-                .name(),
-            "SourceProtected"
-        );
-        let mut stop_protected = c.clone();
-        stop_protected.disable_api_termination = false;
-        stop_protected.disable_api_stop = true;
-        assert!(check_source_action(&stop_protected, SourceAction::Stop).is_err());
-    }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::capture::Capture;
+use crate::carry;
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
@@ -153,16 +154,6 @@ impl RollbackOutput {
     }
 }
 
-/// The delete-on-termination changes that restore the source's settings. Pure.
-pub fn deferred_delete_on_termination(capture: &Capture) -> Vec<String> {
-    capture
-        .volumes
-        .iter()
-        .filter(|v| !v.delete_on_termination)
-        .map(|v| v.device_name.clone())
-        .collect()
-}
-
 async fn set_delete_on_termination(
     ec2: &aws_sdk_ec2::Client,
     instance_id: &str,
@@ -277,8 +268,9 @@ pub async fn complete(
         ));
     }
 
-    set_delete_on_termination(ec2, new_id, &deferred_delete_on_termination(capture), false).await?;
-    if capture.disable_api_termination {
+    let success = carry::on_success(capture);
+    set_delete_on_termination(ec2, new_id, &success.kept_on_termination, false).await?;
+    if success.termination_protection {
         ec2.modify_instance_attribute()
             .instance_id(new_id)
             .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
@@ -286,7 +278,7 @@ pub async fn complete(
             .await
             .map_err(aws("ModifyInstanceAttribute"))?;
     }
-    if capture.disable_api_stop {
+    if success.stop_protection {
         ec2.modify_instance_attribute()
             .instance_id(new_id)
             .disable_api_stop(AttributeBooleanValue::builder().value(true).build())
@@ -518,7 +510,6 @@ pub async fn rollback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::tests::sample_capture;
 
     #[test]
     fn the_source_action_left_depends_on_what_the_source_is_now() {
@@ -538,14 +529,6 @@ mod tests {
             assert_eq!(source_step(action, now), step, "{action:?} on {now}");
         }
         assert!(source_gone("terminated") && !source_gone("stopped"));
-    }
-
-    #[test]
-    fn only_volumes_kept_on_the_source_are_kept_on_the_copy() {
-        assert_eq!(
-            deferred_delete_on_termination(&sample_capture()),
-            ["/dev/sdf"]
-        );
     }
 }
 

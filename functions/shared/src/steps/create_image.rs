@@ -5,11 +5,12 @@ use aws_sdk_ec2::types::ResourceType;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::carry::checked_first;
 use crate::error::{aws, Error, Result};
 use crate::handoff::{CreateImageOutput, Target};
 use crate::input::MigrateInput;
 use crate::resources::images::{find_own_image, image_name};
-use crate::resources::instances::{check_source_action, read_source};
+use crate::resources::instances::read_source;
 use crate::resources::lock::{Claimant, RunLock};
 use crate::resources::subnets::{check_offered, check_target, resolve_subnet};
 use crate::settings::Settings;
@@ -38,7 +39,7 @@ pub async fn run(
     }
     let input = MigrateInput::parse(&request.input, region)?;
     let capture = read_source(ec2, &input.instance_id).await?;
-    check_source_action(&capture, input.source_action)?;
+    checked_first(&capture, input.source_action)?;
     let subnet = resolve_subnet(ec2, &input, &capture).await?;
     check_target(&capture, &subnet, input.target_availability_zone.as_deref())?;
     let instance_type = input

@@ -9,137 +9,21 @@ use aws_sdk_ec2::types::{
 };
 use serde::Deserialize;
 
-use crate::capture::{is_burstable, Capture, MetadataSpec};
+use crate::capture::{Capture, MetadataSpec};
+use crate::carry::{at_launch, ImageDevice};
 use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
 use crate::ownership;
 use crate::resources::{client_token, images, instances};
 use crate::settings::Settings;
-use crate::tags::{self, Tag};
+use crate::tags::{self};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LaunchRequest {
     pub execution: String,
     pub image: CreateImageOutput,
-}
-
-/// One block device mapping of the AMI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageDevice {
-    pub device_name: String,
-    pub snapshot_id: Option<String>,
-    pub size_gib: Option<i32>,
-}
-
-/// A block device of the new instance. Every volume is deleted on termination until the run
-/// succeeds, so that a rollback leaves no volume behind; the captured setting is applied at the
-/// end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockDevice {
-    pub device_name: String,
-    pub snapshot_id: Option<String>,
-    pub size_gib: i32,
-    pub volume_type: Option<String>,
-    pub iops: Option<i32>,
-    pub throughput: Option<i32>,
-}
-
-/// Everything RunInstances is called with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchPlan {
-    pub image_id: String,
-    pub instance_type: String,
-    pub subnet_id: String,
-    pub security_group_ids: Vec<String>,
-    pub key_name: Option<String>,
-    pub iam_instance_profile_arn: Option<String>,
-    pub user_data: Option<String>,
-    pub block_devices: Vec<BlockDevice>,
-    pub metadata: Option<MetadataSpec>,
-    pub detailed_monitoring: bool,
-    pub ebs_optimized: bool,
-    pub cpu_credits: Option<String>,
-    pub tenancy: Option<String>,
-    pub shutdown_behavior: Option<String>,
-    pub instance_tags: Vec<Tag>,
-    pub volume_tags: Vec<Tag>,
-    pub client_token: String,
-}
-
-/// Provisioned IOPS apply to io1, io2 and gp3 only; throughput to gp3 only. gp2 reports a
-/// baseline IOPS figure that RunInstances would refuse.
-fn iops_for(volume_type: Option<&str>, iops: Option<i32>) -> Option<i32> {
-    matches!(volume_type, Some("io1" | "io2" | "gp3"))
-        .then_some(iops)
-        .flatten()
-}
-
-fn throughput_for(volume_type: Option<&str>, throughput: Option<i32>) -> Option<i32> {
-    matches!(volume_type, Some("gp3"))
-        .then_some(throughput)
-        .flatten()
-}
-
-/// The RunInstances call for this run. Pure.
-pub fn plan(
-    image: &CreateImageOutput,
-    image_devices: &[ImageDevice],
-    user_data: Option<String>,
-    execution: &str,
-) -> LaunchPlan {
-    let capture = &image.capture;
-    let block_devices = image_devices
-        .iter()
-        .map(|device| {
-            let captured = capture
-                .volumes
-                .iter()
-                .find(|v| v.device_name == device.device_name);
-            let volume_type = captured.and_then(|v| v.volume_type.clone());
-            BlockDevice {
-                device_name: device.device_name.clone(),
-                snapshot_id: device.snapshot_id.clone(),
-                size_gib: captured
-                    .map(|v| v.size_gib)
-                    .unwrap_or_default()
-                    .max(device.size_gib.unwrap_or_default()),
-                iops: iops_for(volume_type.as_deref(), captured.and_then(|v| v.iops)),
-                throughput: throughput_for(
-                    volume_type.as_deref(),
-                    captured.and_then(|v| v.throughput),
-                ),
-                volume_type,
-            }
-        })
-        .collect();
-    let own = [
-        Tag::new(tags::EXECUTION, execution),
-        Tag::new(tags::SOURCE_INSTANCE, &capture.instance_id),
-    ];
-    LaunchPlan {
-        image_id: image.image_id.clone(),
-        instance_type: image.target.instance_type.clone(),
-        subnet_id: image.target.subnet_id.clone(),
-        security_group_ids: capture.security_group_ids.clone(),
-        key_name: capture.key_name.clone(),
-        iam_instance_profile_arn: capture.iam_instance_profile_arn.clone(),
-        user_data,
-        block_devices,
-        metadata: capture.metadata.clone(),
-        detailed_monitoring: capture.detailed_monitoring,
-        ebs_optimized: capture.ebs_optimized,
-        cpu_credits: capture
-            .cpu_credits
-            .clone()
-            .filter(|_| is_burstable(&image.target.instance_type)),
-        tenancy: capture.tenancy.clone().filter(|t| t != "default"),
-        shutdown_behavior: capture.shutdown_behavior.clone(),
-        instance_tags: tags::carried_with(&capture.tags, &own),
-        volume_tags: vec![Tag::new(tags::EXECUTION, execution)],
-        client_token: client_token(execution, "launch"),
-    }
 }
 
 fn metadata_request(m: &MetadataSpec) -> InstanceMetadataOptionsRequest {
@@ -245,7 +129,7 @@ pub async fn run(
     }
     let devices = image_devices(ec2, &request.image.image_id).await?;
     let user_data = source_user_data(ec2, &request.image.capture).await?;
-    let plan = plan(&request.image, &devices, user_data, execution);
+    let plan = at_launch(&request.image, &devices, user_data, execution);
 
     let mappings: Vec<BlockDeviceMapping> = plan
         .block_devices
@@ -327,80 +211,8 @@ pub async fn run(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    use crate::handoff::tests::sample_image;
-
-    fn devices() -> Vec<ImageDevice> {
-        vec![
-            ImageDevice {
-                device_name: "/dev/xvda".into(),
-                snapshot_id: Some("snap-root".into()),
-                size_gib: Some(8),
-            },
-            ImageDevice {
-                device_name: "/dev/sdf".into(),
-                snapshot_id: Some("snap-data".into()),
-                size_gib: Some(20),
-            },
-        ]
-    }
-
-    #[test]
-    fn plan_carries_the_captured_settings_into_the_target() {
-        let p = plan(
-            &sample_image(),
-            &devices(),
-            Some("IyEvYmluL3NoCg==".into()),
-            "run-1",
-        );
-        assert_eq!(p.subnet_id, "subnet-0bbbbbbb");
-        assert_eq!(p.instance_type, "t3.micro");
-        assert_eq!(p.security_group_ids, ["sg-01234567"]);
-        assert_eq!(p.key_name.as_deref(), Some("ops-key"));
-        assert_eq!(p.user_data.as_deref(), Some("IyEvYmluL3NoCg=="));
-        assert_eq!(p.cpu_credits.as_deref(), Some("unlimited"));
-        assert_eq!(p.tenancy, None, "default tenancy is not passed");
-        assert!(p.detailed_monitoring && p.ebs_optimized);
-        assert_eq!(
-            p.instance_tags,
-            [
-                Tag::new("Name", "web"),
-                Tag::new(tags::EXECUTION, "run-1"),
-                Tag::new(tags::SOURCE_INSTANCE, "i-0123456789abcdef0")
-            ]
-        );
-        let root = &p.block_devices[0];
-        assert_eq!(
-            (
-                root.snapshot_id.as_deref(),
-                root.size_gib,
-                root.volume_type.as_deref(),
-                root.iops,
-                root.throughput
-            ),
-            (Some("snap-root"), 8, Some("gp3"), Some(3000), Some(125))
-        );
-        let data = &p.block_devices[1];
-        assert_eq!(
-            (data.volume_type.as_deref(), data.iops, data.throughput),
-            (Some("io2"), Some(4000), None)
-        );
-    }
-
-    #[test]
-    fn gp2_iops_and_credits_for_non_burstable_overrides_are_dropped() {
-        let mut image = sample_image();
-        image.capture.volumes[0].volume_type = Some("gp2".into());
-        image.capture.volumes[0].iops = Some(100);
-        image.target.instance_type = "m5.large".into();
-        let p = plan(&image, &devices(), None, "run-1");
-        assert_eq!(p.block_devices[0].iops, None);
-        assert_eq!(p.block_devices[0].throughput, None);
-        assert_eq!(p.cpu_credits, None);
-    }
-
     #[test]
     fn client_token_is_stable_per_execution_and_fits_the_limit() {
         let a = client_token("run-1", "launch");

@@ -5,12 +5,13 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use serde::Deserialize;
 
+use crate::carry;
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
 use crate::resources::instances;
 use crate::settings::{PollPolicy, Settings};
-use crate::tags::{self, Tag};
+use crate::tags::Tag;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,27 +82,6 @@ pub fn next_check(
     })
 }
 
-/// Tags each new volume as its source volume was tagged, matched by device name.
-fn volume_tag_plan(
-    image: &CreateImageOutput,
-    new_volumes: &[(String, String)],
-    execution: &str,
-) -> Vec<(String, Vec<Tag>)> {
-    let own = [Tag::new(tags::EXECUTION, execution)];
-    new_volumes
-        .iter()
-        .filter_map(|(device, volume_id)| {
-            let source = image
-                .capture
-                .volumes
-                .iter()
-                .find(|v| &v.device_name == device)?;
-            (!source.tags.is_empty())
-                .then(|| (volume_id.clone(), tags::carried_with(&source.tags, &own)))
-        })
-        .collect()
-}
-
 async fn finalize(
     ec2: &aws_sdk_ec2::Client,
     request: &VerifyRequest,
@@ -119,7 +99,7 @@ async fn finalize(
             ))
         })
         .collect();
-    for (volume_id, tags) in volume_tag_plan(&request.image, &new_volumes, &request.execution) {
+    for (volume_id, tags) in carry::volume_tags(&request.image, &new_volumes, &request.execution) {
         ec2.create_tags()
             .resources(&volume_id)
             .set_tags(Some(tags.iter().map(Tag::to_sdk).collect()))
@@ -127,7 +107,8 @@ async fn finalize(
             .await
             .map_err(aws("CreateTags"))?;
     }
-    if !capture.source_dest_check {
+    let healthy = carry::when_healthy(capture);
+    if healthy.source_dest_check_off {
         ec2.modify_instance_attribute()
             .instance_id(instance_id)
             .source_dest_check(AttributeBooleanValue::builder().value(false).build())
@@ -135,7 +116,7 @@ async fn finalize(
             .await
             .map_err(aws("ModifyInstanceAttribute"))?;
     }
-    let Some(eip) = &capture.elastic_ip else {
+    let Some(eip) = &healthy.elastic_ip else {
         return Ok(None);
     };
     ec2.associate_address()
@@ -223,7 +204,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::tests::sample_image;
+
     use crate::settings::DEFAULT_INSTANCE_POLL;
 
     #[test]
@@ -288,26 +269,6 @@ mod tests {
                 .unwrap_err()
                 .name(),
             "InstanceWaitTimedOut"
-        );
-    }
-
-    #[test]
-    fn volume_tags_follow_the_device() {
-        let image = sample_image();
-        let plan = volume_tag_plan(
-            &image,
-            &[
-                ("/dev/xvda".into(), "vol-new-root".into()),
-                ("/dev/sdf".into(), "vol-new-data".into()),
-            ],
-            "run-1",
-        );
-        assert_eq!(
-            plan,
-            [(
-                "vol-new-data".to_string(),
-                vec![Tag::new("role", "data"), Tag::new(tags::EXECUTION, "run-1")]
-            )]
         );
     }
 }
