@@ -108,6 +108,8 @@ def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
     plans = twice_at_once(stack, "share-image", {"action": "prepareCopy", "execution": execution, "input": copy})
     assert plans[0] == plans[1]
     plan = plans[0]
+    # The plan carries the input, parsed once: the steps after it read it there.
+    assert plan["copy"]["targetAccountId"] == B and plan["copy"]["name"] == copy["name"]
     keys = {"execution": execution, "executionArn": f"arn:aws:states:us-east-1:{ACCOUNT}:execution:CopyImage:{execution}",
             "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
             "kmsKeyIds": plan["kmsKeyIds"], "receivers": plan["receivers"]}
@@ -118,13 +120,13 @@ def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
     twice_at_once(stack, "share-image", {"action": "share", "execution": execution, "plan": plan})
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == [{"UserId": B}]
 
-    copies = twice_at_once(stack, "copy-image", {"action": "copy", "execution": execution, "input": copy, "plan": plan})
+    copies = twice_at_once(stack, "copy-image", {"action": "copy", "execution": execution, "plan": plan})
     target = copies[0]["targetImageId"]
     assert copies[1]["targetImageId"] == target
     assert [i["ImageId"] for i in b_ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [copy["name"]]}])["Images"]] == [target]
     wait_for(lambda: b_ec2.describe_images(ImageIds=[target])["Images"][0]["State"] == "available", what="the copy")
 
-    twice_at_once(stack, "copy-image", {"action": "tag", "execution": execution, "input": copy, "plan": plan, "copy": copies[0]})
+    twice_at_once(stack, "copy-image", {"action": "tag", "execution": execution, "plan": plan, "copy": copies[0]})
     tags = {t["Key"]: t["Value"] for t in b_ec2.describe_images(ImageIds=[target])["Images"][0]["Tags"]}
     assert tags["amiflow:execution"] == execution and tags["app"] == "web"
 
@@ -135,7 +137,7 @@ def test_every_copy_step_twice_at_once_leaves_what_once_leaves(stack, ec2, cmk):
     assert b_ec2.describe_images(ImageIds=[target])["Images"][0]["State"] == "available"
 
     # The rollback's removal of the copy, twice at once, removes it once.
-    twice_at_once(stack, "copy-image", {"action": "remove", "execution": execution, "input": copy})
+    twice_at_once(stack, "copy-image", {"action": "remove", "execution": execution, "plan": plan})
     assert tagged(b_ec2, execution) == {"instances": [], "images": [], "snapshots": []}
 
 
@@ -146,6 +148,8 @@ def test_sharing_with_an_organization_twice_at_once_adds_its_key_policy_statemen
     plans = twice_at_once(stack, "share-image", {"action": "prepareShare", "execution": execution,
                                                  "input": {"imageId": image_id, "organizationArns": [org]}})
     plan = plans[0]
+    # The plan carries the input, parsed once: the steps after it read it there.
+    assert plan["copy"]["targetAccountId"] == B and plan["copy"]["name"] == copy["name"]
     keys = {"execution": execution, "executionArn": f"arn:aws:states:us-east-1:{ACCOUNT}:execution:ShareImage:{execution}",
             "imageId": plan["imageId"], "ownerAccount": plan["ownerAccount"],
             "kmsKeyIds": plan["kmsKeyIds"], "receivers": plan["receivers"]}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::Capture;
 use crate::input::SourceAction;
-use crate::receivers::Receivers;
+use crate::receivers::{CopyInput, Receivers};
 use crate::resources::images::{ImageFacts, Leftover};
 use crate::settings::Settings;
 use crate::tags::Tag;
@@ -101,9 +101,21 @@ pub struct SharePlan {
     /// target copies (0 for the other workflows).
     #[serde(default)]
     pub access_propagation_seconds: u64,
+    /// CopyImage: the workflow's input, parsed and checked once, by the plan; the steps after it
+    /// read it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyInput>,
 }
 
 impl SharePlan {
+    /// The plan of a CopyImage run, carrying its parsed input.
+    pub(crate) fn with_copy(self, input: CopyInput) -> Self {
+        SharePlan {
+            copy: Some(input),
+            ..self
+        }
+    }
+
     /// The plan for an image of this account, shared as it is.
     pub(crate) fn of(
         image_id: &str,
@@ -127,6 +139,7 @@ impl SharePlan {
             event_wait_seconds: settings.event_wait_seconds,
             keep_sharing: false,
             access_propagation_seconds: 0,
+            copy: None,
         }
     }
 }
@@ -168,6 +181,7 @@ pub(crate) mod tests {
             event_wait_seconds: 5,
             keep_sharing: false,
             access_propagation_seconds: 0,
+            copy: None,
         }
     }
 }

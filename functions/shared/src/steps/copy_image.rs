@@ -4,9 +4,8 @@
 
 use aws_sdk_ec2::types::ResourceType;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::error::{answered_id, aws, Result};
+use crate::error::{answered_id, aws, Error, Result};
 use crate::handoff::SharePlan;
 use crate::ownership;
 use crate::receivers::CopyInput;
@@ -21,7 +20,6 @@ pub const SOURCE_IMAGE: &str = "amiflow:source-image";
 #[serde(rename_all = "camelCase")]
 pub struct CopyRequest {
     pub execution: String,
-    pub input: Value,
     pub plan: SharePlan,
 }
 
@@ -29,7 +27,6 @@ pub struct CopyRequest {
 #[serde(rename_all = "camelCase")]
 pub struct TagRequest {
     pub execution: String,
-    pub input: Value,
     pub plan: SharePlan,
     pub copy: CopyOutput,
 }
@@ -41,7 +38,7 @@ pub struct RemoveRequest {
     /// When the execution started (`$$.Execution.StartTime`): no image made before is the run's.
     #[serde(default)]
     pub started_at: Option<String>,
-    pub input: Value,
+    pub plan: SharePlan,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +46,7 @@ pub struct RemoveRequest {
 pub enum CopyImageRequest {
     Copy(Box<CopyRequest>),
     Tag(Box<TagRequest>),
-    Remove(RemoveRequest),
+    Remove(Box<RemoveRequest>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +61,20 @@ pub struct CopyOutput {
 }
 
 impl CopyImageRequest {
-    /// The workflow input, for the role to act through.
-    pub fn input(&self) -> Result<CopyInput> {
-        let (raw, region) = match self {
-            CopyImageRequest::Copy(r) => (&r.input, r.input["sourceRegion"].as_str()),
-            CopyImageRequest::Tag(r) => (&r.input, r.input["sourceRegion"].as_str()),
-            CopyImageRequest::Remove(r) => (&r.input, r.input["sourceRegion"].as_str()),
+    /// The workflow input, as the plan parsed and checked it: the role to act through and the
+    /// copy to make.
+    pub fn input(&self) -> Result<&CopyInput> {
+        let plan = match self {
+            CopyImageRequest::Copy(r) => &r.plan,
+            CopyImageRequest::Tag(r) => &r.plan,
+            CopyImageRequest::Remove(r) => &r.plan,
         };
-        CopyInput::parse(raw, region.unwrap_or_default())
+        plan.copy.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "plan.copy",
+                "the plan holds no CopyImage input (it comes from ShareImage's prepareCopy)",
+            )
+        })
     }
 
     pub fn execution(&self) -> &str {
@@ -253,10 +256,10 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
         )
         .await?;
     Ok(match &request {
-        CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, &input, r).await?),
-        CopyImageRequest::Tag(r) => CopyImageOutput::Copy(tag(&target, &input, r).await?),
+        CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, input, r).await?),
+        CopyImageRequest::Tag(r) => CopyImageOutput::Copy(tag(&target, input, r).await?),
         CopyImageRequest::Remove(r) => CopyImageOutput::Removed {
-            removed_image_ids: remove(&target, &input, &r.execution, r.started_at.as_deref())
+            removed_image_ids: remove(&target, input, &r.execution, r.started_at.as_deref())
                 .await?,
         },
     })
@@ -265,6 +268,7 @@ pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyIm
 #[cfg(test)]
 mod mocked {
     use super::*;
+    use serde_json::Value;
 
     use crate::test_support::{image, images};
     use aws_sdk_ec2::operation::copy_image::CopyImageOutput as SdkCopy;
@@ -298,12 +302,11 @@ mod mocked {
             })
             .then_output(|| SdkCopy::builder().image_id("ami-0target").build());
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let parsed = CopyInput::parse(&input(), "us-east-1").unwrap();
         let request = CopyRequest {
             execution: "run-1".into(),
-            input: input(),
-            plan: plan(),
+            plan: plan().with_copy(parsed.clone()),
         };
-        let parsed = CopyInput::parse(&request.input, "us-east-1").unwrap();
         let out = copy(&ec2, &parsed, &request).await.unwrap();
         assert_eq!(
             (out.target_image_id.as_str(), out.owner_account_id.as_str()),
@@ -335,13 +338,12 @@ mod mocked {
             role_arn: "r".into(),
             external_id: "e".into(),
         };
+        let parsed = CopyInput::parse(&input(), "us-east-1").unwrap();
         let request = TagRequest {
             execution: "run-1".into(),
-            input: input(),
-            plan: plan(),
+            plan: plan().with_copy(parsed.clone()),
             copy: copy_out,
         };
-        let parsed = CopyInput::parse(&request.input, "us-east-1").unwrap();
         tag(&ec2, &parsed, &request).await.unwrap();
         assert_eq!(tags_rule.num_calls(), 1);
     }

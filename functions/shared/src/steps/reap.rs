@@ -165,7 +165,7 @@ pub fn plan(settings: &ReapSettings, run: &EndedRun, started_at: &str, state: &V
             revoke(),
             step(
                 &settings.copy_image_arn,
-                json!({"action": "remove", "execution": execution, "startedAt": started_at, "input": state["input"]}),
+                json!({"action": "remove", "execution": execution, "startedAt": started_at, "plan": state["plan"]}),
             ),
         ]
     } else {
@@ -392,6 +392,10 @@ mod tests {
         let order: Vec<&str> = copy.iter().map(|s| s.function_arn.as_str()).collect();
         assert_eq!(order, ["share", "grant", "copy"]);
         assert_eq!(copy[2].payload["startedAt"], "t");
+        assert_eq!(
+            copy[2].payload["plan"], state["plan"],
+            "the copy's removal reads the plan's parsed input"
+        );
         for machine in ["ShareImage", "CopyImage"] {
             assert!(plan(&settings(), &ended(machine), "t", &json!({"input": {}})).is_empty());
         }

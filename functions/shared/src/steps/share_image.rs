@@ -165,9 +165,9 @@ pub async fn prepare_share(
     kms: &aws_sdk_kms::Client,
     settings: &Settings,
     region: &str,
-    request: PrepareRequest,
+    execution: &str,
+    input: ShareInput,
 ) -> Result<SharePlan> {
-    let input = ShareInput::parse(&request.input)?;
     let source = own_image(ec2, "imageId", &input.image_id).await?;
     require_available("imageId", &input.image_id, &source.state)?;
     let receivers = input.receivers_for(&source.owner)?;
@@ -204,12 +204,12 @@ pub async fn prepare_share(
         ).into()));
     };
     keys::shareable_key(kms, key).await?;
-    let copy_name = reencrypted_name(&input.image_id, &request.execution);
-    let copy_id = match own_copy(ec2, &request.execution, &copy_name).await? {
+    let copy_name = reencrypted_name(&input.image_id, execution);
+    let copy_id = match own_copy(ec2, execution, &copy_name).await? {
         Some(id) => id,
         None => {
             let own = [
-                Tag::new(tags::EXECUTION, &request.execution),
+                Tag::new(tags::EXECUTION, execution),
                 Tag::new("amiflow:purpose", "reencrypted-share"),
                 Tag::new("amiflow:reencrypted-from", &input.image_id),
             ];
@@ -223,7 +223,7 @@ pub async fn prepare_share(
                 ))
                 .encrypted(true)
                 .kms_key_id(key)
-                .client_token(client_token(&request.execution, "reencrypt"))
+                .client_token(client_token(execution, "reencrypt"))
                 // Its snapshots too, from the start: a rollback removes only what is tagged.
                 .tag_specifications(tags::spec(ResourceType::Image, &own))
                 .tag_specifications(tags::spec(ResourceType::Snapshot, &own))
@@ -290,10 +290,8 @@ pub async fn prepare_copy(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
     settings: &Settings,
-    region: &str,
-    request: PrepareRequest,
+    input: CopyInput,
 ) -> Result<SharePlan> {
-    let input = CopyInput::parse(&request.input, region)?;
     let image = own_image(ec2, "sourceImageId", &input.source_image_id).await?;
     require_available("sourceImageId", &input.source_image_id, &image.state)?;
     if input.target_account_id == image.owner {
@@ -335,7 +333,8 @@ pub async fn prepare_copy(
             true,
             settings,
         )
-    })
+    }
+    .with_copy(input))
 }
 
 fn describe_permission(p: &LaunchPermission) -> Value {
@@ -460,22 +459,26 @@ pub async fn remove_copy(
 pub async fn run(deps: &crate::Deps, request: ShareImageRequest) -> Result<ShareImageOutput> {
     let (ec2, kms, settings, region) = (&deps.ec2, &deps.kms, &deps.settings, deps.region.as_str());
     Ok(match request {
+        // The workflow's input is parsed here, once; what follows carries the plan.
         ShareImageRequest::PrepareShare(r) => {
+            let input = ShareInput::parse(&r.input)?;
             // The stack owner's list is checked before anything else, whoever started the run.
-            let receivers = ShareInput::parse(&r.input)?.receivers();
-            allow::check_receivers(&deps.organizations, &settings.allowed_receivers, &receivers)
-                .await?;
-            ShareImageOutput::Plan(Box::new(
-                prepare_share(ec2, kms, settings, region, r).await?,
-            ))
+            allow::check_receivers(
+                &deps.organizations,
+                &settings.allowed_receivers,
+                &input.receivers(),
+            )
+            .await?;
+            let plan = prepare_share(ec2, kms, settings, region, &r.execution, input);
+            ShareImageOutput::Plan(Box::new(plan.await?))
         }
         ShareImageRequest::PrepareUnshare(r) => {
             ShareImageOutput::Plan(Box::new(prepare_unshare(ec2, kms, settings, r).await?))
         }
         ShareImageRequest::PrepareCopy(r) => {
-            let target = CopyInput::parse(&r.input, region)?.target_account_id;
-            allow::check_copy_target(&settings.allowed_copy_targets, &target)?;
-            ShareImageOutput::Plan(Box::new(prepare_copy(ec2, kms, settings, region, r).await?))
+            let input = CopyInput::parse(&r.input, region)?;
+            allow::check_copy_target(&settings.allowed_copy_targets, &input.target_account_id)?;
+            ShareImageOutput::Plan(Box::new(prepare_copy(ec2, kms, settings, input).await?))
         }
         ShareImageRequest::Share(r) => ShareImageOutput::Permissions(
             change_permissions(ec2, &r.plan, OperationType::Add).await?,
@@ -660,11 +663,12 @@ mod mocked {
         );
     }
 
-    fn prepare(input: Value) -> PrepareRequest {
-        PrepareRequest {
-            execution: "run-1".into(),
-            input,
-        }
+    fn share(input: Value) -> ShareInput {
+        ShareInput::parse(&input).unwrap()
+    }
+
+    fn copy(input: Value) -> CopyInput {
+        CopyInput::parse(&input, "us-east-1").unwrap()
     }
 
     #[tokio::test]
@@ -685,7 +689,8 @@ mod mocked {
             &kms_with(KeyManagerType::Customer, CMK),
             &settings(),
             "us-east-1",
-            prepare(json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]})),
+            "run-1",
+            share(json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]})),
         )
         .await
         .unwrap();
@@ -721,7 +726,8 @@ mod mocked {
             &kms_with(KeyManagerType::Customer, CMK),
             &settings(),
             "us-east-1",
-            prepare(input.clone()),
+            "run-1",
+            share(input.clone()),
         )
         .await
         .unwrap_err();
@@ -736,7 +742,8 @@ mod mocked {
             &kms_with(KeyManagerType::Customer, CMK),
             &settings(),
             "us-east-1",
-            prepare(input),
+            "run-1",
+            share(input),
         )
         .await
         .unwrap_err();
@@ -764,7 +771,8 @@ mod mocked {
             &kms_with(KeyManagerType::Customer, CMK),
             &settings(),
             "us-east-1",
-            prepare(json!({"imageId": "ami-0123456789abcdef0", "public": true})),
+            "run-1",
+            share(json!({"imageId": "ami-0123456789abcdef0", "public": true})),
         )
         .await
         .unwrap_err();
@@ -791,7 +799,8 @@ mod mocked {
             &kms_with(KeyManagerType::Aws, AWS_EBS),
             &settings(),
             "us-east-1",
-            prepare(input),
+            "run-1",
+            share(input),
         )
         .await
         .unwrap_err();
@@ -839,7 +848,8 @@ mod mocked {
             &kms_with(KeyManagerType::Aws, AWS_EBS),
             &settings(),
             "us-east-1",
-            prepare(input),
+            "run-1",
+            share(input),
         )
         .await
         .unwrap();
@@ -876,8 +886,7 @@ mod mocked {
             &ec2,
             &kms_with(KeyManagerType::Customer, CMK),
             &settings(),
-            "us-east-1",
-            prepare(input),
+            copy(input),
         )
         .await
         .unwrap_err();
@@ -903,6 +912,7 @@ mod mocked {
             event_wait_seconds: 5,
             keep_sharing: false,
             access_propagation_seconds: 0,
+            copy: None,
         };
         let image_rule = mock!(aws_sdk_ec2::Client::modify_image_attribute)
             .match_requests(|r| {
