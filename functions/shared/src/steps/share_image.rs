@@ -663,6 +663,35 @@ mod mocked {
         );
     }
 
+    /// The image the tests share: this account's, available.
+    fn ours() -> Image {
+        image(
+            "ami-0123456789abcdef0",
+            "123456789012",
+            ImageState::Available,
+            false,
+        )
+    }
+
+    /// The share environment: EC2 answering with `ec2`, KMS describing the key behind the
+    /// snapshots as `key` (managed as given, marked shareable), the stack's default settings.
+    async fn plan_share(
+        ec2: &[&Rule],
+        key: (KeyManagerType, &'static str),
+        input: Value,
+    ) -> Result<SharePlan> {
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, ec2.iter().copied());
+        prepare_share(
+            &ec2,
+            &kms_with(key.0, key.1),
+            &settings(),
+            "us-east-1",
+            "run-1",
+            share(input),
+        )
+        .await
+    }
+
     fn share(input: Value) -> ShareInput {
         ShareInput::parse(&input).unwrap()
     }
@@ -673,24 +702,10 @@ mod mocked {
 
     #[tokio::test]
     async fn plans_a_share_of_an_image_under_a_customer_key() {
-        let own = image(
-            "ami-0123456789abcdef0",
-            "123456789012",
-            ImageState::Available,
-            false,
-        );
-        let ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&images(Some(own), None), &snapshots(Some(CMK))]
-        );
-        let plan = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Customer, CMK),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]})),
+        let plan = plan_share(
+            &[&images(Some(ours()), None), &snapshots(Some(CMK))],
+            (KeyManagerType::Customer, CMK),
+            json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]}),
         )
         .await
         .unwrap();
@@ -755,24 +770,10 @@ mod mocked {
 
     #[tokio::test]
     async fn public_and_encrypted_is_refused() {
-        let own = image(
-            "ami-0123456789abcdef0",
-            "123456789012",
-            ImageState::Available,
-            false,
-        );
-        let ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&images(Some(own), None), &snapshots(Some(CMK))]
-        );
-        let e = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Customer, CMK),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(json!({"imageId": "ami-0123456789abcdef0", "public": true})),
+        let e = plan_share(
+            &[&images(Some(ours()), None), &snapshots(Some(CMK))],
+            (KeyManagerType::Customer, CMK),
+            json!({"imageId": "ami-0123456789abcdef0", "public": true}),
         )
         .await
         .unwrap_err();
@@ -782,25 +783,11 @@ mod mocked {
 
     #[tokio::test]
     async fn an_aws_managed_key_needs_a_re_encryption_key_and_then_gets_a_copy() {
-        let own = image(
-            "ami-0123456789abcdef0",
-            "123456789012",
-            ImageState::Available,
-            false,
-        );
         let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]});
-        let ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&images(Some(own.clone()), None), &snapshots(Some(AWS_EBS))]
-        );
-        let e = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Aws, AWS_EBS),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(input),
+        let e = plan_share(
+            &[&images(Some(ours()), None), &snapshots(Some(AWS_EBS))],
+            (KeyManagerType::Aws, AWS_EBS),
+            input,
         )
         .await
         .unwrap_err();
