@@ -7,7 +7,7 @@ use amiflow::receivers::{CopyInput, ShareInput, UnshareInput};
 use amiflow::steps::{
     cleanup, copy_image, create_image, grant_kms, launch, share_image, verify_instance, wait_image,
 };
-use amiflow_contracts::{error_names, files, json, workspace};
+use amiflow_contracts::{error_names, files, json, readme_table, workspace};
 
 /// Names that Step Functions or Lambda raise themselves rather than a function of ours.
 fn is_service_name(name: &str) -> bool {
@@ -151,14 +151,7 @@ fn the_create_image_fixture_holds_a_valid_workflow_input() {
 
 #[test]
 fn the_readmes_error_table_is_the_one_the_code_defines() {
-    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
-    let header = "| name | raised when | the state machine |";
-    let rows: Vec<&str> = readme
-        .lines()
-        .skip_while(|l| *l != header)
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .collect();
+    let rows = readme_table("| name | raised when | the state machine |");
     // RollbackFailed is the state machines' own: no function raises it.
     let mut wanted: Vec<String> = ERROR_TABLE
         .iter()
@@ -245,14 +238,7 @@ fn every_task_gives_its_function_the_fields_of_its_request_fixture() {
 
 #[test]
 fn the_readmes_carry_over_table_is_the_plan_the_steps_ask() {
-    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
-    let header = "| setting | when | how |";
-    let rows: Vec<&str> = readme
-        .lines()
-        .skip_while(|l| *l != header)
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .collect();
+    let rows = readme_table("| setting | when | how |");
     let wanted: Vec<String> = amiflow::carry::SETTINGS
         .iter()
         .map(|s| format!("| {} | {} | {} |", s.name, s.when.label(), s.how))

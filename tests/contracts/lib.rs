@@ -71,3 +71,15 @@ fn collect(states_holder: &serde_json::Value, names: &mut Vec<(String, String)>)
         }
     }
 }
+
+/// The rows of the README's table under `header` (the header line itself), as written.
+pub fn readme_table(header: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
+    readme
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(str::to_string)
+        .collect()
+}
