@@ -10,17 +10,14 @@ pub struct Machines {
     pub prefix: String,
 }
 
-fn describe(e: impl std::error::Error) -> String {
-    amiflow::error::display_chain(&e)
-}
-
 impl Machines {
     /// The ARN of `<prefix><workflow>`.
     pub async fn arn(&self, workflow: &str) -> Result<String, String> {
         let wanted = format!("{}{workflow}", self.prefix);
         let mut pages = self.sfn.list_state_machines().into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| format!("ListStateMachines: {}", describe(e)))?;
+            let page = page
+                .map_err(|e| format!("ListStateMachines: {}", amiflow::error::display_chain(&e)))?;
             if let Some(m) = page.state_machines().iter().find(|m| m.name() == wanted) {
                 return Ok(m.state_machine_arn().to_string());
             }
@@ -38,7 +35,7 @@ impl Machines {
             .input(input.to_string())
             .send()
             .await
-            .map_err(|e| format!("StartExecution: {}", describe(e)))?;
+            .map_err(|e| format!("StartExecution: {}", amiflow::error::display_chain(&e)))?;
         Ok(started.execution_arn().to_string())
     }
 

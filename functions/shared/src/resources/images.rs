@@ -75,17 +75,10 @@ pub struct Leftover {
 /// exists, and found by their description (EC2 writes "… for ami-…" and "… DestinationAmi ami-…")
 /// once it is deregistered, so that a retry after a half-done removal still finds them.
 pub async fn snapshots_of_image(ec2: &aws_sdk_ec2::Client, image_id: &str) -> Result<Vec<String>> {
-    let mut snapshots: Vec<String> = match ec2
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages"))
-    {
-        Ok(found) => found
-            .images()
+    let mut snapshots: Vec<String> = match describe(ec2, image_id).await {
+        Ok(image) => image
+            .block_device_mappings()
             .iter()
-            .flat_map(|i| i.block_device_mappings())
             .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
             .collect(),
         Err(Error::ImageNotFound(_)) => Vec::new(),
@@ -221,21 +214,15 @@ pub async fn own_image(
         Err(e) => return Err(e),
     };
     let Some(image) = image else {
-        let visible = ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(aws("DescribeImages"));
-        return match visible {
-            Ok(found) if !found.images().is_empty() => Err(Error::ImageNotOwned(
+        return match describe(ec2, image_id).await {
+            Ok(theirs) => Err(Error::ImageNotOwned(
                 format!(
                     "{field}: {image_id} belongs to {}; only its owner can share or copy it out",
-                    found.images()[0].owner_id().unwrap_or("another account")
+                    theirs.owner_id().unwrap_or("another account")
                 )
                 .into(),
             )),
-            Ok(_) | Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(
+            Err(Error::ImageNotFound(_)) => Err(Error::ImageNotFound(
                 format!("{field}: {image_id} does not exist").into(),
             )),
             Err(e) => Err(e),
