@@ -288,24 +288,19 @@ def test_an_impaired_fault_shows_in_the_status_checks(stack, ec2, world):
 
 # 8. Fault injection -------------------------------------------------------------------------
 
-def test_throttling_an_action_for_a_count(stack):
-    ec2 = stack.client("ec2", retries={"total_max_attempts": 1, "mode": "standard"})
-    stack.control("faults", {"kind": "throttle", "action": "DescribeVpcs", "count": 2})
-    for _ in range(2):
+@pytest.mark.parametrize("service,action,call,code,status,count", [
+    ("ec2", "DescribeVpcs", "describe_vpcs", "RequestLimitExceeded", 503, 2),
+    ("kms", "ListKeys", "list_keys", "ThrottlingException", 400, 1),
+])
+def test_throttling_an_action_for_a_count(stack, service, action, call, code, status, count):
+    client = stack.client(service, retries={"total_max_attempts": 1, "mode": "standard"})
+    stack.control("faults", {"kind": "throttle", "action": action, "count": count})
+    for _ in range(count):
         with pytest.raises(ClientError) as refused:
-            ec2.describe_vpcs()
-        assert refused.value.response["Error"]["Code"] == "RequestLimitExceeded"
-        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-    ec2.describe_vpcs()
-
-
-def test_throttling_a_json_action(stack):
-    kms = stack.client("kms", retries={"total_max_attempts": 1, "mode": "standard"})
-    stack.control("faults", {"kind": "throttle", "action": "ListKeys", "count": 1})
-    with pytest.raises(ClientError) as refused:
-        kms.list_keys()
-    assert refused.value.response["Error"]["Code"] == "ThrottlingException"
-    kms.list_keys()
+            getattr(client, call)()
+        assert refused.value.response["Error"]["Code"] == code
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    getattr(client, call)()
 
 
 def test_a_server_error_for_an_action(stack):
@@ -357,15 +352,9 @@ def test_a_shared_image_is_visible_to_and_launchable_by_the_receiver(stack, ec2,
     assert launched["ImageId"] == image_id
 
 
-def test_launching_without_access_to_the_key_terminates_with_a_client_error(stack, ec2, world):
+def test_launching_without_access_to_the_key_terminates_with_a_client_error(stack, shared_image):
+    image_id, key = shared_image["image_id"], shared_image["key"]
     kms = stack.client("kms")
-    key = kms.create_key(Description="owner's CMK")["KeyMetadata"]["Arn"]
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=4, Encrypted=True, KmsKeyId=key)["VolumeId"]
-    ec2.attach_volume(VolumeId=volume, InstanceId=world.instance_id, Device="/dev/sdg")
-    stack.control("config", {"imageDelaySeconds": 0})
-    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
-    wait_for(lambda: image_state(ec2, image_id) == "available", what="available")
-    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": B}]})
     b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
     b_world = seed(b_ec2, "us-east-1", name=f"nokey-{uuid.uuid4().hex[:6]}")
     launched = b_ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, SubnetId=b_world.subnets["us-east-1b"])["Instances"][0]

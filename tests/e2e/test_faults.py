@@ -229,8 +229,9 @@ def test_a_lock_left_by_an_ended_run_is_taken_over(stack, ec2, sfn, world):
         assert "Item" not in ddb.get_item(TableName=table, Key={"resourceId": {"S": world.instance_id}}), "the lock was given back"
 
 
-def interfered(sfn, world, source_action: str, interfere):
-    """A run during whose image wait someone else acts on the source."""
+def interfered(stack, sfn, world, source_action: str, interfere):
+    """A run during whose image wait (3 s) someone else acts on the source."""
+    stack.control("config", {"imageDelaySeconds": 3})
     name, arn = start(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b", "sourceAction": source_action})
     enter(sfn, arn, "WaitForImage")
     interfere(InstanceIds=[world.instance_id])
@@ -238,8 +239,7 @@ def interfered(sfn, world, source_action: str, interfere):
 
 
 def test_a_source_stopped_by_someone_else_mid_run_is_migrated_and_left_stopped(stack, ec2, sfn, world):
-    stack.control("config", {"imageDelaySeconds": 3})
-    result = interfered(sfn, world, "stop", ec2.stop_instances)
+    result = interfered(stack, sfn, world, "stop", ec2.stop_instances)
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     assert result.output["sourceState"] == "stopped"
     audit(ec2, result, world, source_state="stopped")
@@ -248,8 +248,7 @@ def test_a_source_stopped_by_someone_else_mid_run_is_migrated_and_left_stopped(s
 
 
 def test_a_source_terminated_by_someone_else_mid_run_still_gets_its_replacement(stack, ec2, sfn, world):
-    stack.control("config", {"imageDelaySeconds": 3})
-    result = interfered(sfn, world, "terminate", ec2.terminate_instances)
+    result = interfered(stack, sfn, world, "terminate", ec2.terminate_instances)
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     assert result.output["sourceState"] == "terminated"
     audit(ec2, result, world, source_state="terminated")
@@ -260,9 +259,8 @@ def test_a_source_terminated_by_someone_else_mid_run_still_gets_its_replacement(
 def test_a_failed_run_whose_source_was_terminated_keeps_the_image(stack, ec2, sfn, world):
     # The new instance fails its checks after someone terminated the source: the AMI may now be
     # the only copy of the source's data, so the rollback keeps it and says why.
-    stack.control("config", {"imageDelaySeconds": 3})
     stack.control("faults", {"kind": "impaired"})
-    result = interfered(sfn, world, "keep", ec2.terminate_instances)
+    result = interfered(stack, sfn, world, "keep", ec2.terminate_instances)
     assert result.status == "FAILED"
     assert result.error == "StatusCheckFailed"
     left = tagged(ec2, result.name)

@@ -118,7 +118,6 @@ impl SharePlan {
 
     /// The plan for an image of this account, shared as it is.
     pub(crate) fn of(
-        image_id: &str,
         image: ImageFacts,
         kms_key_ids: Vec<String>,
         receivers: Receivers,
@@ -126,8 +125,8 @@ impl SharePlan {
         settings: &Settings,
     ) -> Self {
         SharePlan {
-            image_id: image_id.to_string(),
-            source_image_id: image_id.to_string(),
+            image_id: image.image_id.clone(),
+            source_image_id: image.image_id,
             owner_account: image.owner,
             reencrypted: false,
             image_state: image.state,

@@ -205,68 +205,55 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(
-            field_of(parse(json!({"targetAvailabilityZone": "us-east-1b"}))),
-            "instanceId"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-xyz", "targetAvailabilityZone": "us-east-1b"})
-            )),
-            "instanceId"
-        );
-        assert_eq!(
-            field_of(parse(json!({"instanceId": "i-01234567"}))),
-            "targetAvailabilityZone"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "us-west-2a"})
-            )),
-            "targetAvailabilityZone"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "nowhere"})
-            )),
-            "targetAvailabilityZone"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetSubnetId": "sub-1"})
-            )),
-            "targetSubnetId"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "instanceType": "large"})
-            )),
-            "instanceType"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "sourceAction": "delete"})
-            )),
-            "sourceAction"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "noReboot": "yes"})
-            )),
-            "noReboot"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "colour": "red"})
-            )),
-            "colour"
-        );
-        assert_eq!(
-            field_of(parse(
-                json!({"instanceId": 7, "targetSubnetId": "subnet-01234567"})
-            )),
-            "instanceId"
-        );
+        let cases = [
+            (
+                json!({"targetAvailabilityZone": "us-east-1b"}),
+                "instanceId",
+            ),
+            (
+                json!({"instanceId": "i-xyz", "targetAvailabilityZone": "us-east-1b"}),
+                "instanceId",
+            ),
+            (
+                json!({"instanceId": "i-01234567"}),
+                "targetAvailabilityZone",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "us-west-2a"}),
+                "targetAvailabilityZone",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetAvailabilityZone": "nowhere"}),
+                "targetAvailabilityZone",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetSubnetId": "sub-1"}),
+                "targetSubnetId",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "instanceType": "large"}),
+                "instanceType",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "sourceAction": "delete"}),
+                "sourceAction",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "noReboot": "yes"}),
+                "noReboot",
+            ),
+            (
+                json!({"instanceId": "i-01234567", "targetSubnetId": "subnet-01234567", "colour": "red"}),
+                "colour",
+            ),
+            (
+                json!({"instanceId": 7, "targetSubnetId": "subnet-01234567"}),
+                "instanceId",
+            ),
+        ];
+        for (input, field) in cases {
+            assert_eq!(field_of(parse(input.clone())), field, "{input}");
+        }
     }
 
     #[test]

@@ -311,7 +311,7 @@ pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
         Err(e) => return vec![from("input", Err(e))],
     };
     let mut rows = vec![row("input", Verdict::Pass, "well formed")];
-    let image = match own_image(&deps.ec2, "imageId", &parsed.image_id).await {
+    let image = match own_image(&deps.ec2, "imageId", &parsed.sharing.image_id).await {
         Ok(i) => i,
         Err(e) => {
             rows.push(from("image", Err(e)));
@@ -321,7 +321,10 @@ pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     rows.push(row(
         "image",
         Verdict::Pass,
-        format!("{} is this account's, {}", parsed.image_id, image.state),
+        format!(
+            "{} is this account's, {}",
+            parsed.sharing.image_id, image.state
+        ),
     ));
     let receivers = match parsed.receivers_for(&image.owner) {
         Ok(r) => r,
@@ -333,7 +336,7 @@ pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     match keys_of(&deps.ec2, &deps.kms, &image.snapshot_ids).await {
         Err(e) => rows.push(from("KMS keys", Err(e))),
         Ok((customer, managed)) => {
-            if parsed.public && !(customer.is_empty() && managed.is_empty()) {
+            if parsed.sharing.receivers.public && !(customer.is_empty() && managed.is_empty()) {
                 rows.push(row(
                     "public",
                     Verdict::Fail,
@@ -376,7 +379,7 @@ pub async fn share(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
         "ModifyImageAttribute (DryRun)",
         deps.ec2
             .modify_image_attribute()
-            .image_id(&parsed.image_id)
+            .image_id(&parsed.sharing.image_id)
             .launch_permission(permissions)
             .dry_run(true)
             .send()

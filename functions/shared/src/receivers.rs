@@ -12,7 +12,7 @@ pub const MAX_RECEIVERS: usize = 1000;
 
 /// Who an image is shared with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Receivers {
     #[serde(default)]
     pub account_ids: Vec<String>,
@@ -195,52 +195,89 @@ fn check_image_id(field: &str, id: &str) -> Result<()> {
     }
 }
 
-fn receivers_of(
-    accounts: &[String],
-    organizations: &[String],
-    ous: &[String],
-    public: bool,
-) -> Receivers {
-    Receivers {
-        account_ids: accounts.to_vec(),
-        organization_arns: organizations.to_vec(),
-        organizational_unit_arns: ous.to_vec(),
-        public,
-    }
-}
-
 fn yes() -> bool {
     true
 }
 
-/// The input of ShareImage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ShareInput {
+/// Which image, and who it is shared with: the whole input of UnshareImage, and the part of
+/// ShareImage's that both workflows share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnshareInput {
     pub image_id: String,
-    #[serde(default)]
-    pub account_ids: Vec<String>,
-    #[serde(default)]
-    pub organization_arns: Vec<String>,
-    #[serde(default)]
-    pub organizational_unit_arns: Vec<String>,
-    #[serde(default = "yes")]
     pub share_snapshots: bool,
-    #[serde(default)]
-    pub public: bool,
-    #[serde(default)]
+    pub receivers: Receivers,
+}
+
+/// The fields of UnshareImage's input that are not receivers.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Shared {
+    image_id: String,
+    #[serde(default = "yes")]
+    share_snapshots: bool,
+}
+
+impl UnshareInput {
+    pub fn parse(raw: &Value) -> Result<Self> {
+        let (shared, receivers) = split(raw, &["imageId", "shareSnapshots"]);
+        let shared: Shared = parse(&shared)?;
+        check_image_id("imageId", &shared.image_id)?;
+        let receivers: Receivers = parse(&receivers)?;
+        receivers.check(None)?;
+        Ok(UnshareInput {
+            image_id: shared.image_id,
+            share_snapshots: shared.share_snapshots,
+            receivers,
+        })
+    }
+
+    pub fn receivers(&self) -> Receivers {
+        self.receivers.clone()
+    }
+}
+
+/// The named fields of an input object, and the others; a value that is not an object is left
+/// whole in both, for the first parser to refuse.
+fn split(raw: &Value, names: &[&str]) -> (Value, Value) {
+    match raw {
+        Value::Object(fields) => {
+            let (named, rest): (serde_json::Map<_, _>, _) = fields
+                .clone()
+                .into_iter()
+                .partition(|(k, _)| names.contains(&k.as_str()));
+            (Value::Object(named), Value::Object(rest))
+        }
+        other => (other.clone(), other.clone()),
+    }
+}
+
+/// The input of ShareImage: UnshareImage's, and what only a share may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareInput {
+    pub sharing: UnshareInput,
     pub reencrypt_kms_key_id: Option<String>,
     /// Run the preflight checks as the first state, failing before any change.
-    #[serde(default)]
     pub preflight: bool,
 }
 
+/// The fields that ShareImage takes and UnshareImage does not.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ShareOnly {
+    #[serde(default)]
+    reencrypt_kms_key_id: Option<String>,
+    #[serde(default)]
+    preflight: bool,
+}
+
+const SHARE_ONLY: [&str; 2] = ["reencryptKmsKeyId", "preflight"];
+
 impl ShareInput {
     pub fn parse(raw: &Value) -> Result<Self> {
-        let input: ShareInput = parse(raw)?;
-        check_image_id("imageId", &input.image_id)?;
-        input.receivers().check(None)?;
-        if let Some(key) = &input.reencrypt_kms_key_id {
+        let (only, rest) = split(raw, &SHARE_ONLY);
+        let sharing = UnshareInput::parse(&rest)?;
+        let only: ShareOnly = parse(&only)?;
+        if let Some(key) = &only.reencrypt_kms_key_id {
             if !is_kms_key_ref(key) {
                 return Err(Error::invalid(
                     "reencryptKmsKeyId",
@@ -248,16 +285,15 @@ impl ShareInput {
                 ));
             }
         }
-        Ok(input)
+        Ok(ShareInput {
+            sharing,
+            reencrypt_kms_key_id: only.reencrypt_kms_key_id,
+            preflight: only.preflight,
+        })
     }
 
     pub fn receivers(&self) -> Receivers {
-        receivers_of(
-            &self.account_ids,
-            &self.organization_arns,
-            &self.organizational_unit_arns,
-            self.public,
-        )
+        self.sharing.receivers()
     }
 
     /// The receivers, checked against the image's own account.
@@ -265,41 +301,6 @@ impl ShareInput {
         let receivers = self.receivers();
         receivers.check(Some(owner))?;
         Ok(receivers)
-    }
-}
-
-/// The input of UnshareImage: the same receivers' shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UnshareInput {
-    pub image_id: String,
-    #[serde(default)]
-    pub account_ids: Vec<String>,
-    #[serde(default)]
-    pub organization_arns: Vec<String>,
-    #[serde(default)]
-    pub organizational_unit_arns: Vec<String>,
-    #[serde(default = "yes")]
-    pub share_snapshots: bool,
-    #[serde(default)]
-    pub public: bool,
-}
-
-impl UnshareInput {
-    pub fn parse(raw: &Value) -> Result<Self> {
-        let input: UnshareInput = parse(raw)?;
-        check_image_id("imageId", &input.image_id)?;
-        input.receivers().check(None)?;
-        Ok(input)
-    }
-
-    pub fn receivers(&self) -> Receivers {
-        receivers_of(
-            &self.account_ids,
-            &self.organization_arns,
-            &self.organizational_unit_arns,
-            self.public,
-        )
     }
 }
 
@@ -427,7 +428,7 @@ mod tests {
         assert_eq!(r.count(), 3);
         assert_eq!(r.organization_ids(), ["o-abcdef1234"]);
         assert_eq!(r.ou_paths(), ["o-abcdef1234/*/ou-ab12-cdef5678/*"]);
-        assert!(input.share_snapshots);
+        assert!(input.sharing.share_snapshots);
     }
 
     #[test]
@@ -479,6 +480,25 @@ mod tests {
             )),
             "imageId"
         );
+    }
+
+    #[test]
+    fn unshare_takes_the_receivers_and_refuses_what_only_a_share_may_ask() {
+        let unshare = |v: Value| UnshareInput::parse(&v);
+        let input = unshare(json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"], "shareSnapshots": false}))
+            .unwrap();
+        assert_eq!(input.receivers().account_ids, ["210987654321"]);
+        assert!(!input.share_snapshots);
+        for only in ["reencryptKmsKeyId", "preflight"] {
+            let mut v = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]});
+            v[only] = json!(true);
+            assert_eq!(field(unshare(v)), only);
+        }
+        assert_eq!(
+            field(unshare(json!({"accountIds": ["210987654321"]}))),
+            "imageId"
+        );
+        assert_eq!(field(unshare(json!("ami-0123456789abcdef0"))), "input");
     }
 
     #[test]

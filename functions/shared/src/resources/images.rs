@@ -188,6 +188,7 @@ pub async fn retire_image(
 
 /// What the share steps (and preflight) need to know of an image.
 pub struct ImageFacts {
+    pub image_id: String,
     pub owner: String,
     pub state: String,
     pub snapshot_ids: Vec<String>,
@@ -229,6 +230,7 @@ pub async fn own_image(
         };
     };
     Ok(ImageFacts {
+        image_id: image_id.to_string(),
         owner: image.owner_id().unwrap_or_default().to_string(),
         state: image
             .state()

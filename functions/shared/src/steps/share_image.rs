@@ -160,6 +160,8 @@ async fn require_public_sharing(
     Ok(())
 }
 
+/// The plan of a ShareImage run: the image, its keys and the receivers, checked before any change;
+/// an image under an AWS managed key is first copied under `reencryptKmsKeyId`.
 pub async fn prepare_share(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
@@ -168,8 +170,8 @@ pub async fn prepare_share(
     execution: &str,
     input: ShareInput,
 ) -> Result<SharePlan> {
-    let source = own_image(ec2, "imageId", &input.image_id).await?;
-    require_available("imageId", &input.image_id, &source.state)?;
+    let source = own_image(ec2, "imageId", &input.sharing.image_id).await?;
+    require_available("imageId", &input.sharing.image_id, &source.state)?;
     let receivers = input.receivers_for(&source.owner)?;
     let (customer, managed) = keys_of(ec2, kms, &source.snapshot_ids).await?;
     // Keys the owner did not mark are refused now, before any change (grant-kms checks again).
@@ -177,49 +179,48 @@ pub async fn prepare_share(
         keys::require_shareable(kms, key).await?;
     }
     let encrypted = !customer.is_empty() || !managed.is_empty();
-    if input.public && encrypted {
+    if input.sharing.receivers.public && encrypted {
         return Err(Error::EncryptedImageNotPublic(format!(
             "public: {} is encrypted; encrypted images cannot be made public (share with accounts, organizations or OUs)",
-            input.image_id
+            input.sharing.image_id
         ).into()));
     }
-    if input.public {
-        require_public_sharing(ec2, region, input.share_snapshots).await?;
+    if input.sharing.receivers.public {
+        require_public_sharing(ec2, region, input.sharing.share_snapshots).await?;
     }
     if managed.is_empty() {
         return Ok(SharePlan::of(
-            &input.image_id,
             source,
             customer,
             receivers,
-            input.share_snapshots,
+            input.sharing.share_snapshots,
             settings,
         ));
     }
     let Some(key) = &input.reencrypt_kms_key_id else {
         return Err(Error::ManagedKeyNeedsReencryption(format!(
             "reencryptKmsKeyId: {} is encrypted with the AWS managed key {}, which other accounts can never use; give a customer managed key to re-encrypt a copy with, and the copy is shared",
-            input.image_id,
+            input.sharing.image_id,
             managed.join(", ")
         ).into()));
     };
     keys::shareable_key(kms, key).await?;
-    let copy_name = reencrypted_name(&input.image_id, execution);
+    let copy_name = reencrypted_name(&input.sharing.image_id, execution);
     let copy_id = match own_copy(ec2, execution, &copy_name).await? {
         Some(id) => id,
         None => {
             let own = [
                 Tag::new(tags::EXECUTION, execution),
                 Tag::new("amiflow:purpose", "reencrypted-share"),
-                Tag::new("amiflow:reencrypted-from", &input.image_id),
+                Tag::new("amiflow:reencrypted-from", &input.sharing.image_id),
             ];
             ec2.copy_image()
-                .source_image_id(&input.image_id)
+                .source_image_id(&input.sharing.image_id)
                 .source_region(region)
                 .name(&copy_name)
                 .description(format!(
                     "amiflow: {} re-encrypted with a customer managed key for sharing",
-                    input.image_id
+                    input.sharing.image_id
                 ))
                 .encrypted(true)
                 .kms_key_id(key)
@@ -238,7 +239,7 @@ pub async fn prepare_share(
         return Err(Error::ImageFailed(
             format!(
                 "the re-encrypted copy {copy_id} of {} is {}",
-                input.image_id, copy.state
+                input.sharing.image_id, copy.state
             )
             .into(),
         ));
@@ -249,7 +250,7 @@ pub async fn prepare_share(
             format!("reencryptKmsKeyId: {key} is itself an AWS managed key").into(),
         ));
     }
-    tracing::info!(image_id = %input.image_id, copy_id = %copy_id, state = %copy.state, "re-encrypted copy for sharing");
+    tracing::info!(image_id = %input.sharing.image_id, copy_id = %copy_id, state = %copy.state, "re-encrypted copy for sharing");
     Ok(SharePlan {
         image_id: copy_id,
         reencrypted: true,
@@ -257,16 +258,16 @@ pub async fn prepare_share(
         snapshot_ids: copy.snapshot_ids,
         kms_key_ids: keys,
         ..SharePlan::of(
-            &input.image_id,
             source,
             Vec::new(),
             receivers,
-            input.share_snapshots,
+            input.sharing.share_snapshots,
             settings,
         )
     })
 }
 
+/// The plan of an UnshareImage run: what to take back from the receivers the input names.
 pub async fn prepare_unshare(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
@@ -276,16 +277,17 @@ pub async fn prepare_unshare(
     let input = UnshareInput::parse(&request.input)?;
     let image = own_image(ec2, "imageId", &input.image_id).await?;
     let (customer, _) = keys_of(ec2, kms, &image.snapshot_ids).await?;
+    let receivers = input.receivers();
     Ok(SharePlan::of(
-        &input.image_id,
         image,
         customer,
-        input.receivers(),
+        receivers,
         input.share_snapshots,
         settings,
     ))
 }
 
+/// The plan of a CopyImage run: the source shared with the target account for its copy.
 pub async fn prepare_copy(
     ec2: &aws_sdk_ec2::Client,
     kms: &aws_sdk_kms::Client,
@@ -325,14 +327,7 @@ pub async fn prepare_copy(
     Ok(SharePlan {
         keep_sharing: input.keep_sharing,
         access_propagation_seconds: settings.access_propagation_seconds,
-        ..SharePlan::of(
-            &input.source_image_id,
-            image,
-            customer,
-            target,
-            true,
-            settings,
-        )
+        ..SharePlan::of(image, customer, target, true, settings)
     }
     .with_copy(input))
 }
