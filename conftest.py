@@ -1,5 +1,6 @@
-"""Starts the local AWS stack once for the test session (end-to-end and layer tests), on a free
-loopback port, and stops it at the end."""
+"""Starts the local AWS stack once for each test process, on a free loopback port, and stops it at
+the end. Under pytest-xdist (make test runs the suite in several workers) each worker has a stack
+of its own, so that tests which arm faults or change the stack's settings never meet."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from amiflow_local.harness import RunningStack, Stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, request):
     log_dir = tmp_path_factory.mktemp("stack-logs")
     try:
         # A short wait for the AMI event, so that the lost-event test reaches the fallback quickly.
@@ -26,20 +27,34 @@ def stack(tmp_path_factory):
     stack = Stack(running.endpoint, log_dir)
     yield stack
     try:
-        JUDGED.update(stack.control("iam"))
+        figures = stack.control("iam")
+        JUDGED.append(figures)
+        # Under pytest-xdist each worker runs a stack of its own; the figures travel to the
+        # controller, which prints the session's sum (pytest_testnodedown).
+        if hasattr(request.config, "workeroutput"):
+            request.config.workeroutput["judged"] = figures
     finally:
         running.stop()
 
 
-# What IAM judging cost the session, shown at its end (local/README.md: IAM on every signed call).
-JUDGED: dict = {}
+# What IAM judging cost the session, one entry a stack, shown at its end (local/README.md: IAM on
+# every signed call).
+JUDGED: list[dict] = []
+
+
+def pytest_testnodedown(node, error):
+    figures = getattr(node, "workeroutput", {}).get("judged")
+    if figures:
+        JUDGED.append(figures)
 
 
 def pytest_terminal_summary(terminalreporter):
     if JUDGED:
+        total = {key: sum(f[key] for f in JUDGED) for key in ("requests", "simulations", "seconds", "denials")}
         terminalreporter.write_line(
-            f"local stack IAM: {JUDGED['requests']} calls judged with {JUDGED['simulations']} simulations "
-            f"in {JUDGED['seconds']:.1f} s, {JUDGED['denials']} refused (enforced: {JUDGED['enforced']})"
+            f"local stack IAM ({len(JUDGED)} stacks): {total['requests']} calls judged with {total['simulations']} "
+            f"simulations in {total['seconds']:.1f} s, {total['denials']} refused "
+            f"(enforced: {all(f['enforced'] for f in JUDGED)})"
         )
 
 

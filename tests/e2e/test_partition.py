@@ -17,6 +17,8 @@ from accounts import B, SHAREABLE
 from workflow import instance, run, wait_for
 
 REGION = "cn-northwest-1"
+# The module starts a stack of its own: under pytest-xdist its tests stay on one worker.
+pytestmark = pytest.mark.xdist_group("aws-cn")
 
 
 @pytest.fixture(scope="module")
