@@ -116,3 +116,22 @@ def test_an_image_tagged_copy_to_in_the_explicit_form_is_copied(stack, ec2, sfn,
     assert result.status == "SUCCEEDED", (result.error, result.cause)
     fire(stack)
     wait_for(lambda: image_status() == f"done:{execution}", what="done", timeout=60)
+
+
+def test_a_status_naming_no_run_stops_neither_the_sweep_nor_its_own_request(stack, ec2, sfn):
+    # An amiflow:status naming an execution that does not exist (edited by hand, say) used to fail
+    # every sweep at DescribeExecution. Now the error is recorded on that instance
+    # (error:AwsApi:…ExecutionDoesNotExist…), the sweep goes on to the others, and that status
+    # change brings the instance's own request round again: its run starts.
+    bad = seed(ec2, "us-east-1", name=f"badstatus-{uuid.uuid4().hex[:6]}")
+    good = seed(ec2, "us-east-1", name=f"goodstatus-{uuid.uuid4().hex[:6]}")
+    ec2.create_tags(Resources=[bad.instance_id], Tags=[{"Key": "amiflow:status", "Value": "running:no-such-run"},
+                                                       {"Key": "amiflow:migrate-to", "Value": "us-east-1c"}])
+    ec2.create_tags(Resources=[good.instance_id], Tags=[{"Key": "amiflow:migrate-to", "Value": "us-east-1c"}])
+    fire(stack)
+    for world in (good, bad):
+        runs = wait_for(lambda: executions_for(sfn, world.instance_id), what="run started")
+        assert len(runs) == 1 and runs[0]["name"].startswith("migrate-")
+        wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=90)
+    log = "".join(p.read_text() for p in stack.log_dir.glob("trigger*.log"))
+    assert f"resource={bad.instance_id} error=DescribeExecution: ExecutionDoesNotExist" in log

@@ -378,48 +378,81 @@ async fn set_status(ec2: &aws_sdk_ec2::Client, resource: &str, value: &str) -> R
     crate::tags::put(ec2, resource, STATUS, &tag_safe(value)).await
 }
 
-/// The resources that ask for work: (resource id, workflow, tags). `only` limits the sweep to
-/// the resources a tag-change event names.
+/// The ids of the resources an event names (the ARNs' last part: `instance/i-…`, `image/ami-…`),
+/// by kind. Pure.
+pub fn named_ids(only: &[String]) -> (Vec<String>, Vec<String>) {
+    let ids = only.iter().filter_map(|arn| arn.rsplit('/').next());
+    let (instances, images): (Vec<&str>, Vec<&str>) = ids
+        .filter(|id| id.starts_with("i-") || id.starts_with("ami-"))
+        .partition(|id| id.starts_with("i-"));
+    let owned = |v: Vec<&str>| v.into_iter().map(str::to_string).collect();
+    (owned(instances), owned(images))
+}
+
+/// The resources that ask for work: (resource id, workflow, tags), every page of them. `only`
+/// limits the sweep to the resources a tag-change event names, and the questions to those ids.
 async fn tagged(
     ec2: &aws_sdk_ec2::Client,
     only: &[String],
 ) -> Result<Vec<(String, Workflow, HashMap<String, String>)>> {
     let mut found = Vec::new();
-    let instances = ec2
-        .describe_instances()
-        .filters(Filter::builder().name("tag-key").values(MIGRATE_TO).build())
-        .filters(crate::tags::live_instances_filter())
-        .send()
-        .await
-        .map_err(aws("DescribeInstances"))?;
-    for instance in instances.reservations().iter().flat_map(|r| r.instances()) {
-        if let Some(id) = instance.instance_id() {
-            found.push((
-                id.to_string(),
-                Workflow::MigrateInstance,
-                tags_of(instance.tags()),
-            ));
+    let (instance_ids, image_ids) = named_ids(only);
+    let scoped = !only.is_empty();
+    if !scoped || !instance_ids.is_empty() {
+        let mut ask = ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag-key").values(MIGRATE_TO).build())
+            .filters(crate::tags::live_instances_filter());
+        if scoped {
+            ask = ask.filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(instance_ids))
+                    .build(),
+            );
         }
+        let mut pages = ask.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(aws("DescribeInstances"))?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let Some(id) = instance.instance_id() {
+                    found.push((
+                        id.to_string(),
+                        Workflow::MigrateInstance,
+                        tags_of(instance.tags()),
+                    ));
+                }
+            }
+        }
+    }
+    if scoped && image_ids.is_empty() {
+        return Ok(found);
     }
     for (key, workflow) in [
         (SHARE_WITH, Workflow::ShareImage),
         (COPY_TO, Workflow::CopyImage),
     ] {
-        let images = ec2
+        let mut ask = ec2
             .describe_images()
             .owners("self")
-            .filters(Filter::builder().name("tag-key").values(key).build())
-            .send()
-            .await
-            .map_err(aws("DescribeImages"))?;
-        for image in images.images() {
-            if let Some(id) = image.image_id() {
-                found.push((id.to_string(), workflow, tags_of(image.tags())));
+            .filters(Filter::builder().name("tag-key").values(key).build());
+        if scoped {
+            ask = ask.filters(
+                Filter::builder()
+                    .name("image-id")
+                    .set_values(Some(image_ids.clone()))
+                    .build(),
+            );
+        }
+        let mut pages = ask.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(aws("DescribeImages"))?;
+            for image in page.images() {
+                if let Some(id) = image.image_id() {
+                    found.push((id.to_string(), workflow, tags_of(image.tags())));
+                }
             }
         }
-    }
-    if !only.is_empty() {
-        found.retain(|(id, _, _)| only.iter().any(|o| o.ends_with(id.as_str())));
     }
     Ok(found)
 }
@@ -484,42 +517,70 @@ pub async fn handle(
     sweep(deps, settings, &event_resources(&event)).await
 }
 
+/// Every resource that asks for work, each on its own: an error on one (a status tag naming an
+/// execution that does not exist, a throttled call) is recorded on that resource as
+/// `error:<name>` and the sweep goes on to the next.
 pub async fn sweep(
     deps: &crate::Deps,
     settings: &TriggerSettings,
     only: &[String],
 ) -> Result<Vec<Outcome>> {
-    let (ec2, sfn, region) = (&deps.ec2, &deps.sfn, deps.region.as_str());
     let mut outcomes = Vec::new();
-    for (id, workflow, tags) in tagged(ec2, only).await? {
-        let (values, request) = request_for(workflow, &id, &tags, region, settings);
-        let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        let name = execution_name(workflow, &id, &value_refs);
-        let request = match request {
-            Ok(input) => admitted(deps, workflow, input).await,
-            Err(e) => Err(e),
-        };
-        let input = match request {
-            Ok(input) => input,
+    for (id, workflow, tags) in tagged(&deps.ec2, only).await? {
+        let status = match one(deps, settings, &id, workflow, &tags).await {
+            Ok(status) => status,
             Err(e) => {
-                let status = format!("invalid:{e}");
-                if tags.get(STATUS).map(|s| tag_safe(s)) != Some(tag_safe(&status)) {
-                    set_status(ec2, &id, &status).await?;
+                tracing::warn!(resource = %id, error = %e, "the resource's request could not be handled; the sweep goes on");
+                let status = tag_safe(&format!("error:{}:{e}", e.name()));
+                if let Err(again) = set_status(&deps.ec2, &id, &status).await {
+                    tracing::warn!(resource = %id, error = %again, "its status could not be recorded either");
                 }
-                tracing::warn!(resource = %id, error = %e, "bad tag value; no run started");
-                outcomes.push(Outcome {
-                    resource_id: id,
-                    status: tag_safe(&status),
-                });
-                continue;
+                status
             }
         };
-        let arn = match workflow {
-            Workflow::MigrateInstance => &settings.migrate_state_machine_arn,
-            Workflow::ShareImage => &settings.share_state_machine_arn,
-            Workflow::CopyImage => &settings.copy_state_machine_arn,
-        };
-        let status = match decide(&parse_status(tags.get(STATUS).map(String::as_str)), &name) {
+        outcomes.push(Outcome {
+            resource_id: id,
+            status,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// One resource's request: refused (recorded as `invalid:`), already done, running, or started.
+async fn one(
+    deps: &crate::Deps,
+    settings: &TriggerSettings,
+    id: &str,
+    workflow: Workflow,
+    tags: &HashMap<String, String>,
+) -> Result<String> {
+    let (ec2, sfn, region) = (&deps.ec2, &deps.sfn, deps.region.as_str());
+    let (values, request) = request_for(workflow, id, tags, region, settings);
+    let value_refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let name = execution_name(workflow, id, &value_refs);
+    let request = match request {
+        Ok(input) => admitted(deps, workflow, input).await,
+        Err(e) => Err(e),
+    };
+    let input = match request {
+        Ok(input) => input,
+        // The tags ask for something amiflow or the stack's owner refuses: said on the resource.
+        Err(e) => {
+            let status = format!("invalid:{e}");
+            if tags.get(STATUS).map(|s| tag_safe(s)) != Some(tag_safe(&status)) {
+                set_status(ec2, id, &status).await?;
+            }
+            tracing::warn!(resource = %id, error = %e, "bad tag value; no run started");
+            return Ok(tag_safe(&status));
+        }
+    };
+    let arn = match workflow {
+        Workflow::MigrateInstance => &settings.migrate_state_machine_arn,
+        Workflow::ShareImage => &settings.share_state_machine_arn,
+        Workflow::CopyImage => &settings.copy_state_machine_arn,
+    };
+    Ok(
+        match decide(&parse_status(tags.get(STATUS).map(String::as_str)), &name) {
             Decision::AlreadyRan => tags.get(STATUS).cloned().unwrap_or_default(),
             Decision::CheckRunning(running) => {
                 let execution_arn =
@@ -539,7 +600,7 @@ pub async fn sweep(
                     ),
                 };
                 if now != tags.get(STATUS).cloned().unwrap_or_default() {
-                    set_status(ec2, &id, &now).await?;
+                    set_status(ec2, id, &now).await?;
                 }
                 now
             }
@@ -557,22 +618,90 @@ pub async fn sweep(
                     _ => {}
                 }
                 let status = format!("running:{name}");
-                set_status(ec2, &id, &status).await?;
+                set_status(ec2, id, &status).await?;
                 tracing::info!(resource = %id, execution = %name, "run started");
                 status
             }
-        };
-        outcomes.push(Outcome {
-            resource_id: id,
-            status,
-        });
-    }
-    Ok(outcomes)
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::types::{Instance, Reservation, Tag};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn tagged_instance(id: &str) -> Reservation {
+        Reservation::builder()
+            .instances(
+                Instance::builder()
+                    .instance_id(id)
+                    .tags(Tag::builder().key(MIGRATE_TO).value("us-east-1b").build())
+                    .build(),
+            )
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_sweep_reads_every_page_and_an_event_asks_only_for_what_it_names() {
+        let first = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.next_token().is_none())
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(tagged_instance("i-0aaaaaaaaaaaaaaa1"))
+                    .next_token("page-2")
+                    .build()
+            });
+        let second = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.next_token() == Some("page-2"))
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(tagged_instance("i-0aaaaaaaaaaaaaaa2"))
+                    .build()
+            });
+        let images = mock!(aws_sdk_ec2::Client::describe_images)
+            .then_output(|| DescribeImagesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&first, &second, &images]);
+        let found = tagged(&ec2, &[]).await.unwrap();
+        let ids: Vec<&str> = found.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]);
+        assert_eq!(images.num_calls(), 2, "both image tags are asked for");
+
+        // A tag change on one instance asks for that instance alone, and for no image.
+        let scoped = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.filters().iter().any(|f| {
+                    f.name() == Some("instance-id") && f.values() == ["i-0aaaaaaaaaaaaaaa2"]
+                })
+            })
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(tagged_instance("i-0aaaaaaaaaaaaaaa2"))
+                    .build()
+            });
+        let no_images = mock!(aws_sdk_ec2::Client::describe_images)
+            .then_output(|| DescribeImagesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&scoped, &no_images]);
+        let event = ["arn:aws:ec2:us-east-1:123456789012:instance/i-0aaaaaaaaaaaaaaa2".to_string()];
+        let found = tagged(&ec2, &event).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(scoped.num_calls(), 1);
+        assert_eq!(no_images.num_calls(), 0);
+    }
+
+    #[test]
+    fn an_events_arns_name_instances_and_images() {
+        let (instances, images) = named_ids(&[
+            "arn:aws:ec2:us-east-1:123456789012:instance/i-0123".into(),
+            "arn:aws:ec2:us-east-1::image/ami-0456".into(),
+            "arn:aws:ec2:us-east-1:123456789012:volume/vol-1".into(),
+        ]);
+        assert_eq!(instances, ["i-0123"]);
+        assert_eq!(images, ["ami-0456"]);
+    }
 
     fn owner_allows(receivers: &str, copy_targets: &str, source_actions: &str) -> Settings {
         Settings::from_vars(|k| match k {
