@@ -52,7 +52,7 @@ def pytest_terminal_summary(terminalreporter):
     if JUDGED:
         total = {key: sum(f[key] for f in JUDGED) for key in ("requests", "simulations", "seconds", "denials")}
         terminalreporter.write_line(
-            f"local stack IAM ({len(JUDGED)} stacks): {total['requests']} calls judged with {total['simulations']} "
+            f"local stack IAM ({len(JUDGED)} stack{'s' if len(JUDGED) != 1 else ''}): {total['requests']} calls judged with {total['simulations']} "
             f"simulations in {total['seconds']:.1f} s, {total['denials']} refused "
             f"(enforced: {all(f['enforced'] for f in JUDGED)})"
         )

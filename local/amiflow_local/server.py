@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ LOCAL_PARAMETERS = {"EventWaitSeconds": "10", "ImagePollSeconds": "1", "Instance
                     "AccessPropagationSeconds": "2"}
 ACCOUNT = "123456789012"
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
+CONFIGURATION_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/configuration/?$")
 
 
 def cargo_target_dir() -> Path:
@@ -41,9 +41,11 @@ def cargo_target_dir() -> Path:
 class InvokeRouter:
     """WSGI middleware: Lambda Invoke for a project function goes to its binary; all else to moto.
 
-    cargo-lambda answers a handler error with HTTP 500 and {errorType, errorMessage}; the Lambda
+    The function host answers a handler error with 500 and {errorType, errorMessage}; the Lambda
     service answers 200 with X-Amz-Function-Error: Unhandled. The translation is what lets the
-    state machines' Retry and Catch see the function's own error name.
+    state machines' Retry and Catch see the function's own error name. GetFunctionConfiguration
+    tells, and UpdateFunctionConfiguration with a Timeout sets, the time the function's next
+    invocations get (the other settings are the template's).
     """
 
     def __init__(self, moto_app, host):
@@ -57,7 +59,35 @@ class InvokeRouter:
         name = match.group(1).split(":function:")[-1].split(":")[0]
         return name if name in self.host.names() else None
 
+    def _configure(self, environ, start_response):
+        match = CONFIGURATION_PATH.match(environ.get("PATH_INFO", ""))
+        name = match and match.group(1).split(":function:")[-1].split(":")[0]
+        if not name or name not in self.host.names() or environ.get("REQUEST_METHOD") not in ("GET", "PUT"):
+            return None
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+        if environ["REQUEST_METHOD"] == "GET":
+            body = {}
+        timeout = body.get("Timeout")
+        if timeout is not None:
+            if not isinstance(timeout, int) or not 1 <= timeout <= 900:
+                answer = json.dumps({"__type": "InvalidParameterValueException",
+                                     "message": "Timeout must be between 1 and 900 seconds"}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/json"),
+                                                   ("X-Amzn-ErrorType", "InvalidParameterValueException"),
+                                                   ("Content-Length", str(len(answer)))])
+                return [answer]
+            self.host.set_timeout(name, float(timeout))
+        answer = json.dumps({"FunctionName": name, "FunctionArn": self.host.function_arn(name),
+                             "Timeout": int(self.host.timeouts[name]), "MemorySize": 256,
+                             "LastUpdateStatus": "Successful", "State": "Active"}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
     def __call__(self, environ, start_response):
+        configured = self._configure(environ, start_response)
+        if configured is not None:
+            return configured
         name = self._function(environ.get("PATH_INFO", ""))
         if name is None or environ.get("REQUEST_METHOD") != "POST":
             return self.moto_app(environ, start_response)
@@ -230,13 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parameters.update(p.split("=", 1) for p in args.parameter)
     template = Template(ROOT, ACCOUNT, args.region, parameters)
     endpoint = f"http://127.0.0.1:{args.port}"
-    cargo_lambda = shutil.which("cargo-lambda", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    if not cargo_lambda:
-        print("cargo-lambda is not installed; run `make local-deps`", file=sys.stderr)
-        return 2
     host = FunctionHost(
-        cargo_lambda,
-        ROOT,
         cargo_target_dir() / "debug",
         args.log_dir,
         {
@@ -249,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             "RUST_BACKTRACE": "1",
         },
+        arn_prefix=f"arn:{get_partition(args.region)}:lambda:{args.region}:{ACCOUNT}:function:",
     )
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
 
@@ -308,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
-        host.start({f.binary: f.environment for f in template.functions()})
+        host.start({f.binary: f.environment for f in template.functions()},
+                   {f.binary: f.timeout for f in template.functions()},
+                   {f.binary: f.reserved_concurrency for f in template.functions()})
         serving.start()
         bootstrap(endpoint, args.region, template)
         print(f"amiflow local stack ready on {endpoint} (region {args.region}, logs in {args.log_dir})", flush=True)

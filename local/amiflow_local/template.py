@@ -57,6 +57,10 @@ class Function:
     role_name: str = ""
     # Its role's inline policies, resolved, as SAM makes them from the function's Policies.
     policies: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds Lambda lets an invocation run (the function's Timeout, else Globals', else 3).
+    timeout: float = 3.0
+    # ReservedConcurrentExecutions: at most that many invocations at once (None: no limit).
+    reserved_concurrency: int | None = None
 
 
 @dataclass
@@ -182,7 +186,8 @@ class Template:
         ]
 
     def functions(self) -> list[Function]:
-        global_env = self.doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+        globals_ = self.doc.get("Globals", {}).get("Function", {})
+        global_env = globals_.get("Environment", {}).get("Variables", {})
         out = []
         for logical_id, resource in self.resources.items():
             if resource["Type"] != "AWS::Serverless::Function":
@@ -198,6 +203,8 @@ class Template:
                     events=props.get("Events", {}),
                     role_name=self.function_role_name(logical_id),
                     policies=[self.resolve(p) for p in props.get("Policies", []) or [] if "Statement" in p],
+                    timeout=float(self.resolve(props.get("Timeout", globals_.get("Timeout", 3)))),
+                    reserved_concurrency=props.get("ReservedConcurrentExecutions"),
                 )
             )
         return out

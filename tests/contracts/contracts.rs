@@ -9,9 +9,10 @@ use amiflow::steps::{
 };
 use amiflow_contracts::{error_names, files, json, readme_table, workspace};
 
-/// Names that Step Functions or Lambda raise themselves rather than a function of ours.
+/// Names that Step Functions or Lambda raise themselves rather than a function of ours
+/// (`Sandbox.Timedout`: an invocation that ran past the function's Timeout).
 fn is_service_name(name: &str) -> bool {
-    name.starts_with("States.") || name.starts_with("Lambda.")
+    name.starts_with("States.") || name.starts_with("Lambda.") || name == "Sandbox.Timedout"
 }
 
 #[test]

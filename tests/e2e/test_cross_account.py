@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from accounts import A, APPS_OU, B, C, D, ORG_ID, as_account, copy_input, encrypted_image, launch_as
-from workflow import message, run
+from workflow import message, new_environments, run
 
 
 def test_a_shared_encrypted_ami_launches_in_b_only_because_of_the_grant(stack, ec2, sfn, cmk):
@@ -189,3 +189,20 @@ def test_a_copy_role_in_an_account_the_stack_does_not_list_cannot_be_assumed(sta
     assert refused and all(f":iam::{D}:role/" in d["resource"] for d in refused), refused
     assert access_left(stack, ec2, image_id, cmk) == NOTHING_SHARED
     assert as_account(stack, D, "ec2").describe_images(Owners=["self"])["Images"] == []
+
+
+def test_a_warm_copy_image_assumes_the_target_role_once_for_many_runs(stack, ec2, sfn, cmk):
+    b_key = stack.control("target-account", {"accountId": B, "externalId": "ext-b"})["targetKmsKeyArn"]
+    new_environments(stack, "copy-image")
+
+    def assumed() -> int:
+        return sum(c["count"] for c in stack.control("calls")
+                   if c["principal"] == "function:copy-image" and c["action"] == "sts:AssumeRole")
+
+    before = assumed()
+    for _ in range(2):
+        result = run(sfn, "CopyImage", copy_input(encrypted_image(stack, ec2, cmk), b_key))
+        assert result.status == "SUCCEEDED", (result.error, result.cause)
+    # Three copy-image invocations a run (copy, tag, remove), in up to two environments: at most
+    # one AssumeRole each, where every invocation asked for one before.
+    assert 1 <= assumed() - before <= 2

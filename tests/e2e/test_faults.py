@@ -10,7 +10,7 @@ import pytest
 
 from accounts import B, as_account, copy_input, encrypted_image
 from audits import NOTHING_SHARED, SHARED_WITH_B, access_left, audit, audit_copy
-from workflow import entered_states, finish, instance, message, run, start, state_machine_arn, tagged, wait_for
+from workflow import entered_states, finish, instance, message, new_environments, run, start, state_machine_arn, tagged, wait_for
 
 
 def enter(sfn, execution_arn: str, state: str) -> None:
@@ -48,6 +48,25 @@ def test_a_5xx_is_retried(stack, ec2, sfn, world, action):
     stack.control("faults", {"kind": "server-error", "action": action, "status": 503, "count": 5})
     result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"}, timeout=300)
     assert result.status == "SUCCEEDED", (result.error, result.cause)
+    audit(ec2, result, world)
+
+
+def test_a_step_that_runs_out_of_time_says_so_before_its_deadline_and_is_retried(stack, ec2, sfn, lambda_, world):
+    # create-image gets 4 s, and its first DescribeInstanceAttribute takes 6: the handler stops
+    # 1.5 s before Lambda's deadline with ServiceUnavailable, instead of being killed (Sandbox.Timedout).
+    original = lambda_.get_function_configuration(FunctionName="create-image")["Timeout"]
+    lambda_.update_function_configuration(FunctionName="create-image", Timeout=4)
+    try:
+        stack.control("faults", {"kind": "delay", "action": "DescribeInstanceAttribute", "seconds": 6, "count": 1})
+        name, arn = start(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "us-east-1b"})
+        result = finish(sfn, name, arn, timeout=300)
+    finally:
+        lambda_.update_function_configuration(FunctionName="create-image", Timeout=original)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    failures = [d for e in events for key, d in e.items() if key.endswith("FailedEventDetails")]
+    assert [f["error"] for f in failures] == ["ServiceUnavailable"], failures
+    assert "s before Lambda's deadline" in failures[0]["cause"]
     audit(ec2, result, world)
 
 
@@ -156,6 +175,7 @@ def test_a_role_that_cannot_be_assumed_is_named_and_nothing_is_left(stack, ec2, 
     # moto lets any role be assumed; AssumeRole refused every time stands in for a trust policy
     # that refuses the caller.
     image_id = encrypted_image(stack, ec2, cmk)
+    new_environments(stack, "copy-image")
     stack.control("faults", {"kind": "server-error", "action": "AssumeRole", "status": 403, "share": 1.0})
     result = run(sfn, "CopyImage", copy_input(image_id, f"arn:aws:kms:us-east-1:{B}:key/11111111-2222-3333-4444-555555555555"))
     stack.control("faults", method="DELETE")

@@ -13,7 +13,7 @@ from amiflow_local.template import _CfnLoader
 
 from accounts import B, as_account, copy_input, encrypted_image
 from audits import NOTHING_SHARED, access_left, audit, audit_copy
-from workflow import instance, run, wait_for
+from workflow import instance, new_environments, run, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,9 @@ def deploy(stack, tmp_path):
         copy = without_statement(tmp_path, file, sid)
         if file == "template.yaml":
             stack.control("deploy", {"template": str(copy)})
+            # A role update does not end warm environments; new ones hold no credentials of the
+            # target role from an earlier run, so the next run assumes it under the new policy.
+            new_environments(stack, "copy-image", "wait-image")
         else:
             stack.control("target-account", {"accountId": B, "externalId": "ext-b", "template": str(copy)})
         deployed.append(file)

@@ -102,3 +102,13 @@ def message(result: Run) -> str:
     cause = json.loads(result.cause)
     assert cause["errorType"] == result.error
     return cause["errorMessage"]
+
+
+def new_environments(stack, *functions: str) -> None:
+    """An UpdateFunctionConfiguration of each function (its Timeout as it is): their next
+    invocations run in new execution environments, with nothing kept from earlier runs, such as
+    a role's credentials, which a warm function uses again until they are near their expiry."""
+    lambda_ = stack.client("lambda")
+    for function in functions:
+        timeout = lambda_.get_function_configuration(FunctionName=function)["Timeout"]
+        lambda_.update_function_configuration(FunctionName=function, Timeout=timeout)

@@ -1,7 +1,9 @@
 //! The dependencies of every function, built once per cold start: one SdkConfig, the clients
-//! derived from it, and the settings.
+//! derived from it (which share its HTTP client, so one connection pool), the settings, and the
+//! clients of other accounts' roles, kept while their credentials last.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -16,6 +18,9 @@ use crate::settings::Settings;
 /// retried by the state machine (an edit takes two KMS calls).
 const KEY_POLICY_PATIENCE: Duration = Duration::from_secs(30);
 
+/// A role's credentials are used again until this long before they expire.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+
 pub struct Deps {
     pub config: aws_config::SdkConfig,
     pub region: String,
@@ -25,6 +30,10 @@ pub struct Deps {
     pub kms: aws_sdk_kms::Client,
     pub organizations: aws_sdk_organizations::Client,
     pub settings: Settings,
+    sts: aws_sdk_sts::Client,
+    /// EC2 clients acting through another account's role, by role and external id, with the
+    /// time their credentials expire.
+    roles: tokio::sync::Mutex<HashMap<(String, String), (aws_sdk_ec2::Client, SystemTime)>>,
 }
 
 impl Deps {
@@ -55,6 +64,8 @@ impl Deps {
             kms: aws_sdk_kms::Client::new(config),
             organizations: aws_sdk_organizations::Client::new(config),
             settings,
+            sts: aws_sdk_sts::Client::new(config),
+            roles: Default::default(),
         }
     }
 
@@ -76,20 +87,27 @@ impl Deps {
     }
 
     /// An EC2 client acting in another account through a role there: AssumeRole with the external
-    /// id the role demands, then a client with those credentials (an hour's, longer than any
-    /// step). A role that cannot be assumed is `RoleNotAssumable`, with STS's code; a throttled or
-    /// failing STS stays `Throttled` or `ServiceUnavailable`, which the state machines retry.
-    pub async fn ec2_as(
-        &self,
-        role_arn: &str,
-        external_id: &str,
-        execution: &str,
-    ) -> Result<aws_sdk_ec2::Client> {
-        let assumed = aws_sdk_sts::Client::new(&self.config)
+    /// id the role demands, then a client with those credentials (an hour's). The client is kept
+    /// for the life of the execution environment, by role and external id, and used again until
+    /// five minutes before its credentials expire, so that a warm function (wait-image's polling
+    /// every minute, say) makes one AssumeRole an hour, not one a call. A role that cannot be
+    /// assumed is `RoleNotAssumable`, with STS's code; a throttled or failing STS stays
+    /// `Throttled` or `ServiceUnavailable`, which the state machines retry.
+    pub async fn ec2_as(&self, role_arn: &str, external_id: &str) -> Result<aws_sdk_ec2::Client> {
+        let key = (role_arn.to_string(), external_id.to_string());
+        let mut roles = self.roles.lock().await;
+        if let Some((client, expires)) = roles.get(&key) {
+            if still_good(*expires, SystemTime::now()) {
+                return Ok(client.clone());
+            }
+        }
+        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
+        let assumed = self
+            .sts
             .assume_role()
             .role_arn(role_arn)
             .external_id(external_id)
-            .role_session_name(session_name(execution))
+            .role_session_name(session_name(&function))
             .send()
             .await
             .map_err(aws("AssumeRole"))
@@ -97,23 +115,34 @@ impl Deps {
         let creds = assumed.credentials().ok_or_else(|| {
             Error::UnexpectedAnswer("AssumeRole: the answer has no Credentials".into())
         })?;
+        let expires = SystemTime::try_from(*creds.expiration()).unwrap_or(SystemTime::UNIX_EPOCH);
         let credentials = aws_credential_types::Credentials::new(
             creds.access_key_id(),
             creds.secret_access_key(),
             Some(creds.session_token().to_string()),
-            std::time::SystemTime::try_from(*creds.expiration()).ok(),
+            Some(expires),
             "amiflow-assume-role",
         );
         let conf = aws_sdk_ec2::config::Builder::from(&self.config)
             .credentials_provider(credentials)
             .build();
-        Ok(aws_sdk_ec2::Client::from_conf(conf))
+        let client = aws_sdk_ec2::Client::from_conf(conf);
+        roles.insert(key, (client.clone(), expires));
+        Ok(client)
     }
 }
 
-/// The role session's name: the execution's, in the characters STS allows, at most 64. Pure.
-pub fn session_name(execution: &str) -> String {
-    crate::names::restricted(&format!("amiflow-{execution}"), "+=,.@-_", '-', 64)
+/// Whether credentials that expire then may still be used now. Pure.
+pub fn still_good(expires: SystemTime, now: SystemTime) -> bool {
+    expires
+        .duration_since(now)
+        .is_ok_and(|left| left > CREDENTIALS_MARGIN)
+}
+
+/// The role session's name: the function's, in the characters STS allows, at most 64 (the
+/// session serves every run the environment serves; each run's resources carry its tag). Pure.
+pub fn session_name(function: &str) -> String {
+    crate::names::restricted(&format!("amiflow-{function}"), "+=,.@-_", '-', 64)
 }
 
 /// An AssumeRole refusal is the role's fault (`RoleNotAssumable`, naming it); a rate limit or an
@@ -157,6 +186,15 @@ mod tests {
             not_assumable("arn:aws:iam::1:role/r", throttled).name(),
             "Throttled"
         );
+    }
+
+    #[test]
+    fn role_credentials_are_used_again_until_five_minutes_before_they_expire() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        assert!(still_good(now + Duration::from_secs(3600), now));
+        assert!(still_good(now + Duration::from_secs(301), now));
+        assert!(!still_good(now + Duration::from_secs(300), now));
+        assert!(!still_good(now - Duration::from_secs(1), now));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What every function's `main` does: logging, the dependencies built once per cold start, and
 //! the Lambda runtime calling the step with the parsed payload, each invocation inside one
-//! tracing span that names the run it serves.
+//! tracing span that names the run it serves, and bounded by the time Lambda gives it.
 
 use std::future::Future;
+use std::time::{Duration, SystemTime};
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde::de::DeserializeOwned;
@@ -44,16 +45,45 @@ where
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let span = tracing::info_span!("invocation", execution = %run_of(&event.payload));
         async move {
+            let budget = budget(event.context.deadline(), SystemTime::now());
             let request = parse(event.payload).map_err(Diagnostic::from)?;
             // Boxed: a step's future nested in the runtime's is deeper than the compiler's
             // layout limit allows (share-image's).
-            Box::pin(handler(deps, request))
-                .await
-                .map_err(Diagnostic::from)
+            match tokio::time::timeout(budget, Box::pin(handler(deps, request))).await {
+                Ok(answer) => answer.map_err(Diagnostic::from),
+                Err(_) => Err(Diagnostic::from(out_of_time(budget))),
+            }
         }
         .instrument(span)
     }))
     .await
+}
+
+/// What a handler leaves of Lambda's time: enough to send its answer and for the runtime to take
+/// it, so that a step that runs out says so (ServiceUnavailable, retried by every Task) instead of
+/// being killed mid-call and seen as `Lambda.Unknown`.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+
+/// How long a handler may take: the time to Lambda's deadline, less [`DEADLINE_MARGIN`]; none
+/// when the deadline is that close or past. Pure.
+pub fn budget(deadline: SystemTime, now: SystemTime) -> Duration {
+    deadline
+        .duration_since(now)
+        .unwrap_or_default()
+        .saturating_sub(DEADLINE_MARGIN)
+}
+
+/// The answer of a handler that used its whole budget. Whatever it had done is found again by
+/// the retry: every step is idempotent.
+fn out_of_time(budget: Duration) -> Error {
+    Error::ServiceUnavailable(
+        format!(
+            "the function stopped after {:.1} s, {:.1} s before Lambda's deadline; the step is retried",
+            budget.as_secs_f64(),
+            DEADLINE_MARGIN.as_secs_f64()
+        )
+        .into(),
+    )
 }
 
 /// The run an invocation serves, for its log lines: a step's `execution`, the execution a status
@@ -69,6 +99,18 @@ pub fn run_of(payload: &Value) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_handler_stops_short_of_the_deadline() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(
+            budget(now + Duration::from_secs(120), now),
+            Duration::from_millis(118_500)
+        );
+        assert_eq!(budget(now + Duration::from_secs(1), now), Duration::ZERO);
+        assert_eq!(budget(now - Duration::from_secs(5), now), Duration::ZERO);
+        assert_eq!(out_of_time(Duration::ZERO).name(), "ServiceUnavailable");
+    }
 
     #[test]
     fn an_invocation_is_named_after_the_run_it_serves() {

@@ -442,7 +442,7 @@ pub async fn copy(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
         }
     }
     let target = match deps
-        .ec2_as(&parsed.target_role_arn, &parsed.external_id, "preflight")
+        .ec2_as(&parsed.target_role_arn, &parsed.external_id)
         .await
     {
         Ok(target) => {

@@ -76,14 +76,6 @@ impl CopyImageRequest {
             )
         })
     }
-
-    pub fn execution(&self) -> &str {
-        match self {
-            CopyImageRequest::Copy(r) => &r.execution,
-            CopyImageRequest::Tag(r) => &r.execution,
-            CopyImageRequest::Remove(r) => &r.execution,
-        }
-    }
 }
 
 /// amiflow's tags on the copy and its snapshots, given when CopyImage creates them. Pure.
@@ -249,11 +241,7 @@ pub enum CopyImageOutput {
 pub async fn run(deps: &crate::Deps, request: CopyImageRequest) -> Result<CopyImageOutput> {
     let input = request.input()?;
     let target = deps
-        .ec2_as(
-            &input.target_role_arn,
-            &input.external_id,
-            request.execution(),
-        )
+        .ec2_as(&input.target_role_arn, &input.external_id)
         .await?;
     Ok(match &request {
         CopyImageRequest::Copy(r) => CopyImageOutput::Copy(copy(&target, input, r).await?),

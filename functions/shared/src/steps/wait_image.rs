@@ -65,17 +65,13 @@ pub enum WaitImageRequest {
 
 impl WaitImageRequest {
     /// The role (and external id) to look at the image through, for an image in another account.
-    pub fn role(&self) -> Option<(&str, &str, &str)> {
-        let (role, external, execution) = match self {
-            WaitImageRequest::Register(r) => (&r.role_arn, &r.external_id, &r.execution),
-            WaitImageRequest::Poll(r) => (&r.role_arn, &r.external_id, &r.execution),
+    pub fn role(&self) -> Option<(&str, &str)> {
+        let (role, external) = match self {
+            WaitImageRequest::Register(r) => (&r.role_arn, &r.external_id),
+            WaitImageRequest::Poll(r) => (&r.role_arn, &r.external_id),
             WaitImageRequest::Event(_) => return None,
         };
-        Some((
-            role.as_deref()?,
-            external.as_deref().unwrap_or_default(),
-            execution,
-        ))
+        Some((role.as_deref()?, external.as_deref().unwrap_or_default()))
     }
 
     /// Events are told by their `detail-type`; the state machine's calls by `action`.
@@ -417,7 +413,7 @@ async fn poll(
 /// through the role its request names.
 pub async fn handle(deps: &crate::Deps, request: WaitImageRequest) -> Result<WaitImageOutput> {
     let ec2 = match request.role() {
-        Some((role, external_id, execution)) => deps.ec2_as(role, external_id, execution).await?,
+        Some((role, external_id)) => deps.ec2_as(role, external_id).await?,
         None => deps.ec2.clone(),
     };
     run(&ec2, &deps.sfn, &deps.dynamodb, &deps.settings, request).await
