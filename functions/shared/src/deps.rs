@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use aws_smithy_http_client::tls;
 
 use crate::error::{aws, Detail, Error, Result};
 use crate::resources::keys::PolicyEdits;
@@ -40,7 +41,17 @@ impl Deps {
     /// Loads the SDK configuration (region, credentials, `AWS_ENDPOINT_URL`) and the settings.
     pub async fn from_env() -> Result<Self> {
         let settings = Settings::from_vars(|k| std::env::var(k).ok())?;
+        // Without one given, each client builds an HTTP client of its own: a pool and a TLS
+        // session cache per client. One shared client lets the role's EC2 client reuse the
+        // connection the function's own EC2 client opened (a request's signature, not its
+        // connection, carries the credentials).
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_https();
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
             .retry_config(RetryConfig::standard().with_max_attempts(4))
             .timeout_config(
                 TimeoutConfig::builder()
