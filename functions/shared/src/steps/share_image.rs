@@ -725,19 +725,12 @@ mod mocked {
             ImageState::Available,
             false,
         );
-        let ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&images(None, Some(theirs))]
-        );
         let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"]});
-        let e = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Customer, CMK),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(input.clone()),
+        let customer = (KeyManagerType::Customer, CMK);
+        let e = plan_share(
+            &[&images(None, Some(theirs))],
+            customer.clone(),
+            input.clone(),
         )
         .await
         .unwrap_err();
@@ -746,17 +739,7 @@ mod mocked {
 
         let missing = mock!(aws_sdk_ec2::Client::describe_images)
             .then_error(|| DescribeImagesError::generic(meta("InvalidAMIID.NotFound")));
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&missing]);
-        let e = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Customer, CMK),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(input),
-        )
-        .await
-        .unwrap_err();
+        let e = plan_share(&[&missing], customer, input).await.unwrap_err();
         assert_eq!(
             e,
             Error::ImageNotFound("imageId: ami-0123456789abcdef0 does not exist".into())
@@ -819,19 +802,11 @@ mod mocked {
                     .set_images(Some(found))
                     .build()
             });
-        let ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&describe, &snapshots(Some(AWS_EBS)), &copy]
-        );
         let input = json!({"imageId": "ami-0123456789abcdef0", "accountIds": ["210987654321"], "reencryptKmsKeyId": "alias/share"});
-        let plan = prepare_share(
-            &ec2,
-            &kms_with(KeyManagerType::Aws, AWS_EBS),
-            &settings(),
-            "us-east-1",
-            "run-1",
-            share(input),
+        let plan = plan_share(
+            &[&describe, &snapshots(Some(AWS_EBS)), &copy],
+            (KeyManagerType::Aws, AWS_EBS),
+            input,
         )
         .await
         .unwrap();
