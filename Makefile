@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := local/node_modules/.bin
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo demo-copy test local local-deps bins lint fmt-check clippy template-lint statemachines unit e2e peer-test build clean
+.PHONY: demo demo-copy bench test local local-deps bins lint fmt-check clippy template-lint statemachines unit e2e peer-test build clean
 
 $(VENV)/.installed: local/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ local: local-deps bins
 
 demo: local-deps bins
 	$(PY) local/demo.py
+
+## Benchmarks (cold start of the release binaries, cost and reaction time on the local stack),
+## written to docs/benchmarks.md. Not part of `make test`: the release build is long.
+bench: local-deps bins
+	cargo build --release --bins
+	$(PY) bench/bench.py --out docs/benchmarks.md
 
 ## A cross-account copy (CopyImage) between two accounts of the local stack.
 demo-copy: local-deps bins

@@ -174,6 +174,8 @@ class FunctionHost:
         self.environments: dict[str, dict[str, str]] = {}
         self.timeouts: dict[str, float] = {}
         self.environment_counts: dict[str, int] = {}
+        # Told of each invocation (the layer's count of them).
+        self.on_invoke = lambda name: None
         self.queues: dict[str, queue.Queue[Invocation]] = {}
         self.taken: dict[str, Invocation] = {}
         self.lock = threading.Lock()
@@ -314,6 +316,7 @@ class FunctionHost:
             for number, process in enumerate(self.processes[name]):
                 if process.poll() is not None:
                     self.processes[name][number] = self._spawn(name, number)
+        self.on_invoke(name)
         invocation = Invocation(payload or b"{}", self.timeouts.get(name, 3.0))
         self.queues[name].put(invocation)
         try:

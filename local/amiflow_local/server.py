@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         arn_prefix=f"arn:{get_partition(args.region)}:lambda:{args.region}:{ACCOUNT}:function:",
     )
+    host.on_invoke = layer.state.invocations.record
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
 
     target_keys: dict[str, str] = {}

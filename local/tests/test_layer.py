@@ -331,6 +331,17 @@ def test_a_function_crashes_after_its_side_effect(stack, lambda_):
     assert "FunctionError" not in lambda_.invoke(FunctionName="cleanup", Payload=payload)
 
 
+def test_the_stack_counts_each_functions_invocations(stack, lambda_):
+    stack.control("invocations", method="DELETE")
+    payload = json.dumps({"action": "rollback", "execution": "nothing-made", "state": {"input": {}}})
+    for _ in range(2):
+        lambda_.invoke(FunctionName="cleanup", Payload=payload)
+    lambda_.invoke(FunctionName="cleanup", Payload=payload, InvocationType="Event")
+    wait_for(lambda: stack.control("invocations").get("cleanup") == 3, what="three invocations counted")
+    stack.control("invocations", method="DELETE")
+    assert stack.control("invocations") == {}
+
+
 def test_unknown_faults_are_refused_with_the_reason(stack):
     with pytest.raises(Exception) as refused:
         stack.control("faults", {"kind": "meteor"})

@@ -6,6 +6,7 @@ GET    /_amiflow/faults   the faults that fired so far
 GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.update)
 GET    /_amiflow/events   every event the layer put on a bus
 GET    /_amiflow/calls    every API call answered: principal, IAM action, count; DELETE forgets them
+GET    /_amiflow/invocations  invocations of each project function; DELETE forgets them
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
 POST   /_amiflow/target-account   {"accountId", "externalId", "template"?}: deploys target-account.yaml
                                   (or the copy of it at "template") in that account
@@ -29,7 +30,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from . import events, iam
-from .state import calls, config, faults
+from .state import calls, config, faults, invocations
 
 # Actions the launcher adds (they need the templates, which the layer does not read).
 hooks: dict[str, Callable[[dict], Any]] = {}
@@ -111,6 +112,11 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
                 "seconds": round(judge.seconds, 3) if judge else 0,
                 "denials": len(iam.denials),
             })
+        if path == "/_amiflow/invocations" and method == "DELETE":
+            invocations.reset()
+            return _json(start_response, "200 OK", {"reset": True})
+        if path == "/_amiflow/invocations":
+            return _json(start_response, "200 OK", invocations.listed())
         if path == "/_amiflow/calls" and method == "DELETE":
             calls.reset()
             return _json(start_response, "200 OK", {"reset": True})
@@ -120,7 +126,8 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
                 for key, service, action, count in calls.listed()
             ])
         if path == "/_amiflow/events":
-            return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e} for a, b, e in events.delivered])
+            return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e, "at": at}
+                                                    for (a, b, e), at in zip(events.delivered, events.delivered_at)])
     except (ValueError, TypeError, KeyError) as error:
         return _json(start_response, "400 Bad Request", {"error": str(error)})
     return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})

@@ -308,4 +308,26 @@ class Calls:
             return [(*key, count) for key, count in sorted(self.counts.items())]
 
 
+class Invocations:
+    """Every invocation of a project function, whoever asked (Step Functions, EventBridge, a
+    client), by function: what a run costs in Lambda requests (`make bench`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def record(self, function: str) -> None:
+        with self.lock:
+            self.counts[function] = self.counts.get(function, 0) + 1
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts = {}
+
+    def listed(self) -> dict[str, int]:
+        with self.lock:
+            return dict(sorted(self.counts.items()))
+
+
 calls = Calls()
+invocations = Invocations()

@@ -1,0 +1,117 @@
+"""`make bench`, P1: the cold start of every function, beside a Python/boto3 handler.
+
+For each release binary (target/release, as `cargo lambda build --release` makes it for AWS), and
+for a Python handler that builds the same boto3 clients, this measures the time from process
+start until it first asks the Lambda runtime API for an event (its clients built), its peak RSS
+at that moment (VmHWM), and the size of the binary and of its zip as Lambda takes it
+(`bootstrap`, deflated). The runtime API here only notes the request and never answers it.
+Medians over several starts, both kinds in the same run, on the same machine. Not measured
+here: the first AWS call after init (no TLS endpoint), and a CPU cap like Lambda's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "local"))
+
+from amiflow_local.server import cargo_target_dir  # noqa: E402
+from amiflow_local.template import Template  # noqa: E402
+
+STARTS = 5
+
+# The clients a function builds (Deps::from_env), made the way a Python handler would.
+BOTO3_HANDLER = """
+import os, urllib.request
+import boto3
+session = boto3.session.Session()
+clients = [session.client(s) for s in ("ec2", "stepfunctions", "dynamodb", "kms", "organizations", "sts")]
+urllib.request.urlopen("http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/next")
+"""
+
+
+class _Api(BaseHTTPRequestHandler):
+    asked: threading.Event
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.asked.set()
+        time.sleep(30)  # never answers: the process is killed first
+
+
+def start_once(command: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Seconds until the first /next, and the peak RSS (KiB) then."""
+    asked = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Api", (_Api,), {"asked": asked}))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**env, "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_address[1]}"}
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not asked.wait(60):
+            raise RuntimeError(f"{command[0]} never asked for an event")
+        took = time.monotonic() - started
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        return took, peak
+    finally:
+        process.kill()
+        process.wait()
+        server.shutdown()
+        server.server_close()
+
+
+def zipped_size(binary: Path) -> int:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(binary, "bootstrap")
+    return len(buffer.getvalue())
+
+
+def measure(binaries: Path) -> list[dict]:
+    base = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
+    template = Template(ROOT, "123456789012", "us-east-1", {})
+    rows = []
+    boto3 = [start_once([sys.executable, "-c", BOTO3_HANDLER], base) for _ in range(STARTS)]
+    boto3_init = statistics.median(t for t, _ in boto3)
+    rows.append({"name": "Python 3 + boto3 (same clients)", "init": boto3_init,
+                 "rss": statistics.median(r for _, r in boto3), "size": None, "zip": None, "ratio": 1.0})
+    for function in sorted(template.functions(), key=lambda f: f.binary):
+        binary = binaries / function.binary
+        env = {**base, **function.environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary}
+        runs = [start_once([str(binary)], env) for _ in range(STARTS)]
+        init = statistics.median(t for t, _ in runs)
+        rows.append({"name": function.binary, "init": init, "rss": statistics.median(r for _, r in runs),
+                     "size": binary.stat().st_size, "zip": zipped_size(binary), "ratio": init / boto3_init})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| function | init (median of %d) | of boto3's | peak RSS | binary | zip |" % STARTS,
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        size = f"{row['size'] / 2**20:.1f} MiB" if row["size"] else ""
+        zipped = f"{row['zip'] / 2**20:.1f} MiB" if row["zip"] else ""
+        lines.append(f"| {row['name']} | {1000 * row['init']:.1f} ms | {row['ratio']:.2f} | "
+                     f"{row['rss'] / 1024:.1f} MiB | {size} | {zipped} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(measure(Path(sys.argv[1]) if len(sys.argv) > 1 else cargo_target_dir() / "release")))
