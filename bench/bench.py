@@ -55,30 +55,38 @@ def history(sfn, arn: str) -> list[dict]:
             return events
 
 
-def migrate(stack: Stack, image_seconds: int) -> dict:
-    """One migration whose AMI stays pending this long; what it cost."""
+def run_migration(stack: Stack, image_seconds: int, before_start=lambda: None) -> tuple[list[dict], float]:
+    """One MigrateInstance run of a new instance, its AMI pending this long, followed to success:
+    its history, and its wall time. `before_start` runs just before the run is started."""
     ec2, sfn = stack.client("ec2"), stack.client("stepfunctions")
     world = seed(ec2, REGION, name=f"bench-{uuid.uuid4().hex[:6]}")
     stack.control("config", {"imageDelaySeconds": image_seconds, "statusCheckDelaySeconds": 1})
-    stack.control("calls", method="DELETE")
-    stack.control("invocations", method="DELETE")
+    before_start()
     machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if m["name"] == "MigrateInstance")
     started = time.monotonic()
     arn = sfn.start_execution(stateMachineArn=machine, name=f"bench-{uuid.uuid4().hex[:12]}",
                               input=json.dumps({"instanceId": world.instance_id, "targetAvailabilityZone": f"{REGION}b"}))["executionArn"]
-    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+    while (status := sfn.describe_execution(executionArn=arn)["status"]) == "RUNNING":
         if time.monotonic() - started > image_seconds + 300:
             raise RuntimeError(f"the migration with a {image_seconds} s AMI did not end")
         time.sleep(0.25)
-    status = sfn.describe_execution(executionArn=arn)["status"]
     if status != "SUCCEEDED":
         raise RuntimeError(f"the migration with a {image_seconds} s AMI ended {status}")
-    events = history(sfn, arn)
+    return history(sfn, arn), time.monotonic() - started
+
+
+def migrate(stack: Stack, image_seconds: int) -> dict:
+    """One migration whose AMI stays pending this long; what it cost."""
+    def forget_counts() -> None:
+        stack.control("calls", method="DELETE")
+        stack.control("invocations", method="DELETE")
+
+    events, wall = run_migration(stack, image_seconds, forget_counts)
     time.sleep(1)  # the last event-driven invocations (a status change) land
     invocations, calls = stack.control("invocations"), stack.control("calls")
     return {
         "image_seconds": image_seconds,
-        "wall_seconds": time.monotonic() - started,
+        "wall_seconds": wall,
         "transitions": sum(1 for e in events if e["type"].endswith("StateEntered")),
         "invocations": sum(invocations.values()),
         "calls": sum(c["count"] for c in calls if c["principal"].startswith("function:")),
@@ -90,18 +98,7 @@ def migrate(stack: Stack, image_seconds: int) -> dict:
 
 def reaction(stack: Stack) -> float:
     """One migration with a 1 s AMI: seconds from its AMI's available event to Launch."""
-    ec2, sfn = stack.client("ec2"), stack.client("stepfunctions")
-    world = seed(ec2, REGION, name=f"react-{uuid.uuid4().hex[:6]}")
-    stack.control("config", {"imageDelaySeconds": 1, "statusCheckDelaySeconds": 1})
-    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if m["name"] == "MigrateInstance")
-    arn = sfn.start_execution(stateMachineArn=machine, name=f"react-{uuid.uuid4().hex[:12]}",
-                              input=json.dumps({"instanceId": world.instance_id, "targetAvailabilityZone": f"{REGION}b"}))["executionArn"]
-    started = time.monotonic()
-    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
-        if time.monotonic() - started > 300:
-            raise RuntimeError("a migration did not end")
-        time.sleep(0.25)
-    events = history(sfn, arn)
+    events, _ = run_migration(stack, 1)
     image_id = json.loads(next(e for e in events if e.get("stateExitedEventDetails", {}).get("name") == "CreateImage")
                           ["stateExitedEventDetails"]["output"])["image"]["imageId"]
     launch = next(e["timestamp"] for e in events if e.get("stateEnteredEventDetails", {}).get("name") == "Launch")

@@ -31,19 +31,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode} before it listened")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
-
-
 # Lambda runs concurrent invocations in separate execution environments; two processes per
 # function let two invocations of one function run at the same time here too. A function with
 # ReservedConcurrentExecutions has no more than that: its other invocations wait their turn, as

@@ -109,8 +109,7 @@ class InvokeRouter:
             }).encode()
         headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
         if status != 200:
-            from .functions import lambda_error_body
-            body = lambda_error_body(body)
+            # The host's error answers are Lambda's {errorType, errorMessage} already.
             headers.append(("X-Amz-Function-Error", "Unhandled"))
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)

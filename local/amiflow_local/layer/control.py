@@ -127,7 +127,7 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             ])
         if path == "/_amiflow/events":
             return _json(start_response, "200 OK", [{"account": a, "bus": b, "event": e, "at": at}
-                                                    for (a, b, e), at in zip(events.delivered, events.delivered_at)])
+                                                    for a, b, e, at in events.delivered])
     except (ValueError, TypeError, KeyError) as error:
         return _json(start_response, "400 Bad Request", {"error": str(error)})
     return _json(start_response, "404 Not Found", {"error": f"no {method} {path}"})

@@ -34,10 +34,9 @@ log = logging.getLogger("amiflow.layer.events")
 
 # Set by the launcher: invokes a function by name with a payload, asynchronously.
 lambda_invoker: Callable[[str, bytes], None] | None = None
-# Every event the layer put on a bus, for tests: (account, bus, event).
-delivered: list[tuple[str, str, dict[str, Any]]] = []
-# When each of them was put on its bus (Unix time, s): the start of a reaction (`make bench`, P3).
-delivered_at: list[float] = []
+# Every event the layer put on a bus, for tests: (account, bus, event, when it was put there in
+# Unix time, the start of a reaction for `make bench`).
+delivered: list[tuple[str, str, dict[str, Any], float]] = []
 
 _original_send_to_targets = Rule.send_to_targets
 
@@ -85,8 +84,7 @@ def fire_schedule(account: str, region: str, rule_name: str) -> dict[str, Any]:
     if rule is None or not rule.scheduled_expression:
         raise KeyError(f"no schedule rule {rule_name} in {account}")
     event = envelope(account, region, "aws.events", "Scheduled Event", [rule.arn], {})
-    delivered.append((account, "default", event))
-    delivered_at.append(time.time())
+    delivered.append((account, "default", event, time.time()))
     for target in rule.targets:
         _send(rule, target, event)
     return event
@@ -146,8 +144,7 @@ def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sen
     if sender and not _bus_allows(bus, sender, event):
         log.info("bus %s of %s refuses events from %s", bus_name, account, sender)
         return
-    delivered.append((account, bus_name, event))
-    delivered_at.append(time.time())
+    delivered.append((account, bus_name, event, time.time()))
     for rule in list(bus.rules.values()):
         if rule.state != "ENABLED" or not rule.event_pattern.matches_event(event):
             continue
