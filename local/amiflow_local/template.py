@@ -109,6 +109,8 @@ class Template:
             "AWS::Partition": self.partition,
             "AWS::StackName": "amiflow-local",
             "AWS::URLSuffix": "amazonaws.com",
+            # The property is left out: here, None.
+            "AWS::NoValue": None,
         }
         if name in pseudo:
             return pseudo[name]
@@ -161,6 +163,9 @@ class Template:
                 return left == right
             if key == "Fn::Not":
                 return not self.resolve(arg[0])
+            if key == "Fn::If":
+                name, when_true, when_false = arg
+                return self.resolve(when_true if self.condition(name) else when_false)
         if isinstance(value, dict):
             return {k: self.resolve(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -204,7 +209,7 @@ class Template:
                     role_name=self.function_role_name(logical_id),
                     policies=[self.resolve(p) for p in props.get("Policies", []) or [] if "Statement" in p],
                     timeout=float(self.resolve(props.get("Timeout", globals_.get("Timeout", 3)))),
-                    reserved_concurrency=props.get("ReservedConcurrentExecutions"),
+                    reserved_concurrency=_int_or_none(self.resolve(props.get("ReservedConcurrentExecutions"))),
                 )
             )
         return out
@@ -239,3 +244,7 @@ class Template:
             json.loads(definition)
             out.append(StateMachine(logical_id=logical_id, name=self.resolve(props["Name"]), definition=definition))
         return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from amiflow_local.functions import FunctionHost
+from amiflow_local.template import Template
 
 # A function that does what its event asks: tell its deadline, sleep, or exit.
 PROBE = f"""#!{sys.executable}
@@ -106,3 +107,15 @@ def test_a_function_with_reserved_concurrency_runs_that_many_invocations_at_once
             assert (took >= 2) == alone, (name, took)
     finally:
         host.stop()
+
+
+def test_the_template_reserves_one_trigger_environment_unless_told_not_to():
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+    def reserved(parameters):
+        functions = Template(root, "123456789012", "us-east-1", parameters).functions()
+        return {f.binary: f.reserved_concurrency for f in functions}
+
+    assert reserved({})["trigger"] == 1
+    assert reserved({"TriggerReservedConcurrency": "0"})["trigger"] is None
+    assert reserved({})["launch"] is None
