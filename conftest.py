@@ -100,4 +100,4 @@ def stack_parameters(stack):
 
     yield apply
     if updated:
-        stack.control("deploy", {"parameters": {}})
+        stack.control("deploy", {"parameters": {}, "reset": True})

@@ -278,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
 
     target_keys: dict[str, str] = {}
+    # The parameter values of the last stack update: as CloudFormation keeps a parameter's previous
+    # value unless an update gives another, a later update (a target account listed, say) keeps
+    # them. `"reset": true` goes back to the stack's own values.
+    current: dict[str, str] = dict(parameters)
 
     def target_account(body: dict) -> dict:
         from .accounts import accept_events_from, deploy_target_account
@@ -300,20 +304,22 @@ def main(argv: list[str] | None = None) -> int:
         # test models a target the source stack's owner never listed.
         listed = [a for a in parameters.get("TargetAccountIds", "").split(",") if a]
         if body.get("listInSource", True) and account not in listed:
-            parameters["TargetAccountIds"] = ",".join([*listed, account])
+            parameters["TargetAccountIds"] = current["TargetAccountIds"] = ",".join([*listed, account])
             deploy({})
         return made
 
     def deploy(body: dict) -> dict:
         """A stack update: from a copy of template.yaml (`template`), with parameter values
-        (`parameters`, over the stack's own). The functions' role policies and environment
+        (`parameters`, over those of the last update, or over the stack's own with `reset`). The functions' role policies and environment
         variables follow it; functions whose environment changed start new execution environments."""
         import boto3
 
         source = Path(body.get("template") or ROOT / "template.yaml")
-        merged = dict(parameters)
-        merged.update(body.get("parameters") or {})
-        updated = Template(source.parent, ACCOUNT, args.region, merged, file=source.name)
+        if body.get("reset"):
+            current.clear()
+            current.update(parameters)
+        current.update(body.get("parameters") or {})
+        updated = Template(source.parent, ACCOUNT, args.region, dict(current), file=source.name)
         iam = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=args.region).client("iam", endpoint_url=endpoint)
         roles = deploy_function_roles(iam, updated)
         restarted = host.reconfigure({f.binary: f.environment for f in updated.functions()})
