@@ -94,7 +94,7 @@ def measure(binaries: Path) -> list[dict]:
                  "rss": statistics.median(r for _, r in boto3), "size": None, "zip": None, "ratio": 1.0})
     for function in sorted(template.functions(), key=lambda f: f.binary):
         binary = binaries / function.binary
-        env = {**base, **function.environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary}
+        env = {**base, **function.runtime_environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary}
         runs = [start_once([str(binary)], env) for _ in range(STARTS)]
         init = statistics.median(t for t, _ in runs)
         rows.append({"name": function.binary, "init": init, "rss": statistics.median(r for _, r in runs),

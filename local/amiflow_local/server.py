@@ -185,6 +185,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
             Handler="bootstrap",
             Code={"ZipFile": archive.getvalue()},
             Environment={"Variables": function.environment},
+            TracingConfig={"Mode": function.tracing},
         )
 
     events = session.client("events", endpoint_url=endpoint)
@@ -208,7 +209,17 @@ def bootstrap(endpoint: str, region: str, template) -> None:
 
     sfn = session.client("stepfunctions", endpoint_url=endpoint)
     for machine in template.state_machines():
-        sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD")
+        sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD",
+                                 tracingConfiguration={"enabled": machine.tracing})
+
+    logs = session.client("logs", endpoint_url=endpoint)
+    for name, days in template.log_groups():
+        logs.create_log_group(logGroupName=name)
+        if days is not None:
+            logs.put_retention_policy(logGroupName=name, retentionInDays=days)
+    cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
+    for alarm in template.alarms():
+        cloudwatch.put_metric_alarm(**alarm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             "AWS_DEFAULT_REGION": args.region,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
-            "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             "RUST_BACKTRACE": "1",
+            # Lambda sets no RUST_LOG; AWS_LAMBDA_LOG_LEVEL, from the template, wins over it anyway.
+            **({"RUST_LOG": os.environ["RUST_LOG"]} if "RUST_LOG" in os.environ else {}),
         },
         arn_prefix=f"arn:{get_partition(args.region)}:lambda:{args.region}:{ACCOUNT}:function:",
     )
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         updated = Template(source.parent, ACCOUNT, args.region, dict(current), file=source.name)
         iam = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=args.region).client("iam", endpoint_url=endpoint)
         roles = deploy_function_roles(iam, updated)
-        restarted = host.reconfigure({f.binary: f.environment for f in updated.functions()})
+        restarted = host.reconfigure({f.binary: f.runtime_environment for f in updated.functions()})
         return {"functionRoles": roles, "restarted": sorted(restarted)}
 
     layer.control.hooks["target-account"] = target_account
@@ -339,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
-        host.start({f.binary: f.environment for f in template.functions()},
+        host.start({f.binary: f.runtime_environment for f in template.functions()},
                    {f.binary: f.timeout for f in template.functions()},
                    {f.binary: f.reserved_concurrency for f in template.functions()})
         serving.start()

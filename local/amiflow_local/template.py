@@ -61,6 +61,34 @@ class Function:
     timeout: float = 3.0
     # ReservedConcurrentExecutions: at most that many invocations at once (None: no limit).
     reserved_concurrency: int | None = None
+    # LoggingConfig, the function's over Globals': LogFormat, ApplicationLogLevel, LogGroup.
+    logging: dict[str, Any] = field(default_factory=dict)
+    # Tracing: Active or PassThrough (X-Ray).
+    tracing: str = "PassThrough"
+
+    @property
+    def log_group(self) -> str:
+        """Where Lambda sends the function's logs: LoggingConfig's LogGroup, else /aws/lambda/<name>
+        (https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-loggroups.html)."""
+        return self.logging.get("LogGroup") or f"/aws/lambda/{self.binary}"
+
+    def lambda_variables(self) -> dict[str, str]:
+        """The variables Lambda itself sets from the logging configuration: with application
+        log-level filtering, "Lambda sets the application log level in the runtime using the
+        AWS_LAMBDA_LOG_LEVEL environment variable" and the format in AWS_LAMBDA_LOG_FORMAT; a
+        custom runtime such as the functions' reads them
+        (https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-log-level.html).
+        Log levels need the JSON format, and INFO is the default level."""
+        form = self.logging.get("LogFormat", "Text")
+        out = {"AWS_LAMBDA_LOG_FORMAT": form}
+        if form == "JSON":
+            out["AWS_LAMBDA_LOG_LEVEL"] = self.logging.get("ApplicationLogLevel", "INFO")
+        return out
+
+    @property
+    def runtime_environment(self) -> dict[str, str]:
+        """The environment the function's process gets: its variables and Lambda's."""
+        return {**self.environment, **self.lambda_variables()}
 
 
 @dataclass
@@ -69,6 +97,8 @@ class StateMachine:
     name: str
     definition: str
     role_policies: list = field(default_factory=list)
+    # Tracing's Enabled: X-Ray traces of its executions.
+    tracing: bool = False
 
 
 @dataclass
@@ -127,6 +157,8 @@ class Template:
             return name
         if kind == "AWS::Serverless::StateMachine":
             return self.state_machine_arn(name)
+        if kind == "AWS::Logs::LogGroup":
+            return self.resolve(resource["Properties"]["LogGroupName"])
         raise ValueError(f"Ref to {kind} {name} is not supported locally")
 
     def function_role_name(self, logical_id: str) -> str:
@@ -210,6 +242,8 @@ class Template:
                     policies=[self.resolve(p) for p in props.get("Policies", []) or [] if "Statement" in p],
                     timeout=float(self.resolve(props.get("Timeout", globals_.get("Timeout", 3)))),
                     reserved_concurrency=_int_or_none(self.resolve(props.get("ReservedConcurrentExecutions"))),
+                    tracing=self.resolve(props.get("Tracing", globals_.get("Tracing", "PassThrough"))),
+                    logging=self.resolve({**globals_.get("LoggingConfig", {}), **props.get("LoggingConfig", {})}),
                 )
             )
         return out
@@ -223,6 +257,23 @@ class Template:
             for lid, r in self.resources.items()
             if r["Type"] == "AWS::DynamoDB::Table"
         ]
+
+    def log_groups(self) -> list[tuple[str, int | None]]:
+        """Each log group's name and retention in days (None: kept for ever)."""
+        return [
+            (self.resolve(r["Properties"]["LogGroupName"]), _int_or_none(self.resolve(r["Properties"].get("RetentionInDays"))))
+            for _, r in self.resources_of("AWS::Logs::LogGroup")
+        ]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """The CloudWatch alarms, as PutMetricAlarm's parameters (AlarmName: the stack's name and
+        the logical id, as CloudFormation names an alarm without one)."""
+        out = []
+        for logical_id, resource in self.resources_of("AWS::CloudWatch::Alarm"):
+            props = {k: v for k, v in self.resolve(resource["Properties"]).items() if v is not None}
+            props.setdefault("AlarmName", f"{self.ref('AWS::StackName')}-{logical_id}")
+            out.append(props)
+        return out
 
     def state_machine_arn(self, logical_id: str) -> str:
         name = self.resolve(self.resources[logical_id]["Properties"]["Name"])
@@ -242,7 +293,8 @@ class Template:
             if left:
                 raise ValueError(f"{props['DefinitionUri']}: no substitution for {sorted(set(left))}")
             json.loads(definition)
-            out.append(StateMachine(logical_id=logical_id, name=self.resolve(props["Name"]), definition=definition))
+            out.append(StateMachine(logical_id=logical_id, name=self.resolve(props["Name"]), definition=definition,
+                                    tracing=bool(self.resolve(props.get("Tracing", {}).get("Enabled", False)))))
         return out
 
 

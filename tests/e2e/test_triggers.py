@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 import uuid
 
@@ -133,5 +135,8 @@ def test_a_status_naming_no_run_stops_neither_the_sweep_nor_its_own_request(stac
         runs = wait_for(lambda: executions_for(sfn, world.instance_id), what="run started")
         assert len(runs) == 1 and runs[0]["name"].startswith("migrate-")
         wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=90)
-    log = "".join(p.read_text() for p in stack.log_dir.glob("trigger*.log"))
-    assert f"resource={bad.instance_id} error=DescribeExecution: ExecutionDoesNotExist" in log
+    records = [json.loads(line) for p in stack.log_dir.glob("trigger*.log") for line in p.read_text().splitlines() if line.startswith("{")]
+    assert any(
+        r["level"] == "WARN" and r["fields"].get("resource") == bad.instance_id
+        and r["fields"].get("error", "").startswith("DescribeExecution: ExecutionDoesNotExist") for r in records
+    ), [r for r in records if r["level"] != "INFO"]

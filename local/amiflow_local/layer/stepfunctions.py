@@ -28,6 +28,12 @@ Retry and Catch say; `States.ALL` does not match it, nor the terminal `States.Da
 (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html). So such a
 failure skips the state machine's rollback. moto 5.2.5 matches both with `States.ALL`, and an
 explicit `States.Runtime` catches it.
+
+AWS: Step Functions publishes execution metrics to CloudWatch in the `AWS/States` namespace with
+the dimension `StateMachineArn`: ExecutionsStarted, ExecutionsSucceeded, ExecutionsFailed,
+ExecutionsAborted and ExecutionsTimedOut, each a count of executions
+(https://docs.aws.amazon.com/step-functions/latest/dg/procedure-cw-metrics.html). The template's
+alarms watch ExecutionsFailed. moto 5.2.5 publishes none.
 """
 
 from __future__ import annotations
@@ -99,6 +105,28 @@ def _send_status(execution: Execution) -> None:
         deliver(execution.account_id, execution.region_name, "default", status_event(execution))
     except Exception:  # noqa: BLE001 - an event that cannot be sent must not break the execution
         log.exception("could not send the status change of %s", execution.exec_arn)
+    _count(execution, status)
+
+
+# The execution metric each status counts in.
+METRICS = {
+    "RUNNING": "ExecutionsStarted",
+    "SUCCEEDED": "ExecutionsSucceeded",
+    "FAILED": "ExecutionsFailed",
+    "ABORTED": "ExecutionsAborted",
+    "TIMED_OUT": "ExecutionsTimedOut",
+}
+
+
+def _count(execution: Execution, status: str) -> None:
+    from moto.cloudwatch.models import cloudwatch_backends
+
+    cloudwatch_backends[execution.account_id][execution.region_name].put_metric_data("AWS/States", [{
+        "MetricName": METRICS[status],
+        "Dimensions": [{"Name": "StateMachineArn", "Value": execution.state_machine.arn}],
+        "Value": 1,
+        "Unit": "Count",
+    }])
 
 
 _original_start = Execution.start
