@@ -14,7 +14,8 @@ moto 5.2.5 sends none.
 AWS: StopExecution stops the execution at once: it is ABORTED from then on
 (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StopExecution.html).
 moto 5.2.5 keeps it RUNNING until the state it is in returns (a task token wait: until it is
-answered or times out).
+answered or times out), and a stop that comes while a waitForTaskToken task is being set up can
+end it FAILED with States.Runtime instead.
 
 AWS: a Task state whose Resource (a Lambda function or a service integration such as
 `arn:aws-cn:states:::lambda:invoke`) is in another partition than the execution fails with
@@ -143,15 +144,25 @@ def start(self: Execution) -> None:
 
 
 def stop(self: Execution, stop_date: Any, error: str | None, cause: str | None) -> None:
+    running = self.exec_status == ExecutionStatus.RUNNING
     _original_stop(self, stop_date=stop_date, error=error, cause=cause)
-    if self.exec_status == ExecutionStatus.RUNNING:
-        self.exec_status = ExecutionStatus.ABORTED
-        self.stop_date = stop_date
-        self.error, self.cause = error or None, cause or None
-        _send_status(self)
+    if running:
+        # A stop wins over whatever the interpreter makes of the state it interrupts (moto can
+        # fail a waitForTaskToken task it stops mid-evaluation, and report that after the stop).
+        self.__dict__["amiflow_stopped"] = (stop_date, error or None, cause or None)
+        _abort(self)
+
+
+def _abort(execution: Execution) -> None:
+    execution.exec_status = ExecutionStatus.ABORTED
+    execution.stop_date, execution.error, execution.cause = execution.__dict__["amiflow_stopped"]
+    _send_status(execution)
 
 
 def terminated(self: BaseExecutionWorkerCommunication) -> None:
+    if "amiflow_stopped" in self.execution.__dict__:
+        # Stopped: ABORTED already, whatever state the interpreter ended in.
+        return
     _original_terminated(self)
     _send_status(self.execution)
 
