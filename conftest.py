@@ -27,12 +27,14 @@ def stack(tmp_path_factory, request):
     stack = Stack(running.endpoint, log_dir)
     yield stack
     try:
-        figures = stack.control("iam")
+        figures, durations = stack.control("iam"), stack.control("durations")
         JUDGED.append(figures)
+        DURATIONS.append(durations)
         # Under pytest-xdist each worker runs a stack of its own; the figures travel to the
         # controller, which prints the session's sum (pytest_testnodedown).
         if hasattr(request.config, "workeroutput"):
             request.config.workeroutput["judged"] = figures
+            request.config.workeroutput["durations"] = durations
     finally:
         running.stop()
 
@@ -40,12 +42,17 @@ def stack(tmp_path_factory, request):
 # What IAM judging cost the session, one entry a stack, shown at its end (local/README.md: IAM on
 # every signed call).
 JUDGED: list[dict] = []
+# Each stack's invocations answered and longest invocation per function: what the template's
+# Timeouts are chosen from (template.yaml, Globals).
+DURATIONS: list[dict] = []
 
 
 def pytest_testnodedown(node, error):
-    figures = getattr(node, "workeroutput", {}).get("judged")
-    if figures:
-        JUDGED.append(figures)
+    output = getattr(node, "workeroutput", {})
+    if output.get("judged"):
+        JUDGED.append(output["judged"])
+    if output.get("durations"):
+        DURATIONS.append(output["durations"])
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -56,6 +63,14 @@ def pytest_terminal_summary(terminalreporter):
             f"simulations in {total['seconds']:.1f} s, {total['denials']} refused "
             f"(enforced: {all(f['enforced'] for f in JUDGED)})"
         )
+    if any(DURATIONS):
+        longest: dict[str, tuple[float, int]] = {}
+        for stack in DURATIONS:
+            for function, seen in stack.items():
+                before = longest.get(function, (0.0, 0))
+                longest[function] = (max(before[0], seen["max"]), before[1] + seen["count"])
+        terminalreporter.write_line("longest invocation per function (of how many): " + ", ".join(
+            f"{function} {seconds:.1f} s ({count})" for function, (seconds, count) in sorted(longest.items())))
 
 
 @pytest.fixture(autouse=True)

@@ -163,6 +163,8 @@ class FunctionHost:
         self.environment_counts: dict[str, int] = {}
         # Told of each invocation (the layer's count of them).
         self.on_invoke = lambda name: None
+        # Called with each invocation's seconds from hand-over to answer.
+        self.on_finish = lambda name, seconds: None
         self.queues: dict[str, queue.Queue[Invocation]] = {}
         self.taken: dict[str, Invocation] = {}
         self.lock = threading.Lock()
@@ -324,6 +326,8 @@ class FunctionHost:
                         }).encode()):
                             self._replace(name, process)
             assert invocation.answer is not None
+            if invocation.handed_over is not None:
+                self.on_finish(name, time.monotonic() - invocation.handed_over)
             return invocation.answer
         finally:
             self.taken.pop(invocation.request_id, None)

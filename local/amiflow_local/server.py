@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         arn_prefix=f"arn:{get_partition(args.region)}:lambda:{args.region}:{ACCOUNT}:function:",
     )
     host.on_invoke = layer.state.invocations.record
+    host.on_finish = layer.state.invocations.finished
     layer.events.lambda_invoker = lambda name, payload: host.invoke(name, payload) if name in host.names() else None
 
     target_keys: dict[str, str] = {}
@@ -351,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
+        serving.start()
+        # The stack's resources before the functions' environments, as CloudFormation creates a
+        # function after what it refers to: a warm-up during init finds its table.
+        bootstrap(endpoint, args.region, template)
         host.start({f.binary: f.runtime_environment for f in template.functions()},
                    {f.binary: f.timeout for f in template.functions()},
                    {f.binary: f.reserved_concurrency for f in template.functions()})
-        serving.start()
-        bootstrap(endpoint, args.region, template)
         print(f"amiflow local stack ready on {endpoint} (region {args.region}, logs in {args.log_dir})", flush=True)
         stopping.wait()
     finally:

@@ -31,7 +31,7 @@ pub struct Deps {
     pub kms: aws_sdk_kms::Client,
     pub organizations: aws_sdk_organizations::Client,
     pub settings: Settings,
-    sts: aws_sdk_sts::Client,
+    pub(crate) sts: aws_sdk_sts::Client,
     /// EC2 clients acting through another account's role, by role and external id, with the
     /// time their credentials expire.
     roles: tokio::sync::Mutex<HashMap<(String, String), (aws_sdk_ec2::Client, SystemTime)>>,

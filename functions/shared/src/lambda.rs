@@ -1,6 +1,7 @@
-//! What every function's `main` does: logging, the dependencies built once per cold start, and
-//! the Lambda runtime calling the step with the parsed payload, each invocation inside one
-//! tracing span that names the run it serves, and bounded by the time Lambda gives it.
+//! What every function's `main` does: logging, the dependencies built once per cold start, the
+//! warm-up of its first call's connection, and the Lambda runtime calling the step with the
+//! parsed payload, each invocation inside one tracing span that names the run it serves, and
+//! bounded by the time Lambda gives it.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::{parse_request, Deps, Error};
+use crate::{parse_request, warm_up, Deps, Error};
 
 /// Serves a step: `handler` gets the dependencies (built once, for the life of the process) and
 /// the payload parsed into its request type; a payload that does not parse is `InvalidInput`.
@@ -41,6 +42,10 @@ where
     lambda_runtime::tracing::init_default_subscriber();
     // One SdkConfig and its clients for the whole life of the execution environment.
     let deps: &'static Deps = Box::leak(Box::new(Deps::from_env().await?));
+    let warm_up = std::env::var(warm_up::VARIABLE).ok();
+    if let Some(what) = warm_up::WarmUp::parse(warm_up.as_deref())? {
+        warm_up::run(deps, what).await;
+    }
     let (parse, handler) = (&parse, &handler);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let span = tracing::info_span!("invocation", execution = %run_of(&event.payload));

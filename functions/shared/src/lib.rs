@@ -21,6 +21,7 @@ pub mod tags;
 #[cfg(test)]
 mod test_support;
 pub mod trigger;
+pub mod warm_up;
 
 pub use deps::Deps;
 pub use error::{Error, Result};

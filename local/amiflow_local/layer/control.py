@@ -7,6 +7,7 @@ GET    /_amiflow/config   the layer's settings; POST changes them (state.Config.
 GET    /_amiflow/events   every event the layer put on a bus
 GET    /_amiflow/calls    every API call answered: principal, IAM action, count; DELETE forgets them
 GET    /_amiflow/invocations  invocations of each project function; DELETE forgets them
+GET    /_amiflow/durations    per function: invocations answered and the longest one, in seconds
 POST   /_amiflow/billing-product  {"imageId", "code"}: marks an image as carrying a billing product
 POST   /_amiflow/target-account   {"accountId", "externalId", "template"?}: deploys target-account.yaml
                                   (or the copy of it at "template") in that account
@@ -117,6 +118,8 @@ def control(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
             return _json(start_response, "200 OK", {"reset": True})
         if path == "/_amiflow/invocations":
             return _json(start_response, "200 OK", invocations.listed())
+        if path == "/_amiflow/durations":
+            return _json(start_response, "200 OK", invocations.timed())
         if path == "/_amiflow/calls" and method == "DELETE":
             calls.reset()
             return _json(start_response, "200 OK", {"reset": True})

@@ -315,18 +315,30 @@ class Invocations:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        # Seconds from hand-over to answer of each invocation that reached a process.
+        self.durations: dict[str, list[float]] = {}
 
     def record(self, function: str) -> None:
         with self.lock:
             self.counts[function] = self.counts.get(function, 0) + 1
 
+    def finished(self, function: str, seconds: float) -> None:
+        with self.lock:
+            self.durations.setdefault(function, []).append(seconds)
+
     def reset(self) -> None:
         with self.lock:
             self.counts = {}
+            self.durations = {}
 
     def listed(self) -> dict[str, int]:
         with self.lock:
             return dict(sorted(self.counts.items()))
+
+    def timed(self) -> dict[str, dict[str, float]]:
+        """Per function: how many invocations were answered, and the longest (s)."""
+        with self.lock:
+            return {f: {"count": len(d), "max": max(d)} for f, d in sorted(self.durations.items())}
 
 
 calls = Calls()

@@ -1,0 +1,41 @@
+"""The warm-up, end to end under IAM as AWS enforces it: every new execution environment of a
+function that has one makes its call during init (before any invocation), as its own role, and
+the role allows it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amiflow_local.template import Template
+
+from workflow import new_environments, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+WARM_UPS = {f.binary: f.environment["AMIFLOW_WARM_UP"]
+            for f in Template(ROOT, "123456789012", "us-east-1").functions() if f.environment.get("AMIFLOW_WARM_UP")}
+
+
+def records(stack, binary: str) -> list[dict]:
+    """The function's JSON log records, of every environment it had (<binary>.log, <binary>-N.log)."""
+    logs = [p for p in stack.log_dir.glob(f"{binary}*.log")
+            if p.stem == binary or (p.stem.startswith(f"{binary}-") and p.stem[len(binary) + 1:].isdigit())]
+    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def said(stack, binary: str, message: str) -> list[dict]:
+    return [r for r in records(stack, binary) if r["fields"].get("message") == message]
+
+
+def test_a_new_environment_warms_its_connection_with_a_call_its_role_allows(stack):
+    assert WARM_UPS, "template.yaml names no warm-up"
+    # One function at a time: the warm-up gives up after 2 s, which a loaded local stack can
+    # take when every environment starts at once (an AWS endpoint answers in a fraction of it).
+    for binary, action in WARM_UPS.items():
+        before = len(said(stack, binary, "connection warmed"))
+        new_environments(stack, binary)
+        wait_for(lambda: len(said(stack, binary, "connection warmed")) > before, what=f"{binary} warmed", timeout=60)
+        assert {r["fields"]["warm_up"] for r in said(stack, binary, "connection warmed")} == {action}, binary
+        refused = [r for r in said(stack, binary, "warm-up call failed; the first call opens the connection")
+                   if not r["fields"]["error"].startswith("no answer within")]
+        assert refused == [], f"{binary}: {refused[:1]}"
