@@ -121,14 +121,18 @@ pub async fn run(
         wait_seconds: settings.instance_poll.interval(0),
         elastic_ip: None,
     };
-    if let Some((instance_id, state)) =
-        find_own_instance(ec2, execution, &request.image.image_id).await?
-    {
+    // The three reads do not depend on each other: one round trip's time, not three. An instance
+    // this execution launched already decides first, whatever the other two answered.
+    let (existing, devices, user_data) = tokio::join!(
+        find_own_instance(ec2, execution, &request.image.image_id),
+        image_devices(ec2, &request.image.image_id),
+        source_user_data(ec2, &request.image.capture),
+    );
+    if let Some((instance_id, state)) = existing? {
         tracing::info!(instance_id = %instance_id, execution, "instance of this execution exists already");
         return Ok(progress(instance_id, state));
     }
-    let devices = image_devices(ec2, &request.image.image_id).await?;
-    let user_data = source_user_data(ec2, &request.image.capture).await?;
+    let (devices, user_data) = (devices?, user_data?);
     let plan = at_launch(&request.image, &devices, user_data, execution);
 
     let mappings: Vec<BlockDeviceMapping> = plan
@@ -324,6 +328,8 @@ mod mocked {
             }),
             the_image(),
             run_instances(),
+            // Read at the same time as the two others.
+            source_user_data(),
         ];
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         let out = run(&ec2, &settings(), request()).await.unwrap();
@@ -336,6 +342,7 @@ mod mocked {
         let rules = [
             mock!(Client::describe_instances).then_output(no_instances),
             mock!(Client::describe_images).then_output(|| images(vec![])),
+            source_user_data(),
         ];
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         assert_eq!(
