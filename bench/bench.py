@@ -10,7 +10,8 @@ over an hour. Prices: Step Functions standard workflows, $0.025 per 1,000 state 
 (https://aws.amazon.com/lambda/pricing/); duration is left out (a handler's time here is not
 Lambda's).
 
-P1, cold start: bench/coldstart.py.
+P1, cold start: bench/coldstart.py; the first invocation over TLS under a CPU cap, with and
+without the warm-up: bench/firstcall.py.
 
 P3, reaction time. From the moment the AMI's `available` event is put on the bus to the moment
 the run enters its Launch state (whose task then calls RunInstances), over 20 migrations.
@@ -37,6 +38,8 @@ from amiflow_local.server import cargo_target_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import coldstart  # noqa: E402
+import firstcall  # noqa: E402
+from amiflow_local.template import Template  # noqa: E402
 
 REGION = "us-east-1"
 TRANSITION_PRICE = 0.025 / 1000
@@ -137,6 +140,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="amiflow-bench-") as logs, \
             RunningStack(Path(logs), parameters={"EventWaitSeconds": "1800"}) as running:
         stack = Stack(running.endpoint, Path(logs))
+        wait_image = next(f for f in Template(ROOT, "123456789012", REGION).functions() if f.binary == firstcall.FUNCTION)
+        first = firstcall.measure(cargo_target_dir() / "release", running.port,
+                                  {"PATH": os.environ.get("PATH", ""), "AWS_REGION": REGION, **wait_image.runtime_environment},
+                                  Path(logs))
         rows = [migrate(stack, 1), migrate(stack, 60)]
         reactions = [reaction(stack) for _ in range(REACTION_RUNS)]
     short, long = rows
@@ -147,10 +154,19 @@ def main() -> int:
         "",
         f"`make bench` (bench/coldstart.py), {machine}: release binaries (`cargo build --release`), each started "
         f"{coldstart.STARTS} times against a runtime API that notes the first request for an event; a Python "
-        "handler building the same boto3 clients in the same run. Not measured: the first AWS call after init "
-        "(the stack has no TLS endpoint) and a CPU cap like Lambda's.",
+        "handler building the same boto3 clients in the same run (no CPU cap).",
         "",
         coldstart.table(cold),
+        "",
+        "### The first invocation over TLS, under a CPU cap like Lambda's",
+        "",
+        f"`make bench` (bench/firstcall.py), same machine and run: the release `{firstcall.FUNCTION}` started "
+        f"{firstcall.STARTS} times per row, woken by an AMI event, its one call (a DynamoDB Query) made over TLS to "
+        "the local stack (a proxy with a test CA, RSA 2048), the process in a cgroup whose CPU quota is the memory's "
+        f"share of one CPU (Lambda: one vCPU at {firstcall.ONE_VCPU_MB} MB). With the warm-up, init makes the same "
+        "kind of call (AMIFLOW_WARM_UP), so that the first invocation finds its connection open.",
+        "",
+        firstcall.table(first),
         "",
         "## P2: flat cost per run",
         "",
