@@ -16,10 +16,8 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +25,7 @@ sys.path.insert(0, str(ROOT / "local"))
 
 from amiflow_local.server import cargo_target_dir  # noqa: E402
 from amiflow_local.template import Template  # noqa: E402
+from firstcall import RuntimeApi  # noqa: E402
 
 STARTS = 5
 
@@ -40,38 +39,23 @@ urllib.request.urlopen("http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018
 """
 
 
-class _Api(BaseHTTPRequestHandler):
-    asked: threading.Event
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.asked.set()
-        time.sleep(30)  # never answers: the process is killed first
-
-
 def start_once(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Seconds until the first /next, and the peak RSS (KiB) then."""
-    asked = threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Api", (_Api,), {"asked": asked}))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**env, "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_address[1]}"}
+    api = RuntimeApi([])  # no event: the first request for one is what is timed
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env={**env, "AWS_LAMBDA_RUNTIME_API": api.address},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        if not asked.wait(60):
+        if not api.done.wait(60):
             raise RuntimeError(f"{command[0]} never asked for an event")
-        took = time.monotonic() - started
+        took = api.asked[0] - started
         status = Path(f"/proc/{process.pid}/status").read_text()
         peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
         return took, peak
     finally:
         process.kill()
         process.wait()
-        server.shutdown()
-        server.server_close()
+        api.close()
 
 
 def zipped_size(binary: Path) -> int:

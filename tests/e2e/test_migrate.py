@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from workflow import instance, message, run, state_machine_arn, tagged
+from workflow import instance, log_records, message, run, state_machine_arn, tagged
 
 
 def volumes_by_device(ec2, described: dict) -> dict[str, dict]:
@@ -77,11 +77,11 @@ def test_migrates_to_the_target_az_with_every_setting(stack, ec2, sfn, world):
 
     # Every line a step logged about this run's image can be found by the run's name.
     about_the_image = [
-        line for f in ("create-image", "launch", "verify-instance", "cleanup")
-        for log in stack.log_dir.glob(f"{f}*.log") for line in log.read_text().splitlines() if out["imageId"] in line
+        record for f in ("create-image", "launch", "verify-instance", "cleanup")
+        for record in log_records(stack, f) if out["imageId"] in json.dumps(record)
     ]
     assert about_the_image and all(
-        any(span.get("execution") == result.name for span in json.loads(line)["spans"]) for line in about_the_image
+        any(span.get("execution") == result.name for span in record["spans"]) for record in about_the_image
     ), about_the_image[:3]
 
 

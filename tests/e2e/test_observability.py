@@ -9,23 +9,23 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from workflow import run, state_machine_arn, wait_for
+from workflow import log_records, run, state_machine_arn, wait_for
 
 EVENT = json.loads((Path(__file__).resolve().parents[2] / "events/wait-image/ami-state-change-available.json").read_text())
 
 
-def handled(stack, image_id: str) -> list[str]:
-    """wait-image's log lines about an AMI state change of image_id, once it has answered it."""
+def handled(stack, image_id: str) -> list[dict]:
+    """wait-image's log records about an AMI state change of image_id, once it has answered it."""
     event = {**EVENT, "resources": [f"arn:aws:ec2:us-east-1::image/{image_id}"], "detail": {**EVENT["detail"], "ImageId": image_id}}
     answer = stack.client("lambda").invoke(FunctionName="wait-image", Payload=json.dumps(event))
     assert "FunctionError" not in answer, answer["Payload"].read()
-    return [line for log in stack.log_dir.glob("wait-image*.log") for line in log.read_text().splitlines() if image_id in line]
+    return [r for r in log_records(stack, "wait-image") if image_id in json.dumps(r)]
 
 
 def test_the_functions_log_json_at_the_level_the_stack_sets(stack, stack_parameters):
     at_info = handled(stack, f"ami-{uuid.uuid4().hex[:17]}")
     assert at_info, "at the default level INFO, wait-image says it handled the event"
-    record = json.loads(at_info[0])
+    record = at_info[0]
     assert record["level"] == "INFO" and record["fields"]["message"] == "AMI state change handled", record
 
     stack_parameters(LogLevel="WARN")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import time
 import uuid
@@ -11,7 +10,7 @@ import pytest
 from amiflow_local.seed import seed
 
 from accounts import SHAREABLE
-from workflow import fire, instance, wait_for
+from workflow import fire, instance, log_records, wait_for
 
 
 def status_of(ec2, instance_id: str) -> str | None:
@@ -135,7 +134,7 @@ def test_a_status_naming_no_run_stops_neither_the_sweep_nor_its_own_request(stac
         runs = wait_for(lambda: executions_for(sfn, world.instance_id), what="run started")
         assert len(runs) == 1 and runs[0]["name"].startswith("migrate-")
         wait_for(lambda: executions_for(sfn, world.instance_id)[0]["status"] == "SUCCEEDED", what="run finished", timeout=90)
-    records = [json.loads(line) for p in stack.log_dir.glob("trigger*.log") for line in p.read_text().splitlines() if line.startswith("{")]
+    records = log_records(stack, "trigger")
     assert any(
         r["level"] == "WARN" and r["fields"].get("resource") == bad.instance_id
         and r["fields"].get("error", "").startswith("DescribeExecution: ExecutionDoesNotExist") for r in records

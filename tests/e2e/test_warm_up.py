@@ -4,27 +4,19 @@ the role allows it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from amiflow_local.template import Template
 
-from workflow import new_environments, wait_for
+from workflow import log_records, new_environments, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WARM_UPS = {f.binary: f.environment["AMIFLOW_WARM_UP"]
             for f in Template(ROOT, "123456789012", "us-east-1").functions() if f.environment.get("AMIFLOW_WARM_UP")}
 
 
-def records(stack, binary: str) -> list[dict]:
-    """The function's JSON log records, of every environment it had (<binary>.log, <binary>-N.log)."""
-    logs = [p for p in stack.log_dir.glob(f"{binary}*.log")
-            if p.stem == binary or (p.stem.startswith(f"{binary}-") and p.stem[len(binary) + 1:].isdigit())]
-    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith("{")]
-
-
 def said(stack, binary: str, message: str) -> list[dict]:
-    return [r for r in records(stack, binary) if r["fields"].get("message") == message]
+    return [r for r in log_records(stack, binary) if r["fields"].get("message") == message]
 
 
 def test_a_new_environment_warms_its_connection_with_a_call_its_role_allows(stack):

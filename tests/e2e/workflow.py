@@ -112,3 +112,11 @@ def new_environments(stack, *functions: str) -> None:
     for function in functions:
         timeout = lambda_.get_function_configuration(FunctionName=function)["Timeout"]
         lambda_.update_function_configuration(FunctionName=function, Timeout=timeout)
+
+
+def log_records(stack, binary: str) -> list[dict]:
+    """A function's JSON log records (Lambda's JSON log format), of every execution environment
+    it had: <binary>.log, <binary>-2.log, …"""
+    logs = [p for p in stack.log_dir.glob(f"{binary}*.log")
+            if p.stem == binary or (p.stem.startswith(f"{binary}-") and p.stem[len(binary) + 1:].isdigit())]
+    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith("{")]

@@ -42,8 +42,7 @@ where
     lambda_runtime::tracing::init_default_subscriber();
     // One SdkConfig and its clients for the whole life of the execution environment.
     let deps: &'static Deps = Box::leak(Box::new(Deps::from_env().await?));
-    let warm_up = std::env::var(warm_up::VARIABLE).ok();
-    if let Some(what) = warm_up::WarmUp::parse(warm_up.as_deref())? {
+    if let Some(what) = deps.settings.warm_up {
         warm_up::run(deps, what).await;
     }
     let (parse, handler) = (&parse, &handler);

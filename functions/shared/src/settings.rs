@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allow::{parse_accounts, AllowList, TagPowers};
 use crate::error::{Error, Result};
+use crate::warm_up::WarmUp;
 
 /// A growing polling schedule with a bound on the total time waited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,8 @@ pub struct Settings {
     pub allowed_copy_targets: Vec<String>,
     /// What a tag alone may ask of a source instance (`TagSourceActions`).
     pub tag_powers: TagPowers,
+    /// The call made during init to open the first call's connection (`AMIFLOW_WARM_UP`).
+    pub warm_up: Option<WarmUp>,
 }
 
 /// KMS: a grant can take up to about five minutes to be in force everywhere.
@@ -148,6 +151,7 @@ impl Settings {
                 "AMIFLOW_TAG_SOURCE_ACTIONS",
                 &var("AMIFLOW_TAG_SOURCE_ACTIONS").unwrap_or_default(),
             )?,
+            warm_up: WarmUp::parse(var(crate::warm_up::VARIABLE).as_deref())?,
         })
     }
 
@@ -163,6 +167,7 @@ impl Settings {
             allowed_receivers: AllowList::default(),
             allowed_copy_targets: Vec::new(),
             tag_powers: TagPowers::default(),
+            warm_up: None,
         }
     }
 

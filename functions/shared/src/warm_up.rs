@@ -1,7 +1,7 @@
 //! The warm-up: during init, a function makes one call that changes nothing and that its role may
 //! make, to the service its first real call goes to, so that the TLS connection (and the TLS
 //! library's first use) is paid before the first invocation, not inside it. Which call is the
-//! function's `AMIFLOW_WARM_UP` (template.yaml); none without it. It is bounded in time and never
+//! function's `AMIFLOW_WARM_UP` (template.yaml, read with the other settings); none without it. It is bounded in time and never
 //! fails the init: a call that is refused or slow only leaves the connection cold.
 
 use std::time::{Duration, Instant};
