@@ -162,6 +162,37 @@ def test_a_bus_policy_admits_only_the_source_and_detail_type_it_names(stack):
     b_events.remove_targets(Rule=rule, Ids=["a"])
 
 
+def test_a_schedule_rule_gets_no_event_put_on_its_bus(stack):
+    # Two rules on A's default bus, each sending to a queue: one with a pattern, one with only a
+    # schedule. A put event reaches the first; the second runs only when its schedule comes round.
+    events, sqs = stack.client("events"), stack.client("sqs")
+
+    def queue(name: str) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=f"{name}-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+        return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    (matched, matched_arn), (scheduled, scheduled_arn) = queue("pattern"), queue("schedule")
+    source = f"my.app.{uuid.uuid4().hex[:6]}"
+    pattern_rule, schedule_rule = f"pattern-{uuid.uuid4().hex[:6]}", f"schedule-{uuid.uuid4().hex[:6]}"
+    events.put_rule(Name=pattern_rule, EventPattern=json.dumps({"source": [source]}))
+    events.put_targets(Rule=pattern_rule, Targets=[{"Id": "q", "Arn": matched_arn}])
+    events.put_rule(Name=schedule_rule, ScheduleExpression="rate(15 minutes)")
+    events.put_targets(Rule=schedule_rule, Targets=[{"Id": "q", "Arn": scheduled_arn}])
+    try:
+        events.put_events(Entries=[{"Source": source, "DetailType": "Something Happened", "Detail": "{}"}])
+        got = wait_for(lambda: sqs.receive_message(QueueUrl=matched).get("Messages"), what="the matching rule's event")
+        assert json.loads(got[0]["Body"])["source"] == source
+        assert sqs.receive_message(QueueUrl=scheduled, WaitTimeSeconds=1).get("Messages") is None
+
+        stack.control("fire-schedule", {"rule": schedule_rule})
+        fired = wait_for(lambda: sqs.receive_message(QueueUrl=scheduled).get("Messages"), what="the scheduled event")
+        assert [json.loads(m["Body"])["detail-type"] for m in fired] == ["Scheduled Event"]
+    finally:
+        for rule in (pattern_rule, schedule_rule):
+            events.remove_targets(Rule=rule, Ids=["q"])
+            events.delete_rule(Name=rule)
+
+
 # 3. Images carry the instance's real volumes --------------------------------------------------
 
 def test_create_image_records_each_volume_and_tags_each_snapshot(stack, ec2, world):

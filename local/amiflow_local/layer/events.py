@@ -12,7 +12,14 @@ policy lets the sending account put events
 conditions it sets on the event's source and detail type (`events:source`,
 `events:detail-type`: https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-use-conditions.html).
 
-moto 5.2.5 emits no EC2 events and fails PutEvents (HTTP 500) when a rule has a Lambda target.
+A rule has an event pattern or a schedule expression: one with a pattern runs when an event
+matches it, one with a schedule runs on its schedule
+(https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutRule.html), so a schedule rule
+gets no event put on its bus.
+
+moto 5.2.5 emits no EC2 events and fails PutEvents (HTTP 500) when a rule has a Lambda target. It
+also treats a schedule rule's missing pattern as one that matches everything, so that every event
+on the bus ran the trigger's sweep (four sweeps per migration).
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ def emit_ami_state(account: str, region: str, image_id: str, state: str, error_m
         log.info("dropped the %s event of %s (fault)", state, image_id)
         return
     deliver(account, region, "default", ami_event(account, region, image_id, state, error_message))
+
+
+def matches(rule: Rule, event: dict[str, Any]) -> bool:
+    """Whether an event put on its bus runs the rule: only a rule with a pattern, and only when the
+    event matches it."""
+    return rule.event_pattern.dump() is not None and rule.event_pattern.matches_event(event)
 
 
 def fire_schedule(account: str, region: str, rule_name: str) -> dict[str, Any]:
@@ -146,7 +159,7 @@ def deliver(account: str, region: str, bus_name: str, event: dict[str, Any], sen
         return
     delivered.append((account, bus_name, event, time.time()))
     for rule in list(bus.rules.values()):
-        if rule.state != "ENABLED" or not rule.event_pattern.matches_event(event):
+        if rule.state != "ENABLED" or not matches(rule, event):
             continue
         for target in rule.targets:
             _send(rule, target, event)
@@ -195,7 +208,7 @@ def _timestamp(time: Any) -> float:
 
 def _send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
     """PutEvents through moto: Lambda and cross-account bus targets the layer's way."""
-    if not self.event_pattern.matches_event(original_event):
+    if not matches(self, original_event):
         return
     event = dict(original_event)
     if isinstance(event.get("time"), (int, float)):
