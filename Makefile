@@ -68,9 +68,10 @@ unit: bins
 	cargo test --workspace
 
 ## The end-to-end tests mostly wait (on AMI delays, retries, events), so they run in several
-## pytest-xdist workers, each with a local stack of its own. On 2 cores, 4 workers took 381 s
-## where one took 1432 s; 6 took 360 s.
-PYTEST_WORKERS ?= 4
+## pytest-xdist workers, each with a local stack of its own. On 2 cores, with 430 tests: 4 workers
+## took 409 s and 6 took 354 s, both CPU-bound on the stacks (moto); with the stacks' tag lookup
+## and client sessions made cheaper, 6 took 305 s.
+PYTEST_WORKERS ?= 6
 e2e: local-deps bins
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 

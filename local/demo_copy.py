@@ -20,7 +20,7 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from amiflow_local.accounts import session_for  # noqa: E402
+from amiflow_local.accounts import clients_for  # noqa: E402
 from amiflow_local.harness import RunningStack  # noqa: E402
 from amiflow_local.seed import seed  # noqa: E402
 from demo import amiflow  # noqa: E402
@@ -39,8 +39,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="amiflow-demo-copy-") as logs, RunningStack(Path(logs)) as stack:
         a = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION)
         ec2, kms = (a.client(s, endpoint_url=stack.endpoint) for s in ("ec2", "kms"))
-        b = session_for(stack.endpoint, REGION, B)
-        b_ec2 = b.client("ec2", endpoint_url=stack.endpoint)
+        b = clients_for(stack.endpoint, REGION, B)
+        b_ec2 = b("ec2")
         print(f"local AWS stack on {stack.endpoint}")
 
         cmk_a = kms.create_key(Description="CMK-A", Tags=[{"TagKey": "amiflow:shareable", "TagValue": "true"}])["KeyMetadata"]["Arn"]

@@ -6,24 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
+from typing import Any, Callable
+
 from moto.utilities.utils import get_partition
 
+from .clients import client, maker
 from .template import Template
 
 
-def session_for(endpoint: str, region: str, account: str) -> boto3.session.Session:
-    """Credentials of `account`: moto gives AssumeRole credentials to the role's account."""
-    base = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region)
-    creds = base.client("sts", endpoint_url=endpoint).assume_role(
+def clients_for(endpoint: str, region: str, account: str) -> Callable[[str], Any]:
+    """Clients with credentials of `account`: moto gives AssumeRole credentials to the role's account."""
+    creds = client("sts", endpoint, region).assume_role(
         RoleArn=f"arn:{get_partition(region)}:iam::{account}:role/amiflow-local-deployer", RoleSessionName="amiflow-local"
     )["Credentials"]
-    return boto3.session.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=region,
-    )
+    return maker(endpoint, region, creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
 
 
 # The target accounts the source bus accepts events from, as TargetAccountIds lists them.
@@ -33,9 +29,7 @@ _accepted: set[str] = set()
 def accept_events_from(endpoint: str, region: str, template: Template, accounts: list[str]) -> None:
     """The source bus policy of template.yaml (its TargetAccountEventsPolicy statement, conditions
     and all), for these accounts and those accepted before."""
-    events = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region).client(
-        "events", endpoint_url=endpoint
-    )
+    events = client("events", endpoint, region)
     _accepted.update(accounts)
     statement = dict(template.resolve(template.resources["TargetAccountEventsPolicy"]["Properties"]["Statement"]))
     statement["Sid"] = template.resources["TargetAccountEventsPolicy"]["Properties"]["StatementId"]
@@ -65,9 +59,8 @@ def deploy_target_account(
         },
         file=path.name,
     )
-    session = session_for(endpoint, region, account)
-    iam = session.client("iam", endpoint_url=endpoint)
-    events = session.client("events", endpoint_url=endpoint)
+    clients = clients_for(endpoint, region, account)
+    iam, events = clients("iam"), clients("events")
     made: dict = {"accountId": account, "roles": [], "rules": [], "targetKmsKeyArn": target.parameters["TargetKmsKeyArn"]}
     for logical_id, resource in target.resources_of("AWS::IAM::Role"):
         props = target.resolve(resource["Properties"])

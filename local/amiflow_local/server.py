@@ -142,12 +142,11 @@ def deploy_function_roles(iam, template) -> dict[str, str]:
 
 def bootstrap(endpoint: str, region: str, template) -> None:
     """Creates the stack's resources as template.yaml describes them."""
-    import boto3
-
+    from .clients import maker
     from .layer import iam as layer_iam
 
-    session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=region)
-    iam = session.client("iam", endpoint_url=endpoint)
+    session = maker(endpoint, region)
+    iam = session("iam")
     # The state machines' role (the local interpreter does not use it; the functions' roles are
     # their own, below).
     role = iam.create_role(
@@ -158,7 +157,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
     function_roles = deploy_function_roles(iam, template)
     layer_iam.function_roles.update(function_roles)
 
-    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+    dynamodb = session("dynamodb")
     for table in template.tables():
         props = table.properties
         dynamodb.create_table(
@@ -173,7 +172,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
 
     # The functions exist in moto too, so that ListFunctions, GetFunction and event targets see
     # them; their code is the binary the router sends invocations to.
-    lam = session.client("lambda", endpoint_url=endpoint)
+    lam = session("lambda")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("bootstrap", "served by the amiflow local stack\n")
@@ -188,7 +187,7 @@ def bootstrap(endpoint: str, region: str, template) -> None:
             TracingConfig={"Mode": function.tracing},
         )
 
-    events = session.client("events", endpoint_url=endpoint)
+    events = session("events")
     for function in template.functions():
         for event_name, event in function.events.items():
             rule = f"{function.binary}-{event_name}"
@@ -207,17 +206,17 @@ def bootstrap(endpoint: str, region: str, template) -> None:
     if accounts:
         accept_events_from(endpoint, region, template, accounts)
 
-    sfn = session.client("stepfunctions", endpoint_url=endpoint)
+    sfn = session("stepfunctions")
     for machine in template.state_machines():
         sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=role, type="STANDARD",
                                  tracingConfiguration={"enabled": machine.tracing})
 
-    logs = session.client("logs", endpoint_url=endpoint)
+    logs = session("logs")
     for name, days in template.log_groups():
         logs.create_log_group(logGroupName=name)
         if days is not None:
             logs.put_retention_policy(logGroupName=name, retentionInDays=days)
-    cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
+    cloudwatch = session("cloudwatch")
     for alarm in template.alarms():
         cloudwatch.put_metric_alarm(**alarm)
 
@@ -303,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         key = body.get("targetKmsKeyArn") or target_keys.get(account)
         if not key:
             # The account's own key for the copies (the stack parameter TargetKmsKeyArn), made once.
-            from .accounts import session_for
+            from .accounts import clients_for
 
-            kms = session_for(endpoint, args.region, account).client("kms", endpoint_url=endpoint)
+            kms = clients_for(endpoint, args.region, account)("kms")
             key = kms.create_key(Description="CMK-B: amiflow copies are encrypted with it")["KeyMetadata"]["Arn"]
         target_keys[account] = key
         made = deploy_target_account(
@@ -325,15 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         """A stack update: from a copy of template.yaml (`template`), with parameter values
         (`parameters`, over those of the last update, or over the stack's own with `reset`). The functions' role policies and environment
         variables follow it; functions whose environment changed start new execution environments."""
-        import boto3
-
         source = Path(body.get("template") or ROOT / "template.yaml")
         if body.get("reset"):
             current.clear()
             current.update(parameters)
         current.update(body.get("parameters") or {})
         updated = Template(source.parent, ACCOUNT, args.region, dict(current), file=source.name)
-        iam = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=args.region).client("iam", endpoint_url=endpoint)
+        from .clients import client
+
+        iam = client("iam", endpoint, args.region)
         roles = deploy_function_roles(iam, updated)
         restarted = host.reconfigure({f.binary: f.runtime_environment for f in updated.functions()})
         return {"functionRoles": roles, "restarted": sorted(restarted)}

@@ -296,6 +296,20 @@ def test_run_instances_refuses_an_image_it_cannot_see(ec2, world, image_id, code
     assert refused.value.response["Error"]["Code"] == code
 
 
+def test_a_described_resource_carries_exactly_the_tags_describe_tags_gives_it(stack, ec2, world):
+    # The layer reads a resource's tags by its id (moto scans every tag of the backend); the
+    # answer is DescribeTags' for that id, with other resources tagged alike around it.
+    seed(ec2, "us-east-1", name=f"other-{uuid.uuid4().hex[:6]}")
+    ec2.create_tags(Resources=[world.instance_id], Tags=[{"Key": "extra", "Value": world.instance_id}])
+    described = ec2.describe_instances(InstanceIds=[world.instance_id])["Reservations"][0]["Instances"][0]
+    volume_ids = [m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"]]
+    for resource_id, tags in [(world.instance_id, described["Tags"]),
+                              *((v["VolumeId"], v.get("Tags", [])) for v in ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"])]:
+        listed = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [resource_id]}])["Tags"]
+        assert sorted((t["Key"], t["Value"]) for t in tags) == sorted((t["Key"], t["Value"]) for t in listed)
+    assert {"Key": "extra", "Value": world.instance_id} in described["Tags"]
+
+
 # 7. Status checks ---------------------------------------------------------------------------
 
 def statuses(ec2, instance_id: str) -> tuple[str, str]:
