@@ -7,6 +7,9 @@ at that moment (VmHWM), and the size of the binary and of its zip as Lambda take
 (`bootstrap`, deflated). The runtime API here only notes the request and never answers it.
 Medians over several starts, both kinds in the same run, on the same machine, without a CPU cap.
 The first AWS call after init, over TLS and under a cap, is bench/firstcall.py's.
+
+The same for one multi-call binary (functions/multicall), started as each function in turn
+(`AMIFLOW_FUNCTION`), beside the eleven.
 """
 
 from __future__ import annotations
@@ -65,38 +68,80 @@ def zipped_size(binary: Path) -> int:
     return len(buffer.getvalue())
 
 
+BASE = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
+MULTICALL = "multicall"
+
+
+def environment(function) -> dict[str, str]:
+    """A function's environment without the warm-up: its call (to an endpoint there is none of
+    here) is bench/firstcall.py's."""
+    return {**BASE, **function.runtime_environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary, "AMIFLOW_WARM_UP": ""}
+
+
 def measure(binaries: Path) -> list[dict]:
-    base = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
     template = Template(ROOT, "123456789012", "us-east-1", {})
     rows = []
-    boto3 = [start_once([sys.executable, "-c", BOTO3_HANDLER], base) for _ in range(STARTS)]
+    boto3 = [start_once([sys.executable, "-c", BOTO3_HANDLER], BASE) for _ in range(STARTS)]
     boto3_init = statistics.median(t for t, _ in boto3)
     rows.append({"name": "Python 3 + boto3 (same clients)", "init": boto3_init,
                  "rss": statistics.median(r for _, r in boto3), "size": None, "zip": None, "ratio": 1.0})
     for function in sorted(template.functions(), key=lambda f: f.binary):
         binary = binaries / function.binary
-        # Without the warm-up: its call (to an endpoint there is none of here) is bench/firstcall.py's.
-        env = {**base, **function.runtime_environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary, "AMIFLOW_WARM_UP": ""}
-        runs = [start_once([str(binary)], env) for _ in range(STARTS)]
+        runs = [start_once([str(binary)], environment(function)) for _ in range(STARTS)]
         init = statistics.median(t for t, _ in runs)
         rows.append({"name": function.binary, "init": init, "rss": statistics.median(r for _, r in runs),
                      "size": binary.stat().st_size, "zip": zipped_size(binary), "ratio": init / boto3_init})
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| function | init (median of %d) | of boto3's | peak RSS | binary | zip |" % STARTS,
+def measure_multicall(binaries: Path, singles: list[dict]) -> list[dict]:
+    """The eleven binaries (from `measure`) beside one multi-call binary started as each function."""
+    template = Template(ROOT, "123456789012", "us-east-1", {})
+    binary = binaries / MULTICALL
+    inits, peaks = [], []
+    for function in template.functions():
+        env = {**environment(function), "AMIFLOW_FUNCTION": function.binary}
+        runs = [start_once([str(binary)], env) for _ in range(STARTS)]
+        inits.append(statistics.median(t for t, _ in runs))
+        peaks.append(statistics.median(r for _, r in runs))
+    functions = [row for row in singles if row["size"]]
+    zipped = zipped_size(binary)
+    return [
+        {"name": f"one per function ({len(functions)})", "count": len(functions),
+         "size": sum(r["size"] for r in functions), "zip": sum(r["zip"] for r in functions),
+         "largest": max(r["zip"] for r in functions), "init": statistics.median(r["init"] for r in functions),
+         "rss": max(r["rss"] for r in functions)},
+        {"name": "one multi-call binary", "count": 1, "size": binary.stat().st_size, "zip": zipped, "largest": zipped,
+         "init": statistics.median(inits), "rss": max(peaks)},
+    ]
+
+
+def multicall_table(rows: list[dict]) -> str:
+    lines = ["| binaries | total size | total zip | each function's zip (largest) | init (median over functions) | peak RSS (highest) |",
              "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['size'] / 2**20:.1f} MiB | {row['zip'] / 2**20:.1f} MiB | "
+                     f"{row['largest'] / 10**6:.2f} MB | {1000 * row['init']:.1f} ms | {row['rss'] / 1024:.1f} MiB |")
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| function | init (median of %d) | of boto3's | peak RSS | binary | zip | zip (MB) |" % STARTS,
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         size = f"{row['size'] / 2**20:.1f} MiB" if row["size"] else ""
         zipped = f"{row['zip'] / 2**20:.1f} MiB" if row["zip"] else ""
+        megabytes = f"{row['zip'] / 10**6:.2f} MB" if row["zip"] else ""
         lines.append(f"| {row['name']} | {1000 * row['init']:.1f} ms | {row['ratio']:.2f} | "
-                     f"{row['rss'] / 1024:.1f} MiB | {size} | {zipped} |")
+                     f"{row['rss'] / 1024:.1f} MiB | {size} | {zipped} | {megabytes} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(table(measure(Path(sys.argv[1]) if len(sys.argv) > 1 else cargo_target_dir() / "release")))
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else cargo_target_dir() / "release"
+    measured = measure(where)
+    print(table(measured))
+    print(multicall_table(measure_multicall(where, measured)))

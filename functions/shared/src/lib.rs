@@ -7,6 +7,7 @@ pub mod capture;
 pub mod carry;
 pub mod deps;
 pub mod error;
+pub mod functions;
 pub mod handoff;
 pub mod input;
 pub mod lambda;
