@@ -72,9 +72,9 @@ errors! {
     LaunchFailed: "The new instance stopped or terminated before it was verified; its StateReason code and message are in the message." => "rolled back";
     StatusCheckFailed: "The new instance runs but a status check is `impaired`." => "rolled back";
     InstanceWaitTimedOut: "The new instance was not running with both checks `ok` within `InstanceWaitLimitSeconds`." => "rolled back";
-    Throttled: "An API refused the call for its rate (RequestLimitExceeded and kin), after the SDK's own retries." => "retried with backoff and jitter, then rolled back";
+    Throttled: "An API refused the call for its rate (RequestLimitExceeded and kin), after the SDK's own retries." => "retried up to 16 times, 2 s then doubling to at most 300 s, each wait a random share of that (long enough for 1,000 runs at RunInstances' bucket: docs/benchmarks.md), then rolled back";
     KeyPolicyBusy: "Another run was editing the same key policy for longer than 30 s (grant-kms holds a lock per key from the read to the write)." => "retried with backoff and jitter, then rolled back";
-    ServiceUnavailable: "A 5xx, a time-out or a broken connection." => "retried with backoff and jitter, then rolled back";
+    ServiceUnavailable: "A 5xx, a time-out or a broken connection." => "retried as `Throttled` is, then rolled back";
     AwsApi: "Any other AWS error, with its code (e.g. `UnauthorizedOperation`)." => "rolled back";
     UnexpectedAnswer: "An AWS answer lacks what the API documents: a create call answered without the new resource's id, a key policy that is not JSON, an execution without its start date." => "rolled back";
     ImageNotOwned: "ShareImage, UnshareImage or CopyImage was given an image of another account." => "fails the run; nothing changed";
