@@ -310,6 +310,19 @@ def test_a_described_resource_carries_exactly_the_tags_describe_tags_gives_it(st
     assert {"Key": "extra", "Value": world.instance_id} in described["Tags"]
 
 
+def test_snapshots_asked_by_owner_are_only_that_owners(stack, ec2, world):
+    # moto's catalogue of public images comes with snapshots of other owners in every account.
+    stack.control("config", {"imageDelaySeconds": 0})
+    image_id = ec2.create_image(InstanceId=world.instance_id, Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    mine = {m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]}
+    own = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert {s["OwnerId"] for s in own} == {"123456789012"}
+    assert mine <= {s["SnapshotId"] for s in own}
+    assert ec2.describe_snapshots(OwnerIds=["123456789012"])["Snapshots"] == own
+    others = {s["OwnerId"] for s in ec2.describe_snapshots()["Snapshots"]} - {"123456789012"}
+    assert others and ec2.describe_snapshots(OwnerIds=[sorted(others)[0]])["Snapshots"]
+
+
 # 7. Status checks ---------------------------------------------------------------------------
 
 def statuses(ec2, instance_id: str) -> tuple[str, str]:
