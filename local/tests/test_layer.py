@@ -705,6 +705,15 @@ def test_a_copy_into_a_key_the_caller_may_not_use_fails(stack, ec2, shared_image
     wait_for(lambda: image_state(b_ec2, copy_id) == "failed", what="copy failed")
 
 
+def test_an_asymmetric_key_signs_and_its_public_key_verifies(stack):
+    # The layer makes a key's pair on first use (moto makes one for every key, at CreateKey).
+    kms = stack.client("kms")
+    key = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    signature = kms.sign(KeyId=key, Message=b"amiflow", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    assert kms.verify(KeyId=key, Message=b"amiflow", Signature=signature, SigningAlgorithm="RSASSA_PSS_SHA_256")["SignatureValid"]
+    assert kms.get_public_key(KeyId=key)["PublicKey"]
+
+
 # 10. EC2's refusals --------------------------------------------------------------------------
 
 def test_a_pending_image_cannot_be_launched_shared_or_copied(stack, ec2, world):

@@ -28,7 +28,9 @@ import json
 from typing import Any
 
 from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.kms import models as kms_models
 from moto.kms.models import kms_backends
+from moto.kms.utils import generate_private_key as _generate_private_key
 
 from .state import config, faults
 
@@ -163,5 +165,24 @@ def ec2_key_problem(account: str, region: str, key_ref: str) -> str | None:
     return "denied" if iam.judge_checks(principal, checks, region) is not None else None
 
 
+class _KeyPairOnFirstUse:
+    """The asymmetric key pair moto makes for every new KMS key, made when first used instead.
+
+    Not a behaviour but its cost: moto 5.2.5 generates an RSA 2048 key pair for each CreateKey,
+    symmetric ones included, whose pair serves only moto's Sign and GetPublicKey. That was a
+    twentieth of a stack's CPU under the tests, which make hundreds of keys and sign nothing."""
+
+    def __init__(self, key_spec: str) -> None:
+        self._key_spec, self._made = key_spec, None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_key_spec", "_made"):
+            raise AttributeError(name)
+        if self._made is None:
+            self._made = _generate_private_key(self._key_spec)
+        return getattr(self._made, name)
+
+
 def install() -> None:
+    kms_models.generate_private_key = _KeyPairOnFirstUse
     EBSBackend._create_default_encryption_key = _create_default_encryption_key
