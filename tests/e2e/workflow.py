@@ -114,9 +114,20 @@ def new_environments(stack, *functions: str) -> None:
         lambda_.update_function_configuration(FunctionName=function, Timeout=timeout)
 
 
-def log_records(stack, binary: str) -> list[dict]:
-    """A function's JSON log records (Lambda's JSON log format), of every execution environment
-    it had: <binary>.log, <binary>-2.log, …"""
-    logs = [p for p in stack.log_dir.glob(f"{binary}*.log")
+def log_files(stack, binary: str) -> list:
+    """A function's log of each execution environment it had: <binary>.log, <binary>-2.log, …"""
+    return [p for p in stack.log_dir.glob(f"{binary}*.log")
             if p.stem == binary or (p.stem.startswith(f"{binary}-") and p.stem[len(binary) + 1:].isdigit())]
-    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def log_records(stack, binary: str, since: dict | None = None) -> list[dict]:
+    """A function's JSON log records (Lambda's JSON log format), of every execution environment
+    it had; with `since` (lines per log file, from `log_lines`), only those written after it."""
+    since = since or {}
+    return [json.loads(line) for log in log_files(stack, binary)
+            for line in log.read_text().splitlines()[since.get(log, 0):] if line.startswith("{")]
+
+
+def log_lines(stack, binary: str) -> dict:
+    """How many lines each of a function's logs has now, for `log_records(since=…)`."""
+    return {log: len(log.read_text().splitlines()) for log in log_files(stack, binary)}
