@@ -14,6 +14,7 @@ The same for one multi-call binary (functions/multicall), started as each functi
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import statistics
@@ -81,14 +82,19 @@ def environment(function) -> dict[str, str]:
     return {**BASE, **function.runtime_environment, "AWS_LAMBDA_FUNCTION_NAME": function.binary, "AMIFLOW_WARM_UP": ""}
 
 
+@functools.cache
+def template_functions() -> list:
+    """The template's functions, by binary name."""
+    return sorted(Template(ROOT, "123456789012", "us-east-1", {}).functions(), key=lambda f: f.binary)
+
+
 def measure(binaries: Path) -> list[dict]:
-    template = Template(ROOT, "123456789012", "us-east-1", {})
     rows = []
     boto3 = [start_once([sys.executable, "-c", BOTO3_HANDLER], BASE) for _ in range(STARTS)]
     boto3_init = statistics.median(t for t, _ in boto3)
     rows.append({"name": "Python 3 + boto3 (same clients)", "init": boto3_init,
                  "rss": statistics.median(r for _, r in boto3), "size": None, "zip": None, "ratio": 1.0})
-    for function in sorted(template.functions(), key=lambda f: f.binary):
+    for function in template_functions():
         binary = binaries / function.binary
         runs = [start_once([str(binary)], environment(function)) for _ in range(STARTS)]
         init = statistics.median(t for t, _ in runs)
@@ -99,10 +105,9 @@ def measure(binaries: Path) -> list[dict]:
 
 def measure_multicall(binaries: Path, singles: list[dict]) -> list[dict]:
     """The eleven binaries (from `measure`) beside one multi-call binary started as each function."""
-    template = Template(ROOT, "123456789012", "us-east-1", {})
     binary = binaries / MULTICALL
     inits, peaks = [], []
-    for function in template.functions():
+    for function in template_functions():
         env = {**environment(function), "AMIFLOW_FUNCTION": function.binary}
         runs = [start_once([str(binary)], env) for _ in range(STARTS)]
         inits.append(statistics.median(t for t, _ in runs))
