@@ -865,3 +865,37 @@ def test_executions_send_their_status_changes_and_a_stop_is_at_once(stack, sfn):
     wait_for(lambda: status_changes(stack, stamped) == ["RUNNING", "SUCCEEDED"], what="the stamped run's events")
     timed_out = sfn.start_execution(stateMachineArn=machines["short"], input="{}")["executionArn"]
     wait_for(lambda: status_changes(stack, timed_out) == ["RUNNING", "TIMED_OUT"], timeout=10, what="TIMED_OUT")
+
+
+def test_a_task_starts_another_state_machine_and_waits_for_its_json_output(stack, sfn):
+    """startExecution.sync:2, as connect-stepfunctions.html documents it: Parameters name
+    StateMachineArn, Name and Input; the result has the child's Status and Output (JSON) under
+    capitalised names, dates in ms; a failed child fails the task with States.TaskFailed."""
+    role = "arn:aws:iam::123456789012:role/amiflow-local-states"
+    suffix = uuid.uuid4().hex[:6]
+    child = sfn.create_state_machine(name=f"child-{suffix}", roleArn=role, definition=json.dumps({
+        "StartAt": "C", "States": {
+            "C": {"Type": "Choice", "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "F"}], "Default": "S"},
+            "F": {"Type": "Fail", "Error": "Boom", "Cause": "asked to"},
+            "S": {"Type": "Pass", "Parameters": {"doubled.$": "States.MathAdd($.n, $.n)"}, "End": True}}}))["stateMachineArn"]
+    parent = sfn.create_state_machine(name=f"parent-{suffix}", roleArn=role, definition=json.dumps({
+        "StartAt": "T", "States": {"T": {
+            "Type": "Task", "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {"StateMachineArn": child, "Name.$": "$.name", "Input.$": "$"},
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Caught"}], "End": True},
+            "Caught": {"Type": "Pass", "End": True}}}))["stateMachineArn"]
+
+    def result(name: str, fail: bool) -> dict:
+        arn = sfn.start_execution(stateMachineArn=parent, name=name, input=json.dumps({"name": name, "n": 21, "fail": fail}))["executionArn"]
+        wait_for(lambda: sfn.describe_execution(executionArn=arn)["status"] != "RUNNING", what=f"{name} to end")
+        described = sfn.describe_execution(executionArn=arn)
+        assert described["status"] == "SUCCEEDED", described
+        return json.loads(described["output"])
+
+    done = result(f"ok-{suffix}", False)
+    assert done["Status"] == "SUCCEEDED" and done["Output"] == {"doubled": 42}
+    assert done["ExecutionArn"].endswith(f":child-{suffix}:ok-{suffix}") and isinstance(done["StartDate"], int)
+    failed = result(f"no-{suffix}", True)
+    assert failed["error"]["Error"] == "States.TaskFailed"
+    cause = json.loads(failed["error"]["Cause"])
+    assert (cause["Status"], cause["Error"], cause["Cause"]) == ("FAILED", "Boom", "asked to")

@@ -35,6 +35,17 @@ the dimension `StateMachineArn`: ExecutionsStarted, ExecutionsSucceeded, Executi
 ExecutionsAborted and ExecutionsTimedOut, each a count of executions
 (https://docs.aws.amazon.com/step-functions/latest/dg/procedure-cw-metrics.html). The template's
 alarms watch ExecutionsFailed. moto 5.2.5 publishes none.
+
+AWS: a Task state can start an execution of another state machine with the optimized
+integration `arn:aws:states:::states:startExecution` (also `.sync` and `.sync:2`, which wait for
+it to end). Its Parameters name the API's fields as the state language does, `StateMachineArn`,
+`Input` (JSON, or a string) and `Name`; its result has the API response's fields with capital
+initials (`ExecutionArn`, `StartDate`, and for `.sync:2` the child's `Status`, `Output` as JSON,
+`StopDate` …), dates as Unix milliseconds
+(https://docs.aws.amazon.com/step-functions/latest/dg/connect-stepfunctions.html). moto 5.2.5
+passes `StateMachineArn` to boto3 as it is, which refuses it, so every such task failed with
+`States.Runtime` ("'StateMachineArn'"), and it looked for `ExecutionArn` in boto3's
+`executionArn` response.
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ from moto.stepfunctions.parser.asl.component.common.error_name.failure_event imp
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import StatesErrorNameType
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import Resource, ResourceRuntimePart
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import StateTaskServiceSfn
+from moto.stepfunctions.parser.utils import snake_to_camel_case
 from moto.stepfunctions.parser.asl.eval.environment import Environment
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication, Execution
@@ -205,7 +218,54 @@ def error_equals(self: ErrorEqualsDecl, env: Environment) -> None:
     _original_error_equals(self, env)
 
 
+_original_sfn_parameters = StateTaskServiceSfn._normalise_parameters
+
+
+def _operation(task: StateTaskServiceSfn, service_action_name: str | None):
+    import botocore.session
+
+    model = _MODELS.get("stepfunctions")
+    if model is None:
+        model = _MODELS["stepfunctions"] = botocore.session.get_session().get_service_model("stepfunctions")
+    return model.operation_model(snake_to_camel_case(task._get_boto_service_action(service_action_name)))
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def sfn_parameters(self: StateTaskServiceSfn, parameters: dict, boto_service_name: str | None = None,
+                   service_action_name: str | None = None) -> None:
+    # StartExecution's Input becomes a string first (moto's own step), then the state language's
+    # names become the API's (StateMachineArn -> stateMachineArn).
+    _original_sfn_parameters(self, parameters, boto_service_name, service_action_name)
+    self._to_boto_request(parameters, _operation(self, service_action_name).input_shape)
+
+
+def _millis_everywhere(value: Any) -> Any:
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, dict):
+        return {key: _millis_everywhere(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_millis_everywhere(inner) for inner in value]
+    return value
+
+
+def sfn_response(self: StateTaskServiceSfn, response: Any, boto_service_name: str | None = None,
+                 service_action_name: str | None = None) -> None:
+    if not isinstance(response, dict):
+        return
+    self._from_boto_response(response, _operation(self, service_action_name).output_shape)
+    converted = _millis_everywhere(response)
+    response.clear()
+    response.update(converted)
+
+
 def install() -> None:
+    StateTaskServiceSfn._normalise_parameters = sfn_parameters
+    StateTaskServiceSfn._normalise_response = sfn_response
     ErrorEqualsDecl._eval_body = error_equals
     Resource._eval_runtime_part = runtime_part
     StepFunctionResponse.send_task_failure = send_task_failure
