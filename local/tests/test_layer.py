@@ -899,3 +899,20 @@ def test_a_task_starts_another_state_machine_and_waits_for_its_json_output(stack
     assert failed["error"]["Error"] == "States.TaskFailed"
     cause = json.loads(failed["error"]["Cause"])
     assert (cause["Status"], cause["Error"], cause["Cause"]) == ("FAILED", "Boom", "asked to")
+
+
+def test_an_execution_history_comes_in_pages_and_newest_first_when_asked(stack, sfn):
+    role = "arn:aws:iam::123456789012:role/amiflow-local-states"
+    machine = sfn.create_state_machine(name=f"paged-{uuid.uuid4().hex[:6]}", roleArn=role, definition=json.dumps({
+        "StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items", "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}, "End": True}}}))["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, name=f"paged-{uuid.uuid4().hex[:6]}", input=json.dumps({"items": list(range(30))}))["executionArn"]
+    wait_for(lambda: sfn.describe_execution(executionArn=arn)["status"] == "SUCCEEDED", what="the run to end")
+    first = sfn.get_execution_history(executionArn=arn)
+    assert len(first["events"]) == 100 and "nextToken" in first
+    rest = sfn.get_execution_history(executionArn=arn, nextToken=first["nextToken"])
+    everything = first["events"] + rest["events"]
+    assert "nextToken" not in rest and [e["id"] for e in everything] == list(range(1, len(everything) + 1))
+    newest = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=3)["events"]
+    assert [e["id"] for e in newest] == [len(everything), len(everything) - 1, len(everything) - 2]
+    assert newest[0]["type"] == "ExecutionSucceeded"

@@ -46,6 +46,11 @@ initials (`ExecutionArn`, `StartDate`, and for `.sync:2` the child's `Status`, `
 passes `StateMachineArn` to boto3 as it is, which refuses it, so every such task failed with
 `States.Runtime` ("'StateMachineArn'"), and it looked for `ExecutionArn` in boto3's
 `executionArn` response.
+
+AWS: GetExecutionHistory answers at most `maxResults` events (100 by default, up to 1,000) with a
+`nextToken` for the rest, oldest first, or newest first with `reverseOrder`
+(https://docs.aws.amazon.com/step-functions/latest/apireference/API_GetExecutionHistory.html).
+moto 5.2.5 ignores all three and answers the whole history, oldest first.
 """
 
 from __future__ import annotations
@@ -79,6 +84,31 @@ def send_task_failure(self: StepFunctionResponse):
         self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
     )
     return EmptyResult()
+
+
+def get_execution_history(self: StepFunctionResponse):
+    import base64
+
+    from moto.core.responses import ActionResult
+
+    answer = _original_history(self)
+    history = dict(answer.result) if isinstance(answer, ActionResult) else None
+    if history is None:
+        return answer
+    events = list(history.get("events", []))
+    if self._get_param("reverseOrder"):
+        events.reverse()
+    size = int(self._get_param("maxResults") or 100)
+    size = 100 if size == 0 else max(1, min(size, 1000))
+    token = self._get_param("nextToken")
+    start = int(base64.b64decode(token).decode()) if token else 0
+    page = {"events": events[start:start + size]}
+    if start + size < len(events):
+        page["nextToken"] = base64.b64encode(str(start + size).encode()).decode()
+    return ActionResult(page)
+
+
+_original_history = StepFunctionResponse.get_execution_history
 
 
 def _millis(moment: Any) -> int | None:
@@ -269,6 +299,7 @@ def install() -> None:
     ErrorEqualsDecl._eval_body = error_equals
     Resource._eval_runtime_part = runtime_part
     StepFunctionResponse.send_task_failure = send_task_failure
+    StepFunctionResponse.get_execution_history = get_execution_history
     Execution.start = start
     Execution.stop = stop
     BaseExecutionWorkerCommunication.terminated = terminated
