@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := local/node_modules/.bin
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo demo-copy bench test local local-deps bins lint fmt-check clippy template-lint statemachines unit e2e peer-test build clean
+.PHONY: demo demo-copy demo-fleet bench test local local-deps bins lint fmt-check clippy template-lint statemachines unit e2e peer-test build clean
 
 $(VENV)/.installed: local/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: local-deps bins
 ## A cross-account copy (CopyImage) between two accounts of the local stack.
 demo-copy: local-deps bins
 	$(PY) local/demo_copy.py
+
+## A zone evacuation (EvacuateZone) of a tier in three waves, previewed, then run.
+demo-fleet: local-deps bins
+	$(PY) local/demo_fleet.py
 
 test: local-deps lint unit e2e
 

@@ -87,6 +87,46 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EvacuateArgs {
+    /// An instance to move (i-…); repeat for several.
+    #[arg(long = "instance-id", value_name = "INSTANCE_ID")]
+    pub instance_ids: Vec<String>,
+    /// Only instances with this tag (KEY=VALUE); repeat, and give one key several values for any of them.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Every instance of this AZ: a name (us-east-1a) or an AZ ID (use1-az1).
+    #[arg(long = "from-az", value_name = "AZ")]
+    pub source_az: Option<String>,
+    /// The AZ to move to: a name or an AZ ID.
+    #[arg(long = "az", value_name = "AZ")]
+    pub target_az: String,
+    /// An instance to leave where it is; repeat for several.
+    #[arg(long = "exclude", value_name = "INSTANCE_ID")]
+    pub exclude: Vec<String>,
+    /// Move instances sharing this tag's value together, wave after wave in the order of the values.
+    #[arg(long)]
+    pub wave_tag: Option<String>,
+    /// How many instances move at once (1 to 40; default 5, RunInstances' burst).
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// How many instances may fail before no further one is started (default 0).
+    #[arg(long, conflicts_with = "tolerated_failure_percent")]
+    pub tolerated_failures: Option<u32>,
+    /// The same, as a percentage of the instances that move.
+    #[arg(long)]
+    pub tolerated_failure_percent: Option<f64>,
+    /// What to do with each source once its new instance is verified.
+    #[arg(long, value_enum, default_value_t = SourceAction::Keep)]
+    pub source_action: SourceAction,
+    /// Make the AMIs without rebooting the sources.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Keep each AMI and its snapshots after its run.
+    #[arg(long)]
+    pub keep_image: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ReceiverArgs {
     /// The image (ami-…).
     #[arg(long)]
@@ -178,6 +218,22 @@ pub enum Command {
         #[command(flatten)]
         start: Start,
     },
+    /// Move many instances (a tier, a list, or a whole AZ) to another AZ, in waves (EvacuateZone).
+    Evacuate {
+        #[command(flatten)]
+        args: EvacuateArgs,
+        /// Follow the fleet, one line per instance, and end with a table of every instance; exit
+        /// non-zero if the fleet fails.
+        #[arg(long)]
+        watch: bool,
+        /// Preview: run the plan and each instance's checks (validateOnly), change nothing, and
+        /// print what would happen.
+        #[arg(long)]
+        dry_run: bool,
+        /// The execution name (default: evacuatezone-<target AZ>-<timestamp>).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Follow a run by its execution name or ARN until it ends.
     Watch {
         /// The execution's name (as printed when it started) or ARN.
@@ -231,6 +287,61 @@ impl MigrateArgs {
     }
 }
 
+impl EvacuateArgs {
+    /// The EvacuateZone input; a --tag without `=` is refused, naming it.
+    pub fn input(&self, validate_only: bool) -> Result<Value, String> {
+        let mut tags = serde_json::Map::new();
+        for (n, tag) in self.tags.iter().enumerate() {
+            let Some((key, value)) = tag.split_once('=') else {
+                return Err(format!("--tag (value {}): {tag:?} is not KEY=VALUE", n + 1));
+            };
+            let values = tags.entry(key.to_string()).or_insert_with(|| json!([]));
+            if let Some(list) = values.as_array_mut() {
+                list.push(json!(value));
+            }
+        }
+        let mut v = json!({"targetAvailabilityZone": self.target_az,
+                           "sourceAction": source_action(self.source_action)});
+        let mut set = |key: &str, value: Value, keep: bool| {
+            if keep {
+                v[key] = value;
+            }
+        };
+        set(
+            "instanceIds",
+            json!(self.instance_ids),
+            !self.instance_ids.is_empty(),
+        );
+        set("tagFilters", Value::Object(tags.clone()), !tags.is_empty());
+        set(
+            "sourceAvailabilityZone",
+            json!(self.source_az),
+            self.source_az.is_some(),
+        );
+        set("exclude", json!(self.exclude), !self.exclude.is_empty());
+        set("waveTag", json!(self.wave_tag), self.wave_tag.is_some());
+        set(
+            "maxConcurrency",
+            json!(self.max_concurrency),
+            self.max_concurrency.is_some(),
+        );
+        set(
+            "toleratedFailures",
+            json!(self.tolerated_failures),
+            self.tolerated_failures.is_some(),
+        );
+        set(
+            "toleratedFailurePercent",
+            json!(self.tolerated_failure_percent),
+            self.tolerated_failure_percent.is_some(),
+        );
+        set("noReboot", json!(true), self.no_reboot);
+        set("keepImage", json!(true), self.keep_image);
+        set("validateOnly", json!(true), validate_only);
+        Ok(v)
+    }
+}
+
 impl ReceiverArgs {
     pub fn input(&self) -> Value {
         json!({"imageId": self.image_id, "accountIds": self.accounts, "organizationArns": self.organizations,
@@ -259,7 +370,14 @@ impl CopyArgs {
 pub fn flag_for(field: &str) -> String {
     let base = field.split('[').next().unwrap_or(field);
     let flag = match base {
-        "instanceId" => "--instance-id",
+        "instanceId" | "instanceIds" => "--instance-id",
+        "tagFilters" => "--tag",
+        "sourceAvailabilityZone" => "--from-az",
+        "exclude" => "--exclude",
+        "waveTag" => "--wave-tag",
+        "maxConcurrency" => "--max-concurrency",
+        "toleratedFailures" => "--tolerated-failures",
+        "toleratedFailurePercent" => "--tolerated-failure-percent",
         "targetAvailabilityZone" => "--az",
         "targetSubnetId" => "--subnet-id",
         "instanceType" => "--instance-type",
@@ -344,6 +462,50 @@ mod tests {
         assert_eq!(
             args.input(),
             json!({"instanceId": "i-0123456789abcdef0", "targetAvailabilityZone": "us-east-1b", "noReboot": false, "sourceAction": "stop", "keepImage": false})
+        );
+    }
+
+    #[test]
+    fn evacuate_flags_build_the_fleet_input() {
+        let cli = Cli::try_parse_from([
+            "amiflow",
+            "evacuate",
+            "--from-az",
+            "use1-az1",
+            "--az",
+            "use1-az2",
+            "--tag",
+            "tier=web",
+            "--tag",
+            "tier=api",
+            "--wave-tag",
+            "amiflow:wave",
+            "--max-concurrency",
+            "4",
+            "--tolerated-failure-percent",
+            "10",
+            "--exclude",
+            "i-0123456789abcdef0",
+        ])
+        .unwrap();
+        let Command::Evacuate { args, dry_run, .. } = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            args.input(dry_run).unwrap(),
+            json!({"sourceAvailabilityZone": "use1-az1", "targetAvailabilityZone": "use1-az2",
+                   "tagFilters": {"tier": ["web", "api"]}, "waveTag": "amiflow:wave", "maxConcurrency": 4,
+                   "toleratedFailurePercent": 10.0, "exclude": ["i-0123456789abcdef0"], "sourceAction": "keep"})
+        );
+        let bad =
+            Cli::try_parse_from(["amiflow", "evacuate", "--az", "us-east-1b", "--tag", "tier"])
+                .unwrap();
+        let Command::Evacuate { args, .. } = bad.command else {
+            panic!()
+        };
+        assert_eq!(
+            args.input(false).unwrap_err(),
+            "--tag (value 1): \"tier\" is not KEY=VALUE"
         );
     }
 

@@ -3,7 +3,13 @@
 use aws_sdk_sfn::Client;
 use serde_json::Value;
 
-pub const WORKFLOWS: [&str; 4] = ["MigrateInstance", "ShareImage", "UnshareImage", "CopyImage"];
+pub const WORKFLOWS: [&str; 5] = [
+    "MigrateInstance",
+    "EvacuateZone",
+    "ShareImage",
+    "UnshareImage",
+    "CopyImage",
+];
 
 pub struct Machines {
     pub sfn: Client,

@@ -1,6 +1,7 @@
 //! amiflow: start, follow and check amiflow runs from a terminal.
 
 mod args;
+mod fleet;
 mod machines;
 mod watch;
 
@@ -48,7 +49,7 @@ async fn start(
     start: &Start,
     output: Output,
 ) -> ExitCode {
-    if start.dry_run {
+    if start.dry_run && workflow != "EvacuateZone" {
         println!(
             "{}",
             serde_json::to_string_pretty(&input).unwrap_or_default()
@@ -74,37 +75,74 @@ async fn start(
         }
         return ExitCode::SUCCESS;
     }
-    follow(machines, &arn, output).await
+    if workflow == "EvacuateZone" {
+        follow_fleet(machines, &arn, output).await
+    } else {
+        follow(machines, &arn, output).await
+    }
+}
+
+/// Prints how a followed run ended and answers the exit status: the whole report (json), or the
+/// text its kind makes of it and, for a failed run, its error and cause.
+fn conclude(
+    ended: Result<watch::Ended, String>,
+    output: Output,
+    text: impl Fn(&watch::Ended) -> Option<String>,
+) -> ExitCode {
+    let ended = match ended {
+        Ok(ended) => ended,
+        Err(e) => return refuse(e),
+    };
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ended.report).unwrap_or_default()
+        );
+    } else {
+        if let Some(text) = text(&ended) {
+            println!("{text}");
+        }
+        if !ended.succeeded {
+            eprintln!(
+                "{}: {}",
+                ended.report["error"].as_str().unwrap_or("failed"),
+                ended.report["cause"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if ended.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn follow(machines: &Machines, arn: &str, output: Output) -> ExitCode {
-    match watch::watch(&machines.sfn, arn, output).await {
-        Err(e) => refuse(e),
-        Ok(ended) => {
-            if output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&ended.report).unwrap_or_default()
-                );
-            } else if ended.succeeded {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&ended.report["output"]).unwrap_or_default()
-                );
-            } else {
-                eprintln!(
-                    "{}: {}",
-                    ended.report["error"].as_str().unwrap_or("failed"),
-                    ended.report["cause"].as_str().unwrap_or("")
-                );
-            }
-            if ended.succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    conclude(
+        watch::watch(&machines.sfn, arn, output).await,
+        output,
+        |e| {
+            e.succeeded
+                .then(|| serde_json::to_string_pretty(&e.report["output"]).unwrap_or_default())
+        },
+    )
+}
+
+/// Follows an EvacuateZone run, a line per instance, and prints its report as a table.
+async fn follow_fleet(machines: &Machines, arn: &str, output: Output) -> ExitCode {
+    let migrate = match machines.arn("MigrateInstance").await {
+        Ok(arn) => arn,
+        Err(e) => return refuse(e),
+    };
+    conclude(
+        fleet::watch(&machines.sfn, arn, &migrate, output).await,
+        output,
+        |e| {
+            e.report["output"]
+                .is_object()
+                .then(|| fleet::table(&e.report["output"]))
+        },
+    )
 }
 
 async fn status(machines: &Machines, limit: i32, output: Output) -> ExitCode {
@@ -221,7 +259,32 @@ async fn main() -> ExitCode {
             }
             Err(e) => refuse(e),
         },
+        Command::Evacuate {
+            args,
+            watch,
+            dry_run,
+            name,
+        } => match args.input(*dry_run).and_then(|input| {
+            validated(input, |v| {
+                amiflow::steps::fleet::FleetInput::parse(v, &region).map(|_| ())
+            })
+        }) {
+            Ok(input) => {
+                // The preview is a run too (validateOnly), followed to its end.
+                let how = Start {
+                    watch: *watch || *dry_run,
+                    dry_run: *dry_run,
+                    name: name.clone(),
+                };
+                let target = args.target_az.clone();
+                start(&machines, "EvacuateZone", &target, input, &how, output).await
+            }
+            Err(e) => refuse(e),
+        },
         Command::Watch { execution } => match machines.execution(execution).await {
+            Ok(arn) if arn.contains(&format!(":execution:{}EvacuateZone:", machines.prefix)) => {
+                follow_fleet(&machines, &arn, output).await
+            }
             Ok(arn) => follow(&machines, &arn, output).await,
             Err(e) => refuse(e),
         },

@@ -77,3 +77,35 @@ def organization_root(org) -> str:
     except org.exceptions.AWSOrganizationsNotInUseException:
         org.create_organization(FeatureSet="ALL")
     return org.list_roots()["Roots"][0]["Id"]
+
+
+@dataclass
+class Fleet:
+    world: World
+    tag: dict[str, str]  # the tag every instance of the fleet carries
+    instance_ids: list[str]  # in launch order
+    waves: dict[str, str]  # instance id -> its amiflow:wave value
+
+
+def seed_fleet(ec2, region: str, name: str, waves: list[int], wave_tag: str = "amiflow:wave") -> Fleet:
+    """A tier to evacuate: instances in the source AZ of one VPC (the first is seed()'s, with its
+    volumes and Elastic IP), each tagged `fleet=<name>`; `waves[n]` of them carry `wave_tag` =
+    n + 1."""
+    count = sum(waves)
+    world = seed(ec2, region, name=f"{name}-0")
+    tag = {"fleet": name}
+    ids = [world.instance_id]
+    if count > 1:
+        reservation = ec2.run_instances(
+            ImageId=base_image(ec2), InstanceType="t3.micro", MinCount=count - 1, MaxCount=count - 1,
+            SubnetId=world.subnets[world.source_az], SecurityGroupIds=[world.security_group_id], KeyName=world.key_name,
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        )
+        ids += [i["InstanceId"] for i in reservation["Instances"]]
+    labels = [str(n + 1) for n, size in enumerate(waves) for _ in range(size)]
+    assigned = dict(zip(ids, labels))
+    for index, instance_id in enumerate(ids):
+        ec2.create_tags(Resources=[instance_id], Tags=[
+            {"Key": "Name", "Value": f"{name}-{index}"}, {"Key": "fleet", "Value": name},
+            {"Key": wave_tag, "Value": assigned[instance_id]}])
+    return Fleet(world=world, tag=tag, instance_ids=ids, waves=assigned)

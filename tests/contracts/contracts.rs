@@ -5,14 +5,19 @@ use amiflow::input::MigrateInput;
 use amiflow::parse_request;
 use amiflow::receivers::{CopyInput, ShareInput, UnshareInput};
 use amiflow::steps::{
-    cleanup, copy_image, create_image, grant_kms, launch, share_image, verify_instance, wait_image,
+    cleanup, copy_image, create_image, fleet, grant_kms, launch, share_image, verify_instance,
+    wait_image,
 };
 use amiflow_contracts::{error_names, files, json, readme_table, workspace};
 
 /// Names that Step Functions or Lambda raise themselves rather than a function of ours
-/// (`Sandbox.Timedout`: an invocation that ran past the function's Timeout).
+/// (`Sandbox.Timedout`: an invocation that ran past the function's Timeout; `DynamoDB.` and
+/// `StepFunctions.`: the errors of those service integrations).
 fn is_service_name(name: &str) -> bool {
-    name.starts_with("States.") || name.starts_with("Lambda.") || name == "Sandbox.Timedout"
+    ["States.", "Lambda.", "DynamoDB.", "StepFunctions."]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || name == "Sandbox.Timedout"
 }
 
 #[test]
@@ -108,6 +113,11 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
             "copy-image" => parse_request::<copy_image::CopyImageRequest>(value)
                 .and_then(|r| r.input().map(|_| ())),
             "preflight" => parse_request::<amiflow::preflight::PreflightRequest>(value).map(|_| ()),
+            "fleet" => parse_request::<fleet::FleetRequest>(value).map(|request| {
+                if let fleet::FleetRequest::Plan { input, .. } = request {
+                    fleet::FleetInput::parse(&input, "us-east-1").unwrap();
+                }
+            }),
             "reaper" => amiflow::steps::reap::ended_run(&value).map(|run| {
                 assert!(run.is_some(), "{}: not a run to reap", path.display());
             }),
@@ -131,6 +141,8 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
                     UnshareInput::parse(&value).map(|_| ())
                 } else if name.starts_with("copy-image") {
                     CopyInput::parse(&value, "us-east-1").map(|_| ())
+                } else if name.starts_with("evacuate-zone") {
+                    fleet::FleetInput::parse(&value, "us-east-1").map(|_| ())
                 } else {
                     panic!("{}: no workflow named so", path.display())
                 }

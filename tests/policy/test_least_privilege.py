@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # permissions (a task token is not an ARN).
 # Account-level actions with no resource type in the Service Authorization Reference.
 STAR_RESOURCE_ALLOWED = ["ec2:Describe*", "states:SendTaskSuccess", "states:SendTaskFailure",
-                         "ec2:GetImageBlockPublicAccessState", "ec2:GetSnapshotBlockPublicAccessState"]
+                         "ec2:GetImageBlockPublicAccessState", "ec2:GetSnapshotBlockPublicAccessState",
+                         "autoscaling:DescribeAutoScalingInstances"]
 # Actions that end or remove something: they need a condition that limits them to what amiflow
 # should touch.
 DESTRUCTIVE = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeregisterImage", "ec2:DeleteSnapshot"]

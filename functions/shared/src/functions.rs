@@ -7,7 +7,7 @@ use crate::steps::reap::{self, ReapSettings};
 use crate::steps::wait_image::{self, WaitImageRequest};
 use crate::steps::{
     cleanup as cleanup_step, copy_image as copy_step, create_image as create_step,
-    grant_kms as grant_step, launch as launch_step, share_image as share_step,
+    fleet as fleet_step, grant_kms as grant_step, launch as launch_step, share_image as share_step,
     verify_instance as verify_step,
 };
 use crate::trigger::{self as trigger_step, TriggerSettings};
@@ -15,10 +15,11 @@ use crate::trigger::{self as trigger_step, TriggerSettings};
 pub type Outcome = Result<(), lambda_runtime::Error>;
 
 /// Every function, by the name of its binary.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     "cleanup",
     "copy-image",
     "create-image",
+    "fleet",
     "grant-kms",
     "launch",
     "preflight",
@@ -35,6 +36,7 @@ pub async fn by_name(name: &str) -> Outcome {
         "cleanup" => cleanup().await,
         "copy-image" => copy_image().await,
         "create-image" => create_image().await,
+        "fleet" => fleet().await,
         "grant-kms" => grant_kms().await,
         "launch" => launch().await,
         "preflight" => preflight().await,
@@ -61,9 +63,21 @@ pub async fn copy_image() -> Outcome {
 pub async fn create_image() -> Outcome {
     serve(|deps, request| async move {
         let lock = deps.run_lock()?;
-        create_step::run(&deps.ec2, &lock, &deps.settings, &deps.region, request).await
+        create_step::run(
+            &deps.ec2,
+            &deps.autoscaling,
+            &lock,
+            &deps.settings,
+            &deps.region,
+            request,
+        )
+        .await
     })
     .await
+}
+
+pub async fn fleet() -> Outcome {
+    serve(fleet_step::run).await
 }
 
 pub async fn grant_kms() -> Outcome {

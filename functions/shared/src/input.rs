@@ -42,15 +42,7 @@ impl MigrateInput {
     /// Parses and checks raw workflow input. `region` is the region the run works in: a target AZ
     /// of another region is refused here, before any call.
     pub fn parse(raw: &Value, region: &str) -> Result<Self> {
-        let input: MigrateInput = serde_path_to_error::deserialize(raw).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                first_unknown_or_missing(e.inner())
-            } else {
-                path
-            };
-            Error::invalid(field, e.inner().to_string())
-        })?;
+        let input: MigrateInput = parse_fields(raw)?;
         input.check(region)?;
         Ok(input)
     }
@@ -104,6 +96,20 @@ impl MigrateInput {
         }
         Ok(())
     }
+}
+
+/// A workflow input read into its type; a mismatch is `InvalidInput` naming the field (its path,
+/// or the missing or unknown field's name).
+pub fn parse_fields<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            first_unknown_or_missing(e.inner())
+        } else {
+            path
+        };
+        Error::invalid(field, e.inner().to_string())
+    })
 }
 
 /// serde names a missing or unknown field only in its message; pull the name out of it.

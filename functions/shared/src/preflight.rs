@@ -99,6 +99,12 @@ pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> 
         ),
     ));
     rows.push(from(
+        "not in an Auto Scaling group",
+        crate::resources::groups::refuse_member(&deps.autoscaling, &parsed.instance_id)
+            .await
+            .map(|_| "in no group".to_string()),
+    ));
+    rows.push(from(
         "source action",
         checked_first(&capture, parsed.source_action).map(|_| {
             format!(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::input::is_resource_id;
+use crate::input::{is_resource_id, parse_fields as parse};
 
 /// EC2 allows at most this many sharing entities on one AMI.
 pub const MAX_RECEIVERS: usize = 1000;
@@ -165,23 +165,6 @@ pub fn is_kms_key_ref(key: &str) -> bool {
             a.service == "kms"
                 && (a.resource.starts_with("key/") || a.resource.starts_with("alias/"))
         })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T> {
-    serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            e.inner()
-                .to_string()
-                .split('`')
-                .nth(1)
-                .unwrap_or("input")
-                .to_string()
-        } else {
-            path
-        };
-        Error::invalid(field, e.inner().to_string())
-    })
 }
 
 fn check_image_id(field: &str, id: &str) -> Result<()> {

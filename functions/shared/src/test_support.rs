@@ -59,3 +59,12 @@ pub fn images(list: Vec<Image>) -> aws_sdk_ec2::operation::describe_images::Desc
         .set_images(Some(list))
         .build()
 }
+
+/// An Auto Scaling client that finds every instance outside any group.
+pub fn no_groups() -> aws_sdk_autoscaling::Client {
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_instances::DescribeAutoScalingInstancesOutput;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    let none = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_instances)
+        .then_output(|| DescribeAutoScalingInstancesOutput::builder().build());
+    mock_client!(aws_sdk_autoscaling, RuleMode::MatchAny, [&none])
+}

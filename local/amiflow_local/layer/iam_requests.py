@@ -398,4 +398,8 @@ def checks_for(service: str, action: str, params: dict[str, Any], principal: Pri
         return states_checks(action, params, principal)
     if service == "organizations":
         return organizations_checks(action, params, principal)
+    if service == "autoscaling" and action.startswith("Describe"):
+        # (Service Authorization Reference, Amazon EC2 Auto Scaling: the Describe actions have no
+        # resource type.)
+        return [Check(f"autoscaling:{action}", "*", principal.account)]
     raise LayerError(f"the layer does not judge calls to {service} ({action})")

@@ -102,6 +102,31 @@ impl RunLock<'_> {
         }
     }
 
+    /// Creates the failure counter of an EvacuateZone run (`fleet#<execution>`, failures 0), which
+    /// the state machine reads before each child and adds to when one fails. A retried plan
+    /// leaves a counter already there as it is.
+    pub async fn open_counter(&self, key: &str) -> Result<()> {
+        let written = self
+            .ddb
+            .put_item()
+            .table_name(self.table)
+            .item("resourceId", AttributeValue::S(key.into()))
+            .item("failures", AttributeValue::N("0".into()))
+            .item(
+                "expiresAt",
+                AttributeValue::N((now() + LOCK_TTL_SECONDS).to_string()),
+            )
+            .condition_expression("attribute_not_exists(resourceId)")
+            .send()
+            .await
+            .map_err(aws("PutItem"));
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_code(CONDITION_FAILED) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes the lock on `resource` for `who`, or fails with `InstanceBusy` naming the holder.
     /// Taking it again for the same execution (a retried create-image) succeeds.
     pub async fn acquire(&self, resource: &str, who: &Claimant<'_>) -> Result<()> {

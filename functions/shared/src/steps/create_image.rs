@@ -9,6 +9,7 @@ use crate::carry::checked_first;
 use crate::error::{aws, Error, Result};
 use crate::handoff::{CreateImageOutput, Target};
 use crate::input::MigrateInput;
+use crate::resources::groups::refuse_member;
 use crate::resources::images::{find_own_image, image_name};
 use crate::resources::instances::read_source;
 use crate::resources::lock::{Claimant, RunLock};
@@ -28,6 +29,7 @@ pub struct CreateImageRequest {
 
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
+    autoscaling: &aws_sdk_autoscaling::Client,
     lock: &RunLock<'_>,
     settings: &Settings,
     region: &str,
@@ -39,6 +41,7 @@ pub async fn run(
     }
     let input = MigrateInput::parse(&request.input, region)?;
     let capture = read_source(ec2, &input.instance_id).await?;
+    refuse_member(autoscaling, &input.instance_id).await?;
     checked_first(&capture, input.source_action)?;
     let subnet = resolve_subnet(ec2, &input, &capture).await?;
     check_target(&capture, &subnet, input.target_availability_zone.as_deref())?;
@@ -123,7 +126,7 @@ mod mocked {
     use super::*;
     use crate::capture::tests::{source_instance, source_volumes};
     use crate::settings::Settings;
-    use crate::test_support::{images, meta, no_instances, reservation};
+    use crate::test_support::{images, meta, no_groups, no_instances, reservation};
     use aws_sdk_ec2::operation::create_image::CreateImageOutput as SdkCreateImage;
     use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
     use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
@@ -159,6 +162,14 @@ mod mocked {
         ec2: &Client,
         req: CreateImageRequest,
     ) -> (Result<CreateImageOutput>, usize) {
+        locked_run_with(ec2, &no_groups(), req).await
+    }
+
+    async fn locked_run_with(
+        ec2: &Client,
+        groups: &aws_sdk_autoscaling::Client,
+        req: CreateImageRequest,
+    ) -> (Result<CreateImageOutput>, usize) {
         let put = mock!(aws_sdk_dynamodb::Client::put_item)
             .match_requests(|r| {
                 r.item().and_then(|i| i.get("resourceId"))
@@ -181,7 +192,7 @@ mod mocked {
             sfn: &sfn,
             table: "locks",
         };
-        let out = run(ec2, &lock, &settings(), "us-east-1", req).await;
+        let out = run(ec2, groups, &lock, &settings(), "us-east-1", req).await;
         (out, put.num_calls())
     }
 
@@ -352,6 +363,33 @@ mod mocked {
     }
 
     #[tokio::test]
+    async fn an_auto_scaling_member_is_refused_with_its_group_before_the_lock() {
+        use aws_sdk_autoscaling::operation::describe_auto_scaling_instances::DescribeAutoScalingInstancesOutput;
+        use aws_sdk_autoscaling::types::AutoScalingInstanceDetails;
+        let member = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_instances)
+            .then_output(|| {
+                DescribeAutoScalingInstancesOutput::builder()
+                    .auto_scaling_instances(
+                        AutoScalingInstanceDetails::builder()
+                            .instance_id("i-0123456789abcdef0")
+                            .auto_scaling_group_name("web-asg")
+                            .build(),
+                    )
+                    .build()
+            });
+        let groups = mock_client!(aws_sdk_autoscaling, [&member]);
+        let mut rules = reads(true, None).rules();
+        rules.push(create());
+        let ec2 = client(&rules);
+        let (out, locks) = locked_run_with(&ec2, &groups, request(default_input())).await;
+        let err = out.unwrap_err();
+        assert_eq!(err.name(), "InAutoScalingGroup");
+        assert!(err.to_string().contains("web-asg"), "{err}");
+        assert_eq!(locks, 0, "refused before the run lock");
+        assert_eq!(rules.last().unwrap().num_calls(), 0, "no image made");
+    }
+
+    #[tokio::test]
     async fn a_second_attempt_finds_the_image_instead_of_making_another() {
         let mut rules = reads(true, Some("ami-0earlier")).rules();
         rules.push(create());
@@ -437,6 +475,7 @@ mod mocked {
         };
         let err = run(
             &ec2,
+            &no_groups(),
             &lock,
             &settings(),
             "us-east-1",

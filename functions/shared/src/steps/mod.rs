@@ -3,6 +3,7 @@
 pub mod cleanup;
 pub mod copy_image;
 pub mod create_image;
+pub mod fleet;
 pub mod grant_kms;
 pub mod launch;
 pub mod reap;
