@@ -234,13 +234,34 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Approve a MigrateInstance run that waits for it ("cutover": "approve"): the Elastic IP moves
+    /// to the copy and sourceAction is applied.
+    Approve {
+        /// The execution's name (as printed when it started) or ARN.
+        execution: String,
+        /// Follow the run to its end.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Discard the copy of a MigrateInstance run that waits for approval: the copy and its image
+    /// are removed and the source is left as it was.
+    Discard {
+        /// The execution's name (as printed when it started) or ARN.
+        execution: String,
+        /// Follow the run to its end.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Follow a run by its execution name or ARN until it ends.
     Watch {
         /// The execution's name (as printed when it started) or ARN.
         execution: String,
     },
-    /// List running and recent runs of every amiflow workflow.
+    /// List running and recent runs of every amiflow workflow, or show one run: its state and the
+    /// comparison of its source and copy.
     Status {
+        /// One run's execution name or ARN.
+        execution: Option<String>,
         /// How many runs per workflow.
         #[arg(long, default_value_t = 10)]
         limit: i32,

@@ -1,5 +1,6 @@
 //! amiflow: start, follow and check amiflow runs from a terminal.
 
+mod approval;
 mod args;
 mod fleet;
 mod machines;
@@ -145,6 +146,72 @@ async fn follow_fleet(machines: &Machines, arn: &str, output: Output) -> ExitCod
     )
 }
 
+/// Answers a run waiting at AwaitApproval, and follows it with --watch.
+async fn decide(
+    machines: &Machines,
+    execution: &str,
+    decision: &str,
+    watch_it: bool,
+    output: Output,
+) -> ExitCode {
+    let arn = match machines.execution(execution).await {
+        Ok(arn) => arn,
+        Err(e) => return refuse(e),
+    };
+    if let Err(e) = approval::answer(&machines.sfn, &arn, decision).await {
+        return refuse(format!("{execution}: {e}"));
+    }
+    if output == Output::Text {
+        eprintln!(
+            "{execution}: {}",
+            if decision == "approve" {
+                "approved; the Elastic IP moves to the copy and sourceAction is applied"
+            } else {
+                "discarded; the copy is removed and the source is left as it was"
+            }
+        );
+    }
+    if watch_it {
+        follow(machines, &arn, output).await
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One run: its status, the state it is in, and the comparison of source and copy once the copy
+/// is verified (from the run's output, or from the history while it waits for approval).
+async fn show(machines: &Machines, arn: &str, output: Output) -> ExitCode {
+    let described = match machines
+        .sfn
+        .describe_execution()
+        .execution_arn(arn)
+        .send()
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return refuse(format!(
+                "DescribeExecution: {}",
+                amiflow::error::display_chain(&e)
+            ))
+        }
+    };
+    let history = match watch::history(&machines.sfn, arn).await {
+        Ok(events) => events,
+        Err(e) => return refuse(e),
+    };
+    let report = watch::run_view(&described, &history);
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("{}", watch::run_text(&report));
+    }
+    ExitCode::SUCCESS
+}
+
 async fn status(machines: &Machines, limit: i32, output: Output) -> ExitCode {
     let mut all = Vec::new();
     for workflow in WORKFLOWS {
@@ -288,7 +355,20 @@ async fn main() -> ExitCode {
             Ok(arn) => follow(&machines, &arn, output).await,
             Err(e) => refuse(e),
         },
-        Command::Status { limit } => status(&machines, *limit, output).await,
+        Command::Status {
+            execution: Some(execution),
+            ..
+        } => match machines.execution(execution).await {
+            Ok(arn) => show(&machines, &arn, output).await,
+            Err(e) => refuse(e),
+        },
+        Command::Status { limit, .. } => status(&machines, *limit, output).await,
+        Command::Approve { execution, watch } => {
+            decide(&machines, execution, "approve", *watch, output).await
+        }
+        Command::Discard { execution, watch } => {
+            decide(&machines, execution, "discard", *watch, output).await
+        }
         Command::Preflight { workflow } => {
             let rows = match workflow {
                 Preflight::Migrate(a) => preflight::migrate(&deps, &a.input(), DryRuns::Make).await,

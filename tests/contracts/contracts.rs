@@ -12,11 +12,17 @@ use amiflow_contracts::{error_names, files, json, readme_table, workspace};
 
 /// Names that Step Functions or Lambda raise themselves rather than a function of ours
 /// (`Sandbox.Timedout`: an invocation that ran past the function's Timeout; `DynamoDB.` and
-/// `StepFunctions.`: the errors of those service integrations).
+/// `StepFunctions.`, `EventBridge.`: the errors of those service integrations).
 fn is_service_name(name: &str) -> bool {
-    ["States.", "Lambda.", "DynamoDB.", "StepFunctions."]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+    [
+        "States.",
+        "Lambda.",
+        "DynamoDB.",
+        "StepFunctions.",
+        "EventBridge.",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
         || name == "Sandbox.Timedout"
 }
 
@@ -46,7 +52,8 @@ fn every_task_retries_the_lambda_service_errors_and_catches_into_the_rollback() 
     for path in files("statemachine", ".asl.json") {
         let definition = json(&path);
         for (name, state) in definition["States"].as_object().unwrap() {
-            if state["Type"] != "Task" {
+            // Service integrations other than Lambda (events:putEvents) have their own retries.
+            if state["Type"] != "Task" || invocation(state).is_none() {
                 continue;
             }
             let retried: Vec<&str> = state["Retry"]
@@ -165,12 +172,15 @@ fn the_create_image_fixture_holds_a_valid_workflow_input() {
 #[test]
 fn the_readmes_error_table_is_the_one_the_code_defines() {
     let rows = readme_table("| name | raised when | the state machine |");
-    // RollbackFailed is the state machines' own: no function raises it.
+    // RollbackFailed, Discarded and ApprovalTimedOut are the state machines' own: no function
+    // raises them.
     let mut wanted: Vec<String> = ERROR_TABLE
         .iter()
         .map(|(name, when, handling)| format!("| `{name}` | {when} | {handling} |"))
         .collect();
     wanted.push("| `RollbackFailed` | Raised by the state machines, not a function: the rollback itself failed, so resources, permissions or grants of the execution may remain. | fails the run |".into());
+    wanted.push("| `Discarded` | Raised by MigrateInstance, not a function: with `\"cutover\": \"approve\"`, the operator answered anything but `{\"decision\": \"approve\"}` (`amiflow discard`). | the copy and its image are removed; the source and its Elastic IP are as they were |".into());
+    wanted.push("| `ApprovalTimedOut` | Raised by MigrateInstance, not a function: no decision came within `approvalTimeoutSeconds`. | discarded, as above |".into());
     assert_eq!(
         rows,
         wanted,

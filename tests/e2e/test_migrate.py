@@ -73,7 +73,7 @@ def test_migrates_to_the_target_az_with_every_setting(stack, ec2, sfn, world):
     assert "amiflow:migrated-to" not in tags_of(source)
     assert result.states[:4] == ["Start", "PreflightAsked", "CreateImage", "WaitForImage"]
     assert "Preflight" not in result.states, "no preflight unless the input asks"
-    assert result.states[-1] == "Complete"
+    assert result.states[-3:] == ["Complete", "AnnounceSucceeded", "Succeeded"]
 
     # Every line a step logged about this run's image can be found by the run's name.
     about_the_image = [
@@ -317,3 +317,15 @@ def test_the_sources_user_data_never_enters_the_execution_history(stack, ec2, sf
     history = json.dumps(sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"], default=str)
     assert encoded not in history and "amiflow demo" not in history
     assert '"sha256"' in history.replace('\\"', '"')
+
+
+def test_a_target_given_by_az_id_is_the_zone_of_that_id_in_this_account(ec2, sfn, world):
+    zones = {z["ZoneId"]: z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]}
+    zone_id = next(i for i, name in zones.items() if name == "us-east-1c")
+    result = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": zone_id})
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.output["availabilityZone"] == "us-east-1c"
+    assert instance(ec2, result.output["newInstanceId"])["SubnetId"] == world.subnets["us-east-1c"]
+    unknown = run(sfn, "MigrateInstance", {"instanceId": world.instance_id, "targetAvailabilityZone": "use1-az9"})
+    assert (unknown.status, unknown.error) == ("FAILED", "InvalidInput")
+    assert message(unknown).startswith("targetAvailabilityZone: use1-az9"), unknown.cause

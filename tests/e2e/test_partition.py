@@ -47,7 +47,7 @@ def test_a_migration_runs_in_aws_cn(cn):
     new = instance(ec2, result.output["newInstanceId"])
     assert new["Placement"]["AvailabilityZone"] == f"{REGION}b"
     assert new["SubnetId"] == world.subnets[f"{REGION}b"]
-    assert result.states[-1] == "Complete"
+    assert result.states[-3:] == ["Complete", "AnnounceSucceeded", "Succeeded"]
 
 
 def test_an_encrypted_share_in_aws_cn_grants_the_key_to_the_accounts_aws_cn_root(cn):

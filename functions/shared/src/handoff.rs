@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::capture::Capture;
-use crate::input::SourceAction;
+use crate::compare::Compared;
+use crate::input::{Cutover, SourceAction};
 use crate::receivers::{CopyInput, Receivers};
 use crate::resources::images::{ImageFacts, Leftover};
 use crate::settings::Settings;
@@ -32,6 +33,11 @@ pub struct CreateImageOutput {
     pub target: Target,
     /// How long the run waits for the AMI event before it polls instead.
     pub event_wait_seconds: u64,
+    /// When the copy takes the source's place, and how long an approval is waited for.
+    #[serde(default)]
+    pub cutover: Cutover,
+    #[serde(default)]
+    pub approval_timeout_seconds: u64,
 }
 
 /// The new instance as the run follows it: launch makes it, verify-instance advances it.
@@ -47,6 +53,9 @@ pub struct InstanceProgress {
     pub wait_seconds: u64,
     #[serde(default)]
     pub elastic_ip: Option<String>,
+    /// The source and the copy, setting by setting, once the copy is verified.
+    #[serde(default)]
+    pub comparison: Vec<Compared>,
 }
 
 /// The output of a successful MigrateInstance run.
@@ -66,6 +75,9 @@ pub struct MigrateOutput {
     pub source_action: SourceAction,
     pub source_state: String,
     pub not_carried: Vec<String>,
+    /// The source and the new instance, setting by setting.
+    #[serde(default)]
+    pub comparison: Vec<Compared>,
     /// What Complete could not remove after the new instance was verified (a snapshot still in
     /// use, a permission missing): reported here for the operator, never a reason to undo the
     /// migration.
@@ -161,6 +173,8 @@ pub(crate) mod tests {
                 instance_type: "t3.micro".into(),
             },
             event_wait_seconds: 5,
+            cutover: Cutover::Auto,
+            approval_timeout_seconds: 86400,
         }
     }
 

@@ -16,6 +16,21 @@ pub enum SourceAction {
     Terminate,
 }
 
+/// When the copy takes the source's place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cutover {
+    /// As soon as the copy is verified.
+    #[default]
+    Auto,
+    /// When an operator approves; until then the source and its Elastic IP are untouched.
+    Approve,
+}
+
+/// How long an approval is waited for by default, and the bounds of `approvalTimeoutSeconds`.
+pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u64 = 24 * 3600;
+pub const APPROVAL_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 10..=7 * 24 * 3600;
+
 /// The input of MigrateInstance, exactly as operators, triggers and tests send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -36,9 +51,20 @@ pub struct MigrateInput {
     /// Run the preflight checks as the first state, failing before any change.
     #[serde(default)]
     pub preflight: bool,
+    #[serde(default)]
+    pub cutover: Cutover,
+    /// With `"cutover": "approve"`: how long to wait for the decision before discarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_seconds: Option<u64>,
 }
 
 impl MigrateInput {
+    /// How long an approval is waited for.
+    pub fn approval_timeout(&self) -> u64 {
+        self.approval_timeout_seconds
+            .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECONDS)
+    }
+
     /// Parses and checks raw workflow input. `region` is the region the run works in: a target AZ
     /// of another region is refused here, before any call.
     pub fn parse(raw: &Value, region: &str) -> Result<Self> {
@@ -66,10 +92,12 @@ impl MigrateInput {
             }
         }
         match &self.target_availability_zone {
+            // An AZ ID (use1-az2) is this account's zone of that ID, found when the run starts.
+            Some(az) if is_zone_id(az) => {}
             Some(az) if !is_availability_zone(az) => {
                 return Err(Error::invalid(
                     "targetAvailabilityZone",
-                    format!("{az:?} is not an Availability Zone name such as {region}a"),
+                    format!("{az:?} is neither an Availability Zone name such as {region}a nor an AZ ID such as use1-az2"),
                 ));
             }
             Some(az) if !az_in_region(az, region) => {
@@ -83,6 +111,23 @@ impl MigrateInput {
                     "targetAvailabilityZone",
                     "give targetAvailabilityZone or targetSubnetId",
                 ));
+            }
+            _ => {}
+        }
+        match (self.cutover, self.approval_timeout_seconds) {
+            (Cutover::Auto, Some(_)) => {
+                return Err(Error::invalid(
+                    "approvalTimeoutSeconds",
+                    "only with \"cutover\": \"approve\"",
+                ))
+            }
+            (_, Some(s)) if !APPROVAL_TIMEOUT_RANGE.contains(&s) => {
+                return Err(Error::invalid(
+                    "approvalTimeoutSeconds",
+                    format!(
+                    "{s} is not from 10 to 604800 (7 days, while the run holds the source's lock)"
+                ),
+                ))
             }
             _ => {}
         }
@@ -147,6 +192,53 @@ pub fn is_availability_zone(az: &str) -> bool {
         && !az.contains("--")
 }
 
+/// An AZ as given: its name (`us-east-1b`) or its ID (`use1-az2`), which names the same physical
+/// zone in every account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Zone {
+    Name(String),
+    Id(String),
+}
+
+/// `use1-az2`, `usw2-lax1-az1`: lowercase letters and digits in hyphen-joined parts, the last
+/// `az` and a number.
+pub fn is_zone_id(id: &str) -> bool {
+    let mut parts: Vec<&str> = id.split('-').collect();
+    let last = parts.pop();
+    (4..=32).contains(&id.len())
+        && !parts.is_empty()
+        && last.is_some_and(|l| {
+            l.strip_prefix("az")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// Reads a zone field: a name in `region`, or an ID. Pure.
+pub fn zone(field: &str, value: &str, region: &str) -> Result<Zone> {
+    if is_zone_id(value) {
+        Ok(Zone::Id(value.to_string()))
+    } else if is_availability_zone(value) {
+        if az_in_region(value, region) {
+            Ok(Zone::Name(value.to_string()))
+        } else {
+            Err(Error::invalid(
+                field,
+                format!("{value} is not in the region this run works in ({region})"),
+            ))
+        }
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{value:?} is neither an Availability Zone name such as {region}a nor an AZ ID such as use1-az2"),
+        ))
+    }
+}
+
 /// An AZ belongs to the region its name starts with (`us-east-1b` and `us-east-1-bos-1a` are in
 /// `us-east-1`).
 pub fn az_in_region(az: &str, region: &str) -> bool {
@@ -198,6 +290,45 @@ mod tests {
         assert_eq!(input.source_action, SourceAction::Terminate);
         assert!(input.no_reboot && input.keep_image);
         assert_eq!(input.instance_type.as_deref(), Some("t3.large"));
+    }
+
+    #[test]
+    fn an_approval_timeout_needs_an_approve_cutover_and_a_sane_length() {
+        let base = json!({"instanceId": "i-01234567", "targetAvailabilityZone": "us-east-1b"});
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v)
+        };
+        let ok = with(json!({"cutover": "approve"})).unwrap();
+        assert_eq!(
+            (ok.cutover, ok.approval_timeout()),
+            (Cutover::Approve, 86400)
+        );
+        assert_eq!(
+            with(json!({"cutover": "approve", "approvalTimeoutSeconds": 120}))
+                .unwrap()
+                .approval_timeout(),
+            120
+        );
+        for bad in [
+            json!({"approvalTimeoutSeconds": 120}),
+            json!({"cutover": "approve", "approvalTimeoutSeconds": 5}),
+            json!({"cutover": "approve", "approvalTimeoutSeconds": 604801}),
+        ] {
+            assert_eq!(field_of(with(bad)), "approvalTimeoutSeconds");
+        }
+        assert_eq!(field_of(with(json!({"cutover": "later"}))), "cutover");
+    }
+
+    #[test]
+    fn the_target_az_may_be_an_az_id() {
+        let input =
+            parse(json!({"instanceId": "i-01234567", "targetAvailabilityZone": "use1-az2"}))
+                .unwrap();
+        assert_eq!(input.target_availability_zone.as_deref(), Some("use1-az2"));
     }
 
     #[test]
@@ -259,6 +390,25 @@ mod tests {
         ];
         for (input, field) in cases {
             assert_eq!(field_of(parse(input.clone())), field, "{input}");
+        }
+    }
+
+    #[test]
+    fn zones_are_names_of_the_region_or_ids() {
+        assert_eq!(
+            zone("f", "use1-az2", "us-east-1").unwrap(),
+            Zone::Id("use1-az2".into())
+        );
+        assert_eq!(
+            zone("f", "usw2-lax1-az1", "us-east-1").unwrap(),
+            Zone::Id("usw2-lax1-az1".into())
+        );
+        assert_eq!(
+            zone("f", "us-east-1c", "us-east-1").unwrap(),
+            Zone::Name("us-east-1c".into())
+        );
+        for bad in ["use1-az", "az1", "use1-azx", "USE1-AZ1", "us-east-1"] {
+            assert!(zone("f", bad, "us-east-1").is_err(), "{bad}");
         }
     }
 

@@ -5,6 +5,7 @@ pub mod allow;
 pub mod arn;
 pub mod capture;
 pub mod carry;
+pub mod compare;
 pub mod deps;
 pub mod error;
 pub mod functions;

@@ -75,10 +75,23 @@ fn skipped(check: &str) -> Row {
 
 pub async fn migrate(deps: &Deps, input: &Value, dry_runs: DryRuns) -> Vec<Row> {
     let mut rows = Vec::new();
-    let parsed = match MigrateInput::parse(input, &deps.region) {
+    let mut parsed = match MigrateInput::parse(input, &deps.region) {
         Ok(p) => p,
         Err(e) => return vec![from("input", Err(e))],
     };
+    if let Some(az) = &parsed.target_availability_zone {
+        match crate::resources::zones::name_of(
+            &deps.ec2,
+            "targetAvailabilityZone",
+            az,
+            &deps.region,
+        )
+        .await
+        {
+            Ok(name) => parsed.target_availability_zone = Some(name),
+            Err(e) => return vec![from("input", Err(e))],
+        }
+    }
     rows.push(row("input", Verdict::Pass, "well formed"));
     let capture = match read_source(&deps.ec2, &parsed.instance_id).await {
         Ok(c) => c,

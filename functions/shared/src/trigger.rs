@@ -1,6 +1,6 @@
 //! trigger: starts runs that resources ask for with tags, on a schedule and on tag changes.
 //!
-//! - Instances tagged `amiflow:migrate-to` (an AZ name or a subnet id), with an optional
+//! - Instances tagged `amiflow:migrate-to` (an AZ name, an AZ ID or a subnet id), with an optional
 //!   `amiflow:source-action`, start MigrateInstance.
 //! - Images tagged `amiflow:share-with` (comma-separated account ids, organization or OU ARNs)
 //!   start ShareImage.
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{aws, Error, Result};
-use crate::input::{is_availability_zone, is_resource_id, MigrateInput, SourceAction};
+use crate::input::{is_availability_zone, is_resource_id, is_zone_id, MigrateInput, SourceAction};
 use crate::receivers::{is_kms_key_ref, is_organization_arn, is_ou_arn, ShareInput};
 use crate::settings::Settings;
 
@@ -82,12 +82,14 @@ pub fn migrate_request(
     let mut input = json!({"instanceId": instance_id});
     if is_resource_id(target, "subnet-") {
         input["targetSubnetId"] = json!(target);
-    } else if is_availability_zone(target) {
+    } else if is_availability_zone(target) || is_zone_id(target) {
         input["targetAvailabilityZone"] = json!(target);
     } else {
         return Err(Error::invalid(
             MIGRATE_TO,
-            format!("{target:?} is neither an Availability Zone nor a subnet id"),
+            format!(
+                "{target:?} is neither an Availability Zone (a name or an AZ ID) nor a subnet id"
+            ),
         ));
     }
     if let Some(action) = source_action {
@@ -835,6 +837,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v["targetSubnetId"], "subnet-0123456789abcdef0");
+        let v = migrate_request("i-0123456789abcdef0", "use1-az2", None, "us-east-1").unwrap();
+        assert_eq!(v["targetAvailabilityZone"], "use1-az2");
         let bad =
             migrate_request("i-0123456789abcdef0", "the other AZ", None, "us-east-1").unwrap_err();
         assert!(bad.to_string().starts_with("amiflow:migrate-to:"), "{bad}");

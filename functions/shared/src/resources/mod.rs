@@ -7,6 +7,7 @@ pub mod instances;
 pub mod keys;
 pub mod lock;
 pub mod subnets;
+pub mod zones;
 
 use sha2::{Digest, Sha256};
 

@@ -18,11 +18,12 @@ use serde_json::Value;
 
 use crate::capture::Capture;
 use crate::carry;
+use crate::compare;
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
 use crate::handoff::MigrateOutput;
-use crate::input::{MigrateInput, SourceAction};
+use crate::input::{Cutover, MigrateInput, SourceAction};
 use crate::ownership;
 use crate::resources::images::{self, delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
@@ -268,6 +269,22 @@ pub async fn complete(
         ));
     }
 
+    // An approved run: the Elastic IP moves now, the first step of the cutover.
+    let mut elastic_ip = request.instance.elastic_ip.clone();
+    if request.input.cutover == Cutover::Approve {
+        if let Some(eip) = &capture.elastic_ip {
+            ec2.associate_address()
+                .allocation_id(&eip.allocation_id)
+                .instance_id(new_id)
+                .allow_reassociation(true)
+                .send()
+                .await
+                .map_err(aws("AssociateAddress"))?;
+            tracing::info!(new_id, public_ip = %eip.public_ip, "approved: elastic IP moved to the new instance");
+            elastic_ip = Some(eip.public_ip.clone());
+        }
+    }
+
     let success = carry::on_success(capture);
     set_delete_on_termination(ec2, new_id, &success.kept_on_termination, false).await?;
     if success.termination_protection {
@@ -332,11 +349,12 @@ pub async fn complete(
         availability_zone: request.image.target.availability_zone.clone(),
         subnet_id: request.image.target.subnet_id.clone(),
         instance_type: request.image.target.instance_type.clone(),
-        elastic_ip: request.instance.elastic_ip.clone(),
+        elastic_ip,
         source_instance_id: source_id.to_string(),
         source_action: request.input.source_action,
         source_state,
         not_carried: capture.not_carried.clone(),
+        comparison: compare::after_cutover(&request.instance.comparison),
         leftovers,
     })
 }
@@ -566,6 +584,8 @@ mod mocked {
                 source_action: action,
                 keep_image,
                 preflight: false,
+                cutover: Default::default(),
+                approval_timeout_seconds: None,
             },
             image: sample_image(),
             instance: InstanceProgress {
@@ -575,6 +595,7 @@ mod mocked {
                 attempt: 1,
                 wait_seconds: 0,
                 elastic_ip: Some("198.51.100.7".into()),
+                comparison: Vec::new(),
             },
         }
     }

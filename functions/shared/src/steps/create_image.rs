@@ -14,6 +14,7 @@ use crate::resources::images::{find_own_image, image_name};
 use crate::resources::instances::read_source;
 use crate::resources::lock::{Claimant, RunLock};
 use crate::resources::subnets::{check_offered, check_target, resolve_subnet};
+use crate::resources::zones::name_of;
 use crate::settings::Settings;
 use crate::tags::{self, Tag};
 
@@ -39,7 +40,11 @@ pub async fn run(
     if execution.is_empty() {
         return Err(Error::invalid("execution", "the execution name is empty"));
     }
-    let input = MigrateInput::parse(&request.input, region)?;
+    let mut input = MigrateInput::parse(&request.input, region)?;
+    if let Some(az) = &input.target_availability_zone {
+        input.target_availability_zone =
+            Some(name_of(ec2, "targetAvailabilityZone", az, region).await?);
+    }
     let capture = read_source(ec2, &input.instance_id).await?;
     refuse_member(autoscaling, &input.instance_id).await?;
     checked_first(&capture, input.source_action)?;
@@ -65,6 +70,8 @@ pub async fn run(
         capture: capture.clone(),
         target: target.clone(),
         event_wait_seconds: settings.event_wait_seconds,
+        cutover: input.cutover,
+        approval_timeout_seconds: input.approval_timeout(),
     };
 
     // The first side effect: no other run may work on this instance while this one does.

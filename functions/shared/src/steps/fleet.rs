@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use crate::carry;
 use crate::error::{aws, Error, Result};
-use crate::input::{az_in_region, is_availability_zone, is_resource_id, SourceAction};
+use crate::input::{is_resource_id, zone, Cutover, MigrateInput, SourceAction};
 use crate::preflight::{self, DryRuns, Row, Verdict};
 use crate::resources::groups;
+use crate::resources::zones::zone_name;
 use crate::Deps;
 
 /// An inline Map state runs at most 40 iterations at once
@@ -62,53 +63,11 @@ pub struct FleetInput {
     pub no_reboot: bool,
     #[serde(default)]
     pub keep_image: bool,
-}
-
-/// An AZ as given: its name (`us-east-1b`) or its ID (`use1-az2`), which names the same physical
-/// zone in every account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Zone {
-    Name(String),
-    Id(String),
-}
-
-/// `use1-az2`, `usw2-lax1-az1`: lowercase letters and digits in hyphen-joined parts, the last
-/// `az` and a number.
-pub fn is_zone_id(id: &str) -> bool {
-    let mut parts: Vec<&str> = id.split('-').collect();
-    let last = parts.pop();
-    (4..=32).contains(&id.len())
-        && !parts.is_empty()
-        && last.is_some_and(|l| {
-            l.strip_prefix("az")
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-}
-
-/// Reads a zone field: a name in `region`, or an ID. Pure.
-pub fn zone(field: &str, value: &str, region: &str) -> Result<Zone> {
-    if is_zone_id(value) {
-        Ok(Zone::Id(value.to_string()))
-    } else if is_availability_zone(value) {
-        if az_in_region(value, region) {
-            Ok(Zone::Name(value.to_string()))
-        } else {
-            Err(Error::invalid(
-                field,
-                format!("{value} is not in the region this run works in ({region})"),
-            ))
-        }
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("{value:?} is neither an Availability Zone name such as {region}a nor an AZ ID such as use1-az2"),
-        ))
-    }
+    /// Passed to every child: `approve` makes each wait for its own approval.
+    #[serde(default)]
+    pub cutover: Cutover,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_seconds: Option<u64>,
 }
 
 impl FleetInput {
@@ -162,6 +121,12 @@ impl FleetInput {
                 ));
             }
         }
+        // The children's own checks of cutover and approvalTimeoutSeconds, before any child starts.
+        let mut sample = json!({"instanceId": "i-00000000", "targetAvailabilityZone": "us-east-1b", "cutover": self.cutover});
+        if let Some(seconds) = self.approval_timeout_seconds {
+            sample["approvalTimeoutSeconds"] = json!(seconds);
+        }
+        MigrateInput::parse(&sample, "us-east-1")?;
         if let Some(tag) = &self.wave_tag {
             if tag.is_empty() || tag.len() > 128 {
                 return Err(Error::invalid(
@@ -414,39 +379,13 @@ fn child_input(input: &FleetInput, instance_id: &str, target_az: &str) -> Value 
     if input.keep_image {
         child["keepImage"] = json!(true);
     }
+    if input.cutover == Cutover::Approve {
+        child["cutover"] = json!(input.cutover);
+    }
+    if let Some(seconds) = input.approval_timeout_seconds {
+        child["approvalTimeoutSeconds"] = json!(seconds);
+    }
     child
-}
-
-/// The zone's name for a name or an ID, from DescribeAvailabilityZones.
-pub async fn zone_name(ec2: &aws_sdk_ec2::Client, field: &str, zone: &Zone) -> Result<String> {
-    let request = ec2.describe_availability_zones();
-    let request = match zone {
-        Zone::Name(name) => request.zone_names(name),
-        Zone::Id(id) => request.zone_ids(id),
-    };
-    let answer = match request
-        .send()
-        .await
-        .map_err(aws("DescribeAvailabilityZones"))
-    {
-        Ok(answer) => answer,
-        // EC2 refuses an unknown name or ID with InvalidParameterValue.
-        Err(e) if e.is_code("InvalidParameterValue") => {
-            return Err(Error::invalid(field, format!("no such zone here: {e}")))
-        }
-        Err(e) => return Err(e),
-    };
-    answer
-        .availability_zones()
-        .first()
-        .and_then(|z| z.zone_name())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            let given = match zone {
-                Zone::Name(v) | Zone::Id(v) => v,
-            };
-            Error::invalid(field, format!("{given} is not a zone of this region"))
-        })
 }
 
 /// The instances the selection names: every one of `instanceIds`, with each tag filter, in the
@@ -978,31 +917,16 @@ mod tests {
                 "sourceAction",
             ),
             (
-                json!({"tagFilters": {"tier": ["web"]}, "targetAvailabilityZone": "us-east-1b", "cutover": "approve"}),
+                json!({"tagFilters": {"tier": ["web"]}, "targetAvailabilityZone": "us-east-1b", "cutover": "later"}),
                 "cutover",
+            ),
+            (
+                json!({"tagFilters": {"tier": ["web"]}, "targetAvailabilityZone": "us-east-1b", "approvalTimeoutSeconds": 600}),
+                "approvalTimeoutSeconds",
             ),
         ];
         for (input, field) in cases {
             assert_eq!(field_of(parse(input.clone())), field, "{input}");
-        }
-    }
-
-    #[test]
-    fn zones_are_names_of_the_region_or_ids() {
-        assert_eq!(
-            zone("f", "use1-az2", "us-east-1").unwrap(),
-            Zone::Id("use1-az2".into())
-        );
-        assert_eq!(
-            zone("f", "usw2-lax1-az1", "us-east-1").unwrap(),
-            Zone::Id("usw2-lax1-az1".into())
-        );
-        assert_eq!(
-            zone("f", "us-east-1c", "us-east-1").unwrap(),
-            Zone::Name("us-east-1c".into())
-        );
-        for bad in ["use1-az", "az1", "use1-azx", "USE1-AZ1", "us-east-1"] {
-            assert!(zone("f", bad, "us-east-1").is_err(), "{bad}");
         }
     }
 

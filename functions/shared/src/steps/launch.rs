@@ -120,6 +120,7 @@ pub async fn run(
         attempt: 0,
         wait_seconds: settings.instance_poll.interval(0),
         elastic_ip: None,
+        comparison: Vec::new(),
     };
     // The three reads do not depend on each other: one round trip's time, not three. An instance
     // this execution launched already decides first, whatever the other two answered.

@@ -6,9 +6,11 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use serde::Deserialize;
 
 use crate::carry;
+use crate::compare::{compare, Compared};
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
 use crate::handoff::InstanceProgress;
+use crate::input::Cutover;
 use crate::resources::instances;
 use crate::settings::{PollPolicy, Settings};
 use crate::tags::Tag;
@@ -119,6 +121,10 @@ async fn finalize(
     let Some(eip) = &healthy.elastic_ip else {
         return Ok(None);
     };
+    if request.image.cutover == Cutover::Approve {
+        // The source keeps its address until the run is approved.
+        return Ok(None);
+    }
     ec2.associate_address()
         .allocation_id(&eip.allocation_id)
         .instance_id(instance_id)
@@ -128,6 +134,22 @@ async fn finalize(
         .map_err(aws("AssociateAddress"))?;
     tracing::info!(instance_id, public_ip = %eip.public_ip, "elastic IP moved to the new instance");
     Ok(Some(eip.public_ip.clone()))
+}
+
+/// The source beside the verified copy. A copy that cannot be read leaves it empty: it informs
+/// the operator, and is no reason to undo a verified migration.
+async fn comparison(ec2: &aws_sdk_ec2::Client, request: &VerifyRequest) -> Vec<Compared> {
+    match instances::read_source(ec2, &request.instance.instance_id).await {
+        Ok(copy) => compare(
+            &request.image.capture,
+            &copy,
+            request.image.cutover == Cutover::Auto,
+        ),
+        Err(e) => {
+            tracing::warn!(instance_id = %request.instance.instance_id, error = %e, "could not read the copy to compare it");
+            Vec::new()
+        }
+    }
 }
 
 pub async fn run(
@@ -195,6 +217,7 @@ pub async fn run(
                 ready: true,
                 wait_seconds: 0,
                 elastic_ip,
+                comparison: comparison(ec2, &request).await,
                 ..request.instance.clone()
             })
         }
@@ -260,6 +283,7 @@ mod tests {
             attempt: 0,
             wait_seconds: 10,
             elastic_ip: None,
+            comparison: Vec::new(),
         };
         let next = next_check(&p, "pending", &DEFAULT_INSTANCE_POLL).unwrap();
         assert_eq!((next.attempt, next.wait_seconds), (1, 20));
@@ -300,6 +324,7 @@ mod mocked {
                 attempt: 0,
                 wait_seconds: 10,
                 elastic_ip: None,
+                comparison: Vec::new(),
             },
         }
     }
@@ -321,7 +346,46 @@ mod mocked {
                 })
                 .collect(),
         );
+        i.vpc_id = Some("vpc-01234567".into());
+        i.subnet_id = Some("subnet-0bbbbbbb".into());
+        i.placement = Some(
+            aws_sdk_ec2::types::Placement::builder()
+                .availability_zone("us-east-1b")
+                .build(),
+        );
         i
+    }
+
+    /// The reads that take the verified copy's capture, for the comparison.
+    fn copy_reads() -> Vec<Rule> {
+        use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
+        use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
+        use aws_sdk_ec2::operation::describe_instance_credit_specifications::DescribeInstanceCreditSpecificationsOutput;
+        use aws_sdk_ec2::operation::describe_volumes::DescribeVolumesOutput;
+        vec![
+            mock!(Client::describe_volumes).then_output(|| {
+                DescribeVolumesOutput::builder()
+                    .volumes(
+                        aws_sdk_ec2::types::Volume::builder()
+                            .volume_id("vol-new-root")
+                            .size(8)
+                            .build(),
+                    )
+                    .volumes(
+                        aws_sdk_ec2::types::Volume::builder()
+                            .volume_id("vol-new-data")
+                            .size(20)
+                            .build(),
+                    )
+                    .build()
+            }),
+            mock!(Client::describe_instance_attribute)
+                .then_output(|| DescribeInstanceAttributeOutput::builder().build()),
+            mock!(Client::describe_addresses)
+                .then_output(|| DescribeAddressesOutput::builder().build()),
+            mock!(Client::describe_instance_credit_specifications)
+                .then_output(|| DescribeInstanceCreditSpecificationsOutput::builder().build()),
+        ]
     }
 
     fn status(system: SummaryStatus, instance: SummaryStatus) -> Rule {
@@ -402,7 +466,7 @@ mod mocked {
                     .association_id("eipassoc-1")
                     .build()
             });
-        let rules = [
+        let mut rules = vec![
             mock!(Client::describe_instances)
                 .then_output(|| reservation(vec![running_with_volumes()])),
             status(SummaryStatus::Ok, SummaryStatus::Ok),
@@ -410,6 +474,7 @@ mod mocked {
             modify,
             associate,
         ];
+        rules.extend(copy_reads());
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
         let out = run(&ec2, &settings(), request()).await.unwrap();
         assert!(out.ready);
@@ -422,6 +487,46 @@ mod mocked {
             ],
             [1, 1, 1]
         );
+        // The copy read back beside the source (the sample source is in us-east-1a).
+        let az = out
+            .comparison
+            .iter()
+            .find(|r| r.setting == "Availability Zone")
+            .expect("the comparison has the AZ");
+        assert_eq!(az.source, "us-east-1a");
+    }
+
+    #[tokio::test]
+    async fn an_approve_run_keeps_the_elastic_ip_on_the_source_until_approved() {
+        let associate = mock!(Client::associate_address)
+            .then_output(|| AssociateAddressOutput::builder().build());
+        let mut rules = vec![
+            mock!(Client::describe_instances)
+                .then_output(|| reservation(vec![running_with_volumes()])),
+            status(SummaryStatus::Ok, SummaryStatus::Ok),
+            mock!(Client::create_tags).then_output(|| CreateTagsOutput::builder().build()),
+            mock!(Client::modify_instance_attribute)
+                .then_output(|| ModifyInstanceAttributeOutput::builder().build()),
+            associate,
+        ];
+        rules.extend(copy_reads());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &rules);
+        let mut req = request();
+        req.image.cutover = Cutover::Approve;
+        let out = run(&ec2, &settings(), req).await.unwrap();
+        assert!(out.ready);
+        assert_eq!(out.elastic_ip, None);
+        assert_eq!(
+            rules[4].num_calls(),
+            0,
+            "no AssociateAddress before the approval"
+        );
+        let eip = out
+            .comparison
+            .iter()
+            .find(|r| r.setting == "Elastic IP")
+            .expect("the source has an Elastic IP");
+        assert_eq!(eip.status, crate::compare::Status::AtCutover);
     }
 
     #[tokio::test]
