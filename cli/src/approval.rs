@@ -6,6 +6,8 @@ use aws_sdk_sfn::types::{HistoryEvent, HistoryEventType};
 use aws_sdk_sfn::Client;
 use serde_json::{json, Value};
 
+use crate::failure::{api, Failure};
+
 /// The state that waits for the decision.
 pub const STATE: &str = "AwaitApproval";
 
@@ -58,18 +60,16 @@ pub fn token_of(parameters: &str) -> Result<String, String> {
 }
 
 /// Sends the decision to the run `arn` waits for.
-pub async fn answer(sfn: &Client, arn: &str, decision: &str) -> Result<(), String> {
+pub async fn answer(sfn: &Client, arn: &str, decision: &str) -> Result<(), Failure> {
     let described = sfn
         .describe_execution()
         .execution_arn(arn)
         .send()
         .await
-        .map_err(|e| format!("DescribeExecution: {}", amiflow::error::display_chain(&e)))?;
+        .map_err(api("DescribeExecution"))?;
     let status = described.status().as_str();
     if status != "RUNNING" {
-        return Err(format!(
-            "the run is {status}: it is not waiting for a decision"
-        ));
+        return Err(format!("the run is {status}: it is not waiting for a decision").into());
     }
     let events = crate::watch::history(sfn, arn).await?;
     let token = waiting_token(&events)?;
@@ -78,7 +78,7 @@ pub async fn answer(sfn: &Client, arn: &str, decision: &str) -> Result<(), Strin
         .output(json!({"decision": decision}).to_string())
         .send()
         .await
-        .map_err(|e| format!("SendTaskSuccess: {}", amiflow::error::display_chain(&e)))?;
+        .map_err(api("SendTaskSuccess"))?;
     Ok(())
 }
 

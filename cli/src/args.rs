@@ -27,6 +27,10 @@ pub struct Global {
     /// AWS region (else AWS_REGION or the profile's).
     #[arg(long, global = true)]
     pub region: Option<String>,
+    /// The profile of ~/.aws/config to use: keys, an assume-role chain, SSO, credential_process
+    /// or `aws login` (else AWS_PROFILE, else the default chain).
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
     /// The NamePrefix the stack was deployed with: state machines are <prefix>MigrateInstance etc.
     #[arg(long, global = true, default_value = "")]
     pub name_prefix: String,

@@ -9,10 +9,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::args::Output;
+use crate::failure::{api, Failure};
 use crate::watch::Ended;
 
 /// The output of the state `name` when it was last left, from the execution's history.
-async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<Value>, String> {
+async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<Value>, Failure> {
     let mut pages = sfn
         .get_execution_history()
         .execution_arn(arn)
@@ -21,7 +22,7 @@ async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| format!("GetExecutionHistory: {e}"))?;
+        let page = page.map_err(api("GetExecutionHistory"))?;
         for event in page.events() {
             if let Some(exited) = event.state_exited_event_details() {
                 if names.contains(&exited.name()) {
@@ -34,7 +35,7 @@ async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<
 }
 
 /// What a child is doing now, in a few words: its current state while it runs, its result after.
-async fn child_line(sfn: &Client, arn: &str) -> Result<(String, bool), String> {
+async fn child_line(sfn: &Client, arn: &str) -> Result<(String, bool), Failure> {
     let described = match sfn.describe_execution().execution_arn(arn).send().await {
         Ok(d) => d,
         Err(e)
@@ -43,7 +44,7 @@ async fn child_line(sfn: &Client, arn: &str) -> Result<(String, bool), String> {
         {
             return Ok(("waiting".into(), false))
         }
-        Err(e) => return Err(format!("DescribeExecution: {e}")),
+        Err(e) => return Err(api("DescribeExecution")(e)),
     };
     let status = described.status().as_str();
     if status == "RUNNING" {
@@ -54,7 +55,7 @@ async fn child_line(sfn: &Client, arn: &str) -> Result<(String, bool), String> {
             .max_results(20)
             .send()
             .await
-            .map_err(|e| format!("GetExecutionHistory: {e}"))?;
+            .map_err(api("GetExecutionHistory"))?;
         let state = last
             .events()
             .iter()
@@ -96,7 +97,7 @@ pub async fn watch(
     fleet_arn: &str,
     migrate_machine_arn: &str,
     output: Output,
-) -> Result<Ended, String> {
+) -> Result<Ended, Failure> {
     let multi = if output == Output::Json {
         MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
     } else {
@@ -117,7 +118,7 @@ pub async fn watch(
             .execution_arn(fleet_arn)
             .send()
             .await
-            .map_err(|e| format!("DescribeExecution: {e}"))?;
+            .map_err(api("DescribeExecution"))?;
         let status = described.status().as_str().to_string();
         if plan.is_none() {
             plan = state_output(sfn, fleet_arn, &["Plan"]).await?;

@@ -2,6 +2,7 @@
 
 mod approval;
 mod args;
+mod failure;
 mod fleet;
 mod machines;
 mod watch;
@@ -15,13 +16,13 @@ use amiflow::Deps;
 use args::{Cli, Command, Output, Preflight, Start};
 use aws_config::{BehaviorVersion, Region};
 use clap::Parser;
+use failure::{api, Failure};
 use machines::{Machines, WORKFLOWS};
 use serde_json::Value;
 
-/// A usage error: exit status 2, and the message names the flag.
-fn refuse(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
+/// A refusal (exit 2; the message names the flag or the run) or an AWS call that failed (exit 3).
+fn refuse(failure: impl Into<Failure>) -> ExitCode {
+    failure.into().exit()
 }
 
 fn default_name(workflow: &str, resource: &str) -> String {
@@ -86,7 +87,7 @@ async fn start(
 /// Prints how a followed run ended and answers the exit status: the whole report (json), or the
 /// text its kind makes of it and, for a failed run, its error and cause.
 fn conclude(
-    ended: Result<watch::Ended, String>,
+    ended: Result<watch::Ended, Failure>,
     output: Output,
     text: impl Fn(&watch::Ended) -> Option<String>,
 ) -> ExitCode {
@@ -114,7 +115,7 @@ fn conclude(
     if ended.succeeded {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(failure::RUN_FAILED)
     }
 }
 
@@ -158,8 +159,10 @@ async fn decide(
         Ok(arn) => arn,
         Err(e) => return refuse(e),
     };
-    if let Err(e) = approval::answer(&machines.sfn, &arn, decision).await {
-        return refuse(format!("{execution}: {e}"));
+    match approval::answer(&machines.sfn, &arn, decision).await {
+        Err(Failure::Refused(reason)) => return refuse(format!("{execution}: {reason}")),
+        Err(failure) => return refuse(failure),
+        Ok(()) => {}
     }
     if output == Output::Text {
         eprintln!(
@@ -189,12 +192,7 @@ async fn show(machines: &Machines, arn: &str, output: Output) -> ExitCode {
         .await
     {
         Ok(d) => d,
-        Err(e) => {
-            return refuse(format!(
-                "DescribeExecution: {}",
-                amiflow::error::display_chain(&e)
-            ))
-        }
+        Err(e) => return refuse(api("DescribeExecution")(e)),
     };
     let history = match watch::history(&machines.sfn, arn).await {
         Ok(events) => events,
@@ -215,8 +213,11 @@ async fn show(machines: &Machines, arn: &str, output: Output) -> ExitCode {
 async fn status(machines: &Machines, limit: i32, output: Output) -> ExitCode {
     let mut all = Vec::new();
     for workflow in WORKFLOWS {
-        let Ok(arn) = machines.arn(workflow).await else {
-            continue;
+        let arn = match machines.arn(workflow).await {
+            Ok(arn) => arn,
+            // A stack without this workflow (an older one): the others are listed.
+            Err(Failure::Refused(_)) => continue,
+            Err(failure) => return refuse(failure),
         };
         match machines
             .sfn
@@ -231,7 +232,7 @@ async fn status(machines: &Machines, limit: i32, output: Output) -> ExitCode {
                     all.push(serde_json::json!({"workflow": workflow, "name": e.name(), "status": e.status().as_str(), "started": e.start_date().secs()}));
                 }
             }
-            Err(e) => return refuse(format!("ListExecutions: {e}")),
+            Err(e) => return refuse(api("ListExecutions")(e)),
         }
     }
     all.sort_by_key(|e| std::cmp::Reverse(e["started"].as_i64().unwrap_or_default()));
@@ -262,6 +263,9 @@ async fn main() -> ExitCode {
     }
     if let Some(region) = &cli.global.region {
         loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(profile) = &cli.global.profile {
+        loader = loader.profile_name(profile);
     }
     let config = loader.load().await;
     let deps = Deps::from_config(&config, Settings::defaults());
@@ -379,7 +383,7 @@ async fn main() -> ExitCode {
             };
             preflight::print(&rows, output == Output::Json);
             if rows.iter().any(|r| r.verdict == preflight::Verdict::Fail) {
-                ExitCode::FAILURE
+                ExitCode::from(failure::RUN_FAILED)
             } else {
                 ExitCode::SUCCESS
             }

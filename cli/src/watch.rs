@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::args::Output;
+use crate::failure::{api, Failure};
 
 fn seconds(t: &DateTime) -> f64 {
     t.secs() as f64 + f64::from(t.subsec_nanos()) / 1e9
@@ -17,7 +18,7 @@ fn seconds(t: &DateTime) -> f64 {
 pub async fn history(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
-) -> Result<Vec<aws_sdk_sfn::types::HistoryEvent>, String> {
+) -> Result<Vec<aws_sdk_sfn::types::HistoryEvent>, Failure> {
     let mut events = Vec::new();
     let mut pages = sfn
         .get_execution_history()
@@ -26,8 +27,7 @@ pub async fn history(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page
-            .map_err(|e| format!("GetExecutionHistory: {}", amiflow::error::display_chain(&e)))?;
+        let page = page.map_err(api("GetExecutionHistory"))?;
         events.extend(page.events().iter().cloned());
     }
     Ok(events)
@@ -51,7 +51,7 @@ pub async fn watch(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
     output: Output,
-) -> Result<Ended, String> {
+) -> Result<Ended, Failure> {
     let bar = if output == Output::Json {
         ProgressBar::hidden()
     } else {
@@ -73,7 +73,7 @@ pub async fn watch(
             .execution_arn(execution_arn)
             .send()
             .await
-            .map_err(|e| format!("DescribeExecution: {e}"))?;
+            .map_err(api("DescribeExecution"))?;
         let events = history(sfn, execution_arn).await?;
         for event in events.iter().skip(seen) {
             let at = seconds(event.timestamp());

@@ -76,3 +76,34 @@ def test_dry_run_prints_the_input_it_would_start(stack):
     assert printed.returncode == 0
     assert json.loads(printed.stdout) == {"instanceId": "i-0123456789abcdef0", "targetSubnetId": "subnet-0123456789abcdef0",
                                           "noReboot": False, "sourceAction": "keep", "keepImage": True}
+
+
+def test_profiles_with_credential_process_and_an_assumed_role_chain_are_used(stack, tmp_path):
+    script = tmp_path / "credentials.sh"
+    script.write_text("#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"process-key\", \"SecretAccessKey\": \"process-secret\"}'\n")
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(
+        f"[profile process]\ncredential_process = {script}\nregion = us-east-1\n\n"
+        "[profile chained]\nrole_arn = arn:aws:iam::123456789012:role/amiflow-operator\nsource_profile = process\nregion = us-east-1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_CONFIG_FILE": str(config), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                "AWS_ENDPOINT_URL": stack.endpoint, "AWS_EC2_METADATA_DISABLED": "true"})
+    stack.control("calls", method="DELETE")
+    for profile in ("process", "chained"):
+        done = subprocess.run([CLI, "--profile", profile, "status", "--output", "json"], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, (profile, done.stderr)
+    principals = {c["principal"] for c in stack.control("calls")}
+    # The chained profile's calls were signed with the role's session, which the process's keys assumed.
+    assert any(p.startswith("role:arn:aws:iam::123456789012:role/amiflow-operator") for p in principals), principals
+
+
+def test_exit_codes_tell_a_refusal_a_failed_run_and_an_api_failure_apart(stack):
+    refused = amiflow(stack, "approve", "no-such-run")
+    assert refused.returncode == 2 and "no amiflow execution named no-such-run" in refused.stderr
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_REGION": "us-east-1"}
+    # Nothing listens on port 9: the call fails before AWS answers.
+    unreachable = subprocess.run([CLI, "--endpoint-url", "http://127.0.0.1:9", "status"], capture_output=True, text=True, env=env, timeout=120)
+    assert unreachable.returncode == 3, unreachable.stderr
+    assert "ListStateMachines" in unreachable.stderr
