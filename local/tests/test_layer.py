@@ -916,3 +916,40 @@ def test_an_execution_history_comes_in_pages_and_newest_first_when_asked(stack, 
     newest = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=3)["events"]
     assert [e["id"] for e in newest] == [len(everything), len(everything) - 1, len(everything) - 2]
     assert newest[0]["type"] == "ExecutionSucceeded"
+
+
+def test_a_capacity_reservation_holds_a_place_for_a_targeted_launch(stack, ec2, world):
+    source = ec2.describe_instances(InstanceIds=[world.instance_id])["Reservations"][0]["Instances"][0]
+    created = ec2.create_capacity_reservation(
+        InstanceType="t3.micro", InstancePlatform="Linux/UNIX", AvailabilityZone="us-east-1b", InstanceCount=1,
+        InstanceMatchCriteria="targeted", ClientToken=f"cr-{uuid.uuid4().hex[:6]}",
+        TagSpecifications=[{"ResourceType": "capacity-reservation", "Tags": [{"Key": "purpose", "Value": "test"}]}],
+    )["CapacityReservation"]
+    reservation = created["CapacityReservationId"]
+    assert (created["State"], created["AvailableInstanceCount"]) == ("active", 1)
+    tagged = ec2.describe_capacity_reservations(Filters=[{"Name": "tag:purpose", "Values": ["test"]}])["CapacityReservations"]
+    assert [r["CapacityReservationId"] for r in tagged] == [reservation]
+
+    def launch():
+        return ec2.run_instances(ImageId=source["ImageId"], InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                 SubnetId=world.subnets["us-east-1b"],
+                                 CapacityReservationSpecification={"CapacityReservationTarget": {"CapacityReservationId": reservation}})
+
+    launched = launch()["Instances"][0]
+    described = ec2.describe_instances(InstanceIds=[launched["InstanceId"]])["Reservations"][0]["Instances"][0]
+    assert described["CapacityReservationId"] == reservation
+    assert ec2.describe_capacity_reservations(CapacityReservationIds=[reservation])["CapacityReservations"][0]["AvailableInstanceCount"] == 0
+    with pytest.raises(ClientError) as full:
+        launch()
+    assert full.value.response["Error"]["Code"] == "ReservationCapacityExceeded"
+    ec2.terminate_instances(InstanceIds=[launched["InstanceId"]])
+    assert ec2.describe_capacity_reservations(CapacityReservationIds=[reservation])["CapacityReservations"][0]["AvailableInstanceCount"] == 1
+    ec2.cancel_capacity_reservation(CapacityReservationId=reservation)
+    assert ec2.describe_capacity_reservations(CapacityReservationIds=[reservation])["CapacityReservations"][0]["State"] == "cancelled"
+    with pytest.raises(ClientError) as unknown:
+        ec2.cancel_capacity_reservation(CapacityReservationId="cr-00000000000000000")
+    assert unknown.value.response["Error"]["Code"] == "InvalidCapacityReservationId.NotFound"
+    stack.control("faults", {"kind": "insufficient-capacity", "availabilityZone": "us-east-1c", "count": 1})
+    with pytest.raises(ClientError) as none:
+        ec2.create_capacity_reservation(InstanceType="t3.micro", InstancePlatform="Linux/UNIX", AvailabilityZone="us-east-1c", InstanceCount=1)
+    assert none.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"

@@ -22,7 +22,8 @@ STAR_RESOURCE_ALLOWED = ["ec2:Describe*", "states:SendTaskSuccess", "states:Send
                          "autoscaling:DescribeAutoScalingInstances"]
 # Actions that end or remove something: they need a condition that limits them to what amiflow
 # should touch.
-DESTRUCTIVE = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeregisterImage", "ec2:DeleteSnapshot"]
+DESTRUCTIVE = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeregisterImage", "ec2:DeleteSnapshot",
+               "ec2:CancelCapacityReservation"]
 
 
 def statements():

@@ -123,6 +123,13 @@ pub struct Capture {
     pub elastic_ip: Option<ElasticIp>,
     /// What an AMI cannot carry to another AZ, said plainly for the operator.
     pub not_carried: Vec<String>,
+    /// The platform EC2 bills it as (`Linux/UNIX`, `Windows` …): a Capacity Reservation's.
+    #[serde(default = "linux")]
+    pub platform: String,
+}
+
+fn linux() -> String {
+    "Linux/UNIX".into()
 }
 
 /// Burstable families take a credit specification; others refuse one.
@@ -257,6 +264,11 @@ pub fn capture(
             })
         }),
         not_carried,
+        platform: instance
+            .platform_details()
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(linux),
     })
 }
 

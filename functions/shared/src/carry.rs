@@ -128,6 +128,7 @@ pub struct LaunchPlan {
     pub instance_tags: Vec<Tag>,
     pub volume_tags: Vec<Tag>,
     pub client_token: String,
+    pub capacity_reservation_id: Option<String>,
 }
 
 /// Provisioned IOPS apply to io1, io2 and gp3 only; throughput to gp3 only. gp2 reports a
@@ -201,6 +202,7 @@ pub fn at_launch(
         instance_tags: tags::carried_with(&capture.tags, &own),
         volume_tags: vec![Tag::new(tags::EXECUTION, execution)],
         client_token: client_token(execution, "launch"),
+        capacity_reservation_id: image.capacity_reservation_id.clone(),
     }
 }
 

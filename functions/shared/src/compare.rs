@@ -302,6 +302,7 @@ mod tests {
                 "private IP address 10.0.0.4 (the new instance gets one from the target subnet)"
                     .into(),
             ],
+            platform: "Linux/UNIX".into(),
         }
     }
 

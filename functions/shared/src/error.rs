@@ -68,7 +68,7 @@ errors! {
     ImageNameRace: "CreateImage found the run's image name taken by a concurrent attempt of the same execution, whose image is not visible yet." => "retried with backoff, then rolled back";
     ImageFailed: "The AMI went `failed`, `deregistered` or `disabled`; its state reason is in the message." => "rolled back";
     ImageWaitTimedOut: "The AMI was still pending after 48 hours of fallback polling." => "rolled back";
-    InsufficientCapacity: "RunInstances found no capacity in the target AZ." => "rolled back";
+    InsufficientCapacity: "RunInstances found no capacity in the target AZ, or (`\"capacity\": \"reserve\"`) CreateCapacityReservation could reserve none, before anything was made." => "rolled back";
     LaunchFailed: "The new instance stopped or terminated before it was verified; its StateReason code and message are in the message." => "rolled back";
     StatusCheckFailed: "The new instance runs but a status check is `impaired`." => "rolled back";
     InstanceWaitTimedOut: "The new instance was not running with both checks `ok` within `InstanceWaitLimitSeconds`." => "rolled back";

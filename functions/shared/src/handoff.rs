@@ -38,6 +38,9 @@ pub struct CreateImageOutput {
     pub cutover: Cutover,
     #[serde(default)]
     pub approval_timeout_seconds: u64,
+    /// The Capacity Reservation the copy launches into (`"capacity": "reserve"`).
+    #[serde(default)]
+    pub capacity_reservation_id: Option<String>,
 }
 
 /// The new instance as the run follows it: launch makes it, verify-instance advances it.
@@ -78,6 +81,9 @@ pub struct MigrateOutput {
     /// The source and the new instance, setting by setting.
     #[serde(default)]
     pub comparison: Vec<Compared>,
+    /// The Capacity Reservation the new instance launched into, cancelled now that it runs.
+    #[serde(default)]
+    pub released_capacity_reservation_ids: Vec<String>,
     /// What Complete could not remove after the new instance was verified (a snapshot still in
     /// use, a permission missing): reported here for the operator, never a reason to undo the
     /// migration.
@@ -175,6 +181,7 @@ pub(crate) mod tests {
             event_wait_seconds: 5,
             cutover: Cutover::Auto,
             approval_timeout_seconds: 86400,
+            capacity_reservation_id: None,
         }
     }
 

@@ -27,6 +27,18 @@ pub enum Cutover {
     Approve,
 }
 
+/// Whether the target AZ's capacity is reserved for the copy before anything is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capacity {
+    /// Launch as EC2 can.
+    #[default]
+    None,
+    /// A targeted On-Demand Capacity Reservation for the type in the target AZ, made before the
+    /// AMI, launched into, and released at the end.
+    Reserve,
+}
+
 /// How long an approval is waited for by default, and the bounds of `approvalTimeoutSeconds`.
 pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u64 = 24 * 3600;
 pub const APPROVAL_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 10..=7 * 24 * 3600;
@@ -56,6 +68,8 @@ pub struct MigrateInput {
     /// With `"cutover": "approve"`: how long to wait for the decision before discarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub capacity: Capacity,
 }
 
 impl MigrateInput {

@@ -45,6 +45,7 @@ _KINDS = {
     "eipalloc-": ("elastic-ip", True),
     "vpc-": ("vpc", True),
     "lt-": ("launch-template", True),
+    "cr-": ("capacity-reservation", True),
 }
 
 
@@ -70,9 +71,11 @@ def tags_in(params: dict[str, Any], prefix: str = "Tag") -> dict[str, str]:
 
 
 def tag_specifications(params: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """TagSpecification.N -> {resource type: tags}. Pure."""
+    """TagSpecification.N (RunInstances, CreateImage …) or TagSpecifications.N (the EC2 query
+    name of actions whose model gives the list no other name, CreateCapacityReservation) ->
+    {resource type: tags}. Pure."""
     out: dict[str, dict[str, str]] = {}
-    for spec in members(params, "TagSpecification"):
+    for spec in members(params, "TagSpecification") + members(params, "TagSpecifications"):
         if spec.get("ResourceType"):
             out.setdefault(spec["ResourceType"], {}).update(tags_in(spec))
     return out
@@ -189,6 +192,11 @@ def ec2_checks(action: str, params: dict[str, Any], principal: Principal, region
         ]
     if action == "RunInstances":
         return run_instances_checks(ec2, params, principal, specs)
+    if action == "CreateCapacityReservation":
+        # (Service Authorization Reference: capacity-reservation, with aws:RequestTag and aws:TagKeys.)
+        return [ec2.new(name, "capacity-reservation", specs.get("capacity-reservation")), *ec2.created_tags(action, specs)]
+    if action in ("CancelCapacityReservation", "ModifyCapacityReservation"):
+        return [ec2.existing(name, params.get("CapacityReservationId", ""))]
     if action in ("CreateTags", "DeleteTags"):
         tags = tags_in(params)
         context = request_tag_context(tags) if action == "CreateTags" else {"aws:TagKeys": sorted(tags)}
@@ -236,6 +244,9 @@ def run_instances_checks(ec2: Ec2, params: dict[str, Any], principal: Principal,
         checks.append(Check(name, f"arn:{config.partition}:ec2:{ec2.region}:{ec2.account}:key-pair/{params['KeyName']}", ec2.account))
     if params.get("LaunchTemplate.LaunchTemplateId"):
         checks.append(ec2.existing(name, params["LaunchTemplate.LaunchTemplateId"]))
+    reservation = params.get("CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId")
+    if reservation:
+        checks.append(ec2.existing(name, reservation))
     checks += [
         ec2.new(name, "instance", specs.get("instance")),
         ec2.new(name, "network-interface", specs.get("network-interface")),

@@ -27,7 +27,7 @@ use crate::input::{Cutover, MigrateInput, SourceAction};
 use crate::ownership;
 use crate::resources::images::{self, delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
-use crate::resources::{client_token, instances};
+use crate::resources::{capacity, client_token, instances};
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +139,9 @@ pub struct RollbackOutput {
     /// Resources that carry this execution's tag but that the run did not make: left unchanged.
     #[serde(default)]
     pub left_alone_ids: Vec<String>,
+    /// The run's Capacity Reservation, cancelled (`"capacity": "reserve"`).
+    #[serde(default)]
+    pub released_capacity_reservation_ids: Vec<String>,
 }
 
 impl RollbackOutput {
@@ -304,6 +307,13 @@ pub async fn complete(
             .map_err(aws("ModifyInstanceAttribute"))?;
     }
 
+    // The copy runs: the reservation it launched into is no longer needed.
+    let released_capacity = if request.image.capacity_reservation_id.is_some() {
+        capacity::release(ec2, &request.execution).await?
+    } else {
+        Vec::new()
+    };
+
     let (deleted_snapshot_ids, leftovers) = if request.input.keep_image {
         (Vec::new(), Vec::new())
     } else {
@@ -355,6 +365,7 @@ pub async fn complete(
         source_state,
         not_carried: capture.not_carried.clone(),
         comparison: compare::after_cutover(&request.instance.comparison),
+        released_capacity_reservation_ids: released_capacity,
         leftovers,
     })
 }
@@ -459,6 +470,10 @@ pub async fn rollback(
             tracing::info!(instance_id = id, execution, "new instance terminated");
             out.terminated_instance_ids.push(id.to_string());
         }
+    }
+
+    if state.input["capacity"] == "reserve" {
+        out.released_capacity_reservation_ids = capacity::release(ec2, execution).await?;
     }
 
     let mut image_ids: Vec<String> = Vec::new();
@@ -586,6 +601,7 @@ mod mocked {
                 preflight: false,
                 cutover: Default::default(),
                 approval_timeout_seconds: None,
+                capacity: Default::default(),
             },
             image: sample_image(),
             instance: InstanceProgress {

@@ -8,7 +8,8 @@ use serde_json::Value;
 use crate::carry::checked_first;
 use crate::error::{aws, Error, Result};
 use crate::handoff::{CreateImageOutput, Target};
-use crate::input::MigrateInput;
+use crate::input::{Capacity, MigrateInput};
+use crate::resources::capacity;
 use crate::resources::groups::refuse_member;
 use crate::resources::images::{find_own_image, image_name};
 use crate::resources::instances::read_source;
@@ -63,6 +64,29 @@ pub async fn run(
         instance_type,
     };
     let image_name = image_name(&input.instance_id, execution);
+
+    // The first side effect: no other run may work on this instance while this one does.
+    let claimant = Claimant {
+        execution,
+        execution_arn: &request.execution_arn,
+    };
+    lock.acquire(&input.instance_id, &claimant).await?;
+
+    // Capacity before the image: without it the run fails here, having made nothing (the
+    // rollback gives the lock back).
+    let capacity_reservation_id = match input.capacity {
+        Capacity::Reserve => Some(
+            capacity::reserve(
+                ec2,
+                execution,
+                &target.instance_type,
+                &capture.platform,
+                &target.availability_zone,
+            )
+            .await?,
+        ),
+        Capacity::None => None,
+    };
     let output = |image_id: String, created: bool| CreateImageOutput {
         image_id,
         image_name: image_name.clone(),
@@ -72,14 +96,8 @@ pub async fn run(
         event_wait_seconds: settings.event_wait_seconds,
         cutover: input.cutover,
         approval_timeout_seconds: input.approval_timeout(),
+        capacity_reservation_id: capacity_reservation_id.clone(),
     };
-
-    // The first side effect: no other run may work on this instance while this one does.
-    let claimant = Claimant {
-        execution,
-        execution_arn: &request.execution_arn,
-    };
-    lock.acquire(&input.instance_id, &claimant).await?;
 
     if let Some(existing) = find_own_image(ec2, execution, &image_name, &input.instance_id).await? {
         tracing::info!(image_id = %existing, execution, "image of this execution exists already");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::carry;
 use crate::error::{aws, Error, Result};
-use crate::input::{is_resource_id, zone, Cutover, MigrateInput, SourceAction};
+use crate::input::{is_resource_id, zone, Capacity, Cutover, MigrateInput, SourceAction};
 use crate::preflight::{self, DryRuns, Row, Verdict};
 use crate::resources::groups;
 use crate::resources::zones::zone_name;
@@ -68,6 +68,9 @@ pub struct FleetInput {
     pub cutover: Cutover,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_timeout_seconds: Option<u64>,
+    /// Passed to every child: `reserve` reserves each copy's capacity before its AMI.
+    #[serde(default)]
+    pub capacity: Capacity,
 }
 
 impl FleetInput {
@@ -384,6 +387,9 @@ fn child_input(input: &FleetInput, instance_id: &str, target_az: &str) -> Value 
     }
     if let Some(seconds) = input.approval_timeout_seconds {
         child["approvalTimeoutSeconds"] = json!(seconds);
+    }
+    if input.capacity == Capacity::Reserve {
+        child["capacity"] = json!(input.capacity);
     }
     child
 }

@@ -201,6 +201,17 @@ pub async fn run(
                 .build(),
         );
     }
+    if let Some(reservation) = &plan.capacity_reservation_id {
+        call = call.capacity_reservation_specification(
+            aws_sdk_ec2::types::CapacityReservationSpecification::builder()
+                .capacity_reservation_target(
+                    aws_sdk_ec2::types::CapacityReservationTarget::builder()
+                        .capacity_reservation_id(reservation)
+                        .build(),
+                )
+                .build(),
+        );
+    }
     let launched = call.send().await.map_err(aws("RunInstances"))?;
     let instance = launched.instances().first().ok_or_else(|| {
         Error::UnexpectedAnswer("RunInstances: the answer has no instance".into())
