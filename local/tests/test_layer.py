@@ -953,3 +953,24 @@ def test_a_capacity_reservation_holds_a_place_for_a_targeted_launch(stack, ec2, 
     with pytest.raises(ClientError) as none:
         ec2.create_capacity_reservation(InstanceType="t3.micro", InstancePlatform="Linux/UNIX", AvailabilityZone="us-east-1c", InstanceCount=1)
     assert none.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+
+
+def test_a_registered_target_is_initial_then_healthy_and_a_deregistered_one_drains(stack, ec2, world):
+    elb = stack.client("elbv2")
+    stack.control("config", {"statusCheckDelaySeconds": 2})
+    group = elb.create_target_group(Name=f"tg-{uuid.uuid4().hex[:6]}", Protocol="HTTP", Port=80, VpcId=world.vpc_id,
+                                    TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+
+    def state() -> tuple[str, str | None]:
+        health = elb.describe_target_health(TargetGroupArn=group, Targets=[{"Id": world.instance_id, "Port": 8080}])["TargetHealthDescriptions"][0]["TargetHealth"]
+        return health["State"], health.get("Reason")
+
+    elb.register_targets(TargetGroupArn=group, Targets=[{"Id": world.instance_id, "Port": 8080}])
+    assert state() == ("initial", "Elb.RegistrationInProgress")
+    wait_for(lambda: state()[0] == "healthy", timeout=10, what="the target to pass its checks")
+    elb.deregister_targets(TargetGroupArn=group, Targets=[{"Id": world.instance_id, "Port": 8080}])
+    assert state() == ("draining", "Target.DeregistrationInProgress")
+    wait_for(lambda: state() == ("unused", "Target.NotRegistered"), timeout=10, what="the draining to end")
+    stack.control("faults", {"kind": "impaired", "instanceId": world.instance_id})
+    elb.register_targets(TargetGroupArn=group, Targets=[{"Id": world.instance_id, "Port": 8080}])
+    wait_for(lambda: state() == ("unhealthy", "Target.FailedHealthChecks"), timeout=10, what="an impaired target to fail its checks")

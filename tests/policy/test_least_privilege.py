@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Account-level actions with no resource type in the Service Authorization Reference.
 STAR_RESOURCE_ALLOWED = ["ec2:Describe*", "states:SendTaskSuccess", "states:SendTaskFailure",
                          "ec2:GetImageBlockPublicAccessState", "ec2:GetSnapshotBlockPublicAccessState",
-                         "autoscaling:DescribeAutoScalingInstances"]
+                         "autoscaling:DescribeAutoScalingInstances", "elasticloadbalancing:DescribeTargetGroups",
+                         "elasticloadbalancing:DescribeTargetHealth"]
 # Actions that end or remove something: they need a condition that limits them to what amiflow
 # should touch.
 DESTRUCTIVE = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeregisterImage", "ec2:DeleteSnapshot",

@@ -68,6 +68,7 @@ errors! {
     ImageNameRace: "CreateImage found the run's image name taken by a concurrent attempt of the same execution, whose image is not visible yet." => "retried with backoff, then rolled back";
     ImageFailed: "The AMI went `failed`, `deregistered` or `disabled`; its state reason is in the message." => "rolled back";
     ImageWaitTimedOut: "The AMI was still pending after 48 hours of fallback polling." => "rolled back";
+    TargetsUnhealthy: "With `\"targetGroups\": \"follow\"`, the copy was not healthy in every target group of the source within `InstanceWaitLimitSeconds` (the message names each group and the copy's state there)." => "rolled back: the copy leaves the groups, and the source is back in them";
     InsufficientCapacity: "RunInstances found no capacity in the target AZ, or (`\"capacity\": \"reserve\"`) CreateCapacityReservation could reserve none, before anything was made." => "rolled back";
     LaunchFailed: "The new instance stopped or terminated before it was verified; its StateReason code and message are in the message." => "rolled back";
     StatusCheckFailed: "The new instance runs but a status check is `impaired`." => "rolled back";
@@ -282,6 +283,7 @@ mod tests {
             Error::ImageNameRace(String::new().into()),
             Error::ImageFailed(String::new().into()),
             Error::ImageWaitTimedOut(String::new().into()),
+            Error::TargetsUnhealthy(String::new().into()),
             Error::InsufficientCapacity(String::new().into()),
             Error::LaunchFailed(String::new().into()),
             Error::StatusCheckFailed(String::new().into()),

@@ -8,14 +8,14 @@ use crate::steps::wait_image::{self, WaitImageRequest};
 use crate::steps::{
     cleanup as cleanup_step, copy_image as copy_step, create_image as create_step,
     fleet as fleet_step, grant_kms as grant_step, launch as launch_step, share_image as share_step,
-    verify_instance as verify_step,
+    targets as targets_step, verify_instance as verify_step,
 };
 use crate::trigger::{self as trigger_step, TriggerSettings};
 
 pub type Outcome = Result<(), lambda_runtime::Error>;
 
 /// Every function, by the name of its binary.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 13] = [
     "cleanup",
     "copy-image",
     "create-image",
@@ -25,6 +25,7 @@ pub const NAMES: [&str; 12] = [
     "preflight",
     "reaper",
     "share-image",
+    "targets",
     "trigger",
     "verify-instance",
     "wait-image",
@@ -42,6 +43,7 @@ pub async fn by_name(name: &str) -> Outcome {
         "preflight" => preflight().await,
         "reaper" => reaper().await,
         "share-image" => share_image().await,
+        "targets" => targets().await,
         "trigger" => trigger().await,
         "verify-instance" => verify_instance().await,
         "wait-image" => wait_image().await,
@@ -51,7 +53,7 @@ pub async fn by_name(name: &str) -> Outcome {
 
 pub async fn cleanup() -> Outcome {
     serve(|deps, request| async move {
-        cleanup_step::run(&deps.ec2, &deps.run_lock()?, request).await
+        cleanup_step::run(&deps.ec2, &deps.elb, &deps.run_lock()?, request).await
     })
     .await
 }
@@ -103,6 +105,10 @@ pub async fn reaper() -> Outcome {
 
 pub async fn share_image() -> Outcome {
     serve(share_step::run).await
+}
+
+pub async fn targets() -> Outcome {
+    serve(|deps, request| targets_step::run(&deps.elb, &deps.settings, request)).await
 }
 
 pub async fn trigger() -> Outcome {

@@ -39,6 +39,18 @@ pub enum Capacity {
     Reserve,
 }
 
+/// What happens to the ELBv2 target groups that hold the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetGroups {
+    /// Left as they are.
+    #[default]
+    Ignore,
+    /// The copy joins each (same port), the run waits until it is healthy there, and the source
+    /// leaves them before `sourceAction`.
+    Follow,
+}
+
 /// How long an approval is waited for by default, and the bounds of `approvalTimeoutSeconds`.
 pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u64 = 24 * 3600;
 pub const APPROVAL_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 10..=7 * 24 * 3600;
@@ -70,6 +82,8 @@ pub struct MigrateInput {
     pub approval_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub capacity: Capacity,
+    #[serde(default)]
+    pub target_groups: TargetGroups,
 }
 
 impl MigrateInput {

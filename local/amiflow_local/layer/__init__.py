@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import capacity, consistency, control, copies, events, iam, images, instances, kms, kms_calls, partition, publicaccess, stepfunctions, tagging
+from . import capacity, consistency, control, copies, events, iam, images, instances, kms, kms_calls, partition, publicaccess, stepfunctions, tagging, targets
 from .control import FaultInjector
 from .state import config, faults
 
@@ -14,6 +14,7 @@ def install() -> None:
     copies.install()
     instances.install()
     capacity.install()
+    targets.install()
     events.install()
     kms.install()
     kms_calls.install()

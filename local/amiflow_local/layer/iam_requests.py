@@ -393,6 +393,18 @@ def organizations_checks(action: str, params: dict[str, Any], principal: Princip
                   principal.account)]
 
 
+def elbv2_checks(action: str, params: dict[str, Any], principal: Principal) -> list[Check]:
+    """(Service Authorization Reference, Elastic Load Balancing V2: the Describe actions have no
+    resource type; RegisterTargets and DeregisterTargets are on the target group.)"""
+    name = f"elasticloadbalancing:{action}"
+    if action.startswith("Describe"):
+        return [Check(name, "*", principal.account)]
+    if action in ("RegisterTargets", "DeregisterTargets"):
+        arn = params.get("TargetGroupArn", "")
+        return [Check(name, arn, arn.split(":")[4] if arn.count(":") >= 5 else principal.account)]
+    raise LayerError(f"the layer does not know which resources elasticloadbalancing:{action} authorizes")
+
+
 def checks_for(service: str, action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
     """Every (action, resource) pair IAM evaluates for this call."""
     if principal.administrator and service not in ("kms", "sts"):
@@ -409,6 +421,8 @@ def checks_for(service: str, action: str, params: dict[str, Any], principal: Pri
         return states_checks(action, params, principal)
     if service == "organizations":
         return organizations_checks(action, params, principal)
+    if service == "elasticloadbalancing":
+        return elbv2_checks(action, params, principal)
     if service == "autoscaling" and action.startswith("Describe"):
         # (Service Authorization Reference, Amazon EC2 Auto Scaling: the Describe actions have no
         # resource type.)

@@ -8,6 +8,7 @@ pub mod instances;
 pub mod keys;
 pub mod lock;
 pub mod subnets;
+pub mod targets;
 pub mod zones;
 
 use sha2::{Digest, Sha256};

@@ -28,6 +28,7 @@ use crate::ownership;
 use crate::resources::images::{self, delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
 use crate::resources::{capacity, client_token, instances};
+use crate::steps::targets::{self, TargetsProgress};
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +77,9 @@ pub struct RunState {
     pub input: Value,
     #[serde(default)]
     pub image: Option<CreateImageOutput>,
+    /// The copy's place in the source's target groups (`"targetGroups": "follow"`).
+    #[serde(default)]
+    pub targets: Option<TargetsProgress>,
 }
 
 /// cleanup's two actions.
@@ -96,6 +100,7 @@ pub enum CleanupOutput {
 
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
     lock: &RunLock<'_>,
     request: CleanupRequest,
 ) -> Result<CleanupOutput> {
@@ -108,7 +113,13 @@ pub async fn run(
         }
         CleanupRequest::Rollback(r) => {
             let (source, execution) = (r.source_id(), r.execution.clone());
-            let out = rollback(ec2, *r).await?;
+            // The source back in its target groups first, and the copy out, before the copy goes.
+            let left_groups = match &r.state.targets {
+                Some(progress) => targets::undo(elb, progress).await?,
+                None => Vec::new(),
+            };
+            let mut out = rollback(ec2, *r).await?;
+            out.left_target_group_arns = left_groups;
             give_back(lock, source.as_deref(), &execution).await;
             Ok(CleanupOutput::Rollback(out))
         }
@@ -142,6 +153,9 @@ pub struct RollbackOutput {
     /// The run's Capacity Reservation, cancelled (`"capacity": "reserve"`).
     #[serde(default)]
     pub released_capacity_reservation_ids: Vec<String>,
+    /// The target groups the copy was taken out of (the source is back in them).
+    #[serde(default)]
+    pub left_target_group_arns: Vec<String>,
 }
 
 impl RollbackOutput {
@@ -602,6 +616,7 @@ mod mocked {
                 cutover: Default::default(),
                 approval_timeout_seconds: None,
                 capacity: Default::default(),
+                target_groups: Default::default(),
             },
             image: sample_image(),
             instance: InstanceProgress {
@@ -810,6 +825,7 @@ mod mocked {
             state: RunState {
                 input: json!({"instanceId": "i-0123456789abcdef0"}),
                 image: with_image.then(sample_image),
+                targets: None,
             },
         }
     }

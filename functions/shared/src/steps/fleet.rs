@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use crate::carry;
 use crate::error::{aws, Error, Result};
-use crate::input::{is_resource_id, zone, Capacity, Cutover, MigrateInput, SourceAction};
+use crate::input::{
+    is_resource_id, zone, Capacity, Cutover, MigrateInput, SourceAction, TargetGroups,
+};
 use crate::preflight::{self, DryRuns, Row, Verdict};
 use crate::resources::groups;
 use crate::resources::zones::zone_name;
@@ -71,6 +73,9 @@ pub struct FleetInput {
     /// Passed to every child: `reserve` reserves each copy's capacity before its AMI.
     #[serde(default)]
     pub capacity: Capacity,
+    /// Passed to every child: `follow` moves each source's place in its target groups.
+    #[serde(default)]
+    pub target_groups: TargetGroups,
 }
 
 impl FleetInput {
@@ -390,6 +395,9 @@ fn child_input(input: &FleetInput, instance_id: &str, target_az: &str) -> Value 
     }
     if input.capacity == Capacity::Reserve {
         child["capacity"] = json!(input.capacity);
+    }
+    if input.target_groups == TargetGroups::Follow {
+        child["targetGroups"] = json!(input.target_groups);
     }
     child
 }

@@ -8,5 +8,6 @@ pub mod grant_kms;
 pub mod launch;
 pub mod reap;
 pub mod share_image;
+pub mod targets;
 pub mod verify_instance;
 pub mod wait_image;
