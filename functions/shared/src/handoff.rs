@@ -9,6 +9,7 @@ use crate::compare::Compared;
 use crate::input::{Cutover, SourceAction};
 use crate::receivers::{CopyInput, Receivers};
 use crate::resources::images::{ImageFacts, Leftover};
+use crate::resources::targets::{Health, Membership};
 use crate::settings::Settings;
 use crate::tags::Tag;
 
@@ -59,6 +60,27 @@ pub struct InstanceProgress {
     /// The source and the copy, setting by setting, once the copy is verified.
     #[serde(default)]
     pub comparison: Vec<Compared>,
+}
+
+/// The copy's place in the source's target groups, as the run follows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetsProgress {
+    /// The copy.
+    pub instance_id: String,
+    pub source_instance_id: String,
+    pub groups: Vec<Membership>,
+    #[serde(default)]
+    pub health: Vec<Health>,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub wait_seconds: u64,
+    /// The source has been deregistered from the groups.
+    #[serde(default)]
+    pub source_left: bool,
 }
 
 /// The output of a successful MigrateInstance run.

@@ -6,6 +6,7 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthState
 use serde::{Deserialize, Serialize};
 
 use crate::error::{aws, Result};
+use crate::handoff::TargetsProgress;
 
 /// One group that holds the source, and the port the source is registered on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,4 +150,15 @@ pub async fn health(
         });
     }
     Ok(out)
+}
+
+/// What a rollback does to the groups: the source back in if it had left, the copy out.
+pub async fn undo(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    progress: &TargetsProgress,
+) -> Result<Vec<String>> {
+    if progress.source_left {
+        register(elb, &progress.source_instance_id, &progress.groups).await?;
+    }
+    deregister(elb, &progress.instance_id, &progress.groups).await
 }

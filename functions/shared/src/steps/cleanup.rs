@@ -21,14 +21,13 @@ use crate::carry;
 use crate::compare;
 use crate::error::{aws, Error, Result};
 use crate::handoff::CreateImageOutput;
-use crate::handoff::InstanceProgress;
 use crate::handoff::MigrateOutput;
+use crate::handoff::{InstanceProgress, TargetsProgress};
 use crate::input::{Cutover, MigrateInput, SourceAction};
 use crate::ownership;
 use crate::resources::images::{self, delete_snapshot, image_name, remove_image, retire_image};
 use crate::resources::lock::RunLock;
-use crate::resources::{capacity, client_token, instances};
-use crate::steps::targets::{self, TargetsProgress};
+use crate::resources::{capacity, client_token, instances, targets};
 use crate::tags;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,35 +2,14 @@
 //! the source, on the source's port (follow); the run looks once per call until the copy is
 //! healthy in each (check), never sleeping in the function; then the source leaves those groups
 //! (handover), before Complete applies `sourceAction`. A rollback puts the source back and takes
-//! the copy out (`undo`, from cleanup).
+//! the copy out (cleanup, with `resources::targets::undo`).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::handoff::{CreateImageOutput, InstanceProgress};
-use crate::resources::targets::{self, Health, Membership};
+use crate::handoff::{CreateImageOutput, InstanceProgress, TargetsProgress};
+use crate::resources::targets::{self, Health};
 use crate::settings::Settings;
-
-/// The copy's place in the source's target groups, as the run follows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetsProgress {
-    /// The copy.
-    pub instance_id: String,
-    pub source_instance_id: String,
-    pub groups: Vec<Membership>,
-    #[serde(default)]
-    pub health: Vec<Health>,
-    #[serde(default)]
-    pub ready: bool,
-    #[serde(default)]
-    pub attempt: u32,
-    #[serde(default)]
-    pub wait_seconds: u64,
-    /// The source has been deregistered from the groups.
-    #[serde(default)]
-    pub source_left: bool,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
@@ -140,20 +119,10 @@ pub async fn run(
     }
 }
 
-/// What a rollback does to the groups: the source back in if it had left, the copy out.
-pub async fn undo(
-    elb: &aws_sdk_elasticloadbalancingv2::Client,
-    progress: &TargetsProgress,
-) -> Result<Vec<String>> {
-    if progress.source_left {
-        targets::register(elb, &progress.source_instance_id, &progress.groups).await?;
-    }
-    targets::deregister(elb, &progress.instance_id, &progress.groups).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::targets::Membership;
 
     fn health(states: &[&str]) -> Vec<Health> {
         states
