@@ -10,7 +10,7 @@ import uuid
 import pytest
 from amiflow_local.seed import seed_fleet
 
-from workflow import finish, instance, run, start, state_machine_arn, tagged
+from workflow import finish, instance, run, start, state_machine_arn, tagged, wait_for
 
 pytestmark = pytest.mark.xdist_group("evacuate")
 
@@ -183,3 +183,29 @@ def test_the_cli_previews_then_drives_a_fleet_with_a_line_per_instance(stack, sf
         assert instance(ec2, new_instance)["Placement"]["AvailabilityZone"] == "us-east-1b"
         assert instance(ec2, instance_id)["State"]["Name"] in ("stopping", "stopped")
     assert "3 moved, 0 failed" in moved.stdout
+
+
+@pytest.mark.parametrize("fleet", [[2]], indirect=True)
+def test_a_fleet_with_approval_waits_for_each_child_and_counts_a_discard_as_a_failure(stack, sfn, ec2, fleet):
+    from test_cli import amiflow
+
+    name, arn = start(sfn, "EvacuateZone", {
+        "tagFilters": {"fleet": [fleet.tag["fleet"]]}, "targetAvailabilityZone": "us-east-1b",
+        "cutover": "approve", "toleratedFailures": 1, "sourceAction": "stop",
+    }, prefix="evac")
+    first, second = sorted(fleet.instance_ids)
+
+    def awaiting(instance_id: str) -> bool:
+        shown = amiflow(stack, "status", f"{name}-{instance_id}", "--output", "json")
+        return shown.returncode == 0 and json.loads(shown.stdout)["awaitingApproval"]
+
+    wait_for(lambda: awaiting(first) and awaiting(second), timeout=120, what="both children to wait for approval")
+    assert amiflow(stack, "approve", f"{name}-{first}").returncode == 0
+    assert amiflow(stack, "discard", f"{name}-{second}").returncode == 0
+    result = finish(sfn, name, arn, timeout=300)
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    report = by_instance(result)
+    assert report[first]["status"] == "SUCCEEDED"
+    assert (report[second]["status"], report[second]["error"]) == ("FAILED", "Discarded")
+    assert instance(ec2, first)["State"]["Name"] in ("stopping", "stopped")
+    assert instance(ec2, second)["State"]["Name"] == "running"
