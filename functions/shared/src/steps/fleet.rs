@@ -456,9 +456,19 @@ async fn select(
                 found.push(instance.clone());
             }
         }
-        if found.len() > MAX_INSTANCES + input.exclude.len() {
-            break;
-        }
+    }
+    // Too many is refused before any other call: the whole selection is counted, never a page of it.
+    let selected = found
+        .iter()
+        .filter(|i| {
+            !input
+                .exclude
+                .iter()
+                .any(|x| Some(x.as_str()) == i.instance_id())
+        })
+        .count();
+    if selected > MAX_INSTANCES {
+        return Err(too_many(input, selected));
     }
     let with_eip: BTreeSet<String> = elastic_ip_holders(ec2, &found).await?;
     let ids: Vec<String> = found
@@ -519,6 +529,21 @@ async fn elastic_ip_holders(
     Ok(holders)
 }
 
+/// The refusal of a selection larger than one run takes, naming the selector to narrow. Pure.
+pub fn too_many(input: &FleetInput, selected: usize) -> Error {
+    let field = if !input.instance_ids.is_empty() {
+        "instanceIds"
+    } else if !input.tag_filters.is_empty() {
+        "tagFilters"
+    } else {
+        "sourceAvailabilityZone"
+    };
+    Error::invalid(
+        field,
+        format!("{selected} instances match; one run moves at most {MAX_INSTANCES} (the plan and the results travel in the execution's 256 KiB state): narrow the selection with tagFilters or instanceIds and run several"),
+    )
+}
+
 /// The fleet function's request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
@@ -576,12 +601,6 @@ pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
                 select(&deps.ec2, &deps.autoscaling, &input, source.as_deref()).await?;
             let plan = plan(&execution, &input, &target, found, missing);
             let moving: usize = plan.waves.iter().map(|w| w.instances.len()).sum();
-            if moving > MAX_INSTANCES {
-                return Err(Error::invalid(
-                    "tagFilters",
-                    format!("{moving} instances match; one run moves at most {MAX_INSTANCES}: narrow the selection (tagFilters, instanceIds) and run several"),
-                ));
-            }
             if !plan.validate_only && moving > 0 {
                 deps.run_lock()?.open_counter(&plan.counter_key).await?;
             }
@@ -1026,6 +1045,30 @@ mod tests {
             child.input,
             json!({"instanceId": "i-00000002", "targetAvailabilityZone": "us-east-1b", "sourceAction": "keep"})
         );
+    }
+
+    #[test]
+    fn too_large_a_selection_names_the_selector_to_narrow() {
+        let zone = parse(
+            json!({"sourceAvailabilityZone": "use1-az1", "targetAvailabilityZone": "us-east-1b"}),
+        )
+        .unwrap();
+        let tagged = parse(json!({"sourceAvailabilityZone": "use1-az1", "tagFilters": {"t": ["v"]}, "targetAvailabilityZone": "us-east-1b"})).unwrap();
+        for (input, field) in [(zone, "sourceAvailabilityZone"), (tagged, "tagFilters")] {
+            match too_many(&input, 301) {
+                Error::InvalidInput {
+                    field: named,
+                    reason,
+                } => {
+                    assert_eq!(named, field);
+                    assert!(
+                        reason.starts_with("301 instances match; one run moves at most 300"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
