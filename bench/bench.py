@@ -221,7 +221,7 @@ def main() -> int:
         "",
         "### One binary per function, or one multi-call binary",
         "",
-        f"Same run: the eleven binaries above beside `{coldstart.MULTICALL}` (functions/multicall), every function in "
+        f"Same run: the binaries above beside `{coldstart.MULTICALL}` (functions/multicall), every function in "
         f"one binary that runs the one `AMIFLOW_FUNCTION` names, started {coldstart.STARTS} times as each function.",
         "",
         coldstart.multicall_table(multi),

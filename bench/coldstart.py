@@ -9,7 +9,7 @@ Medians over several starts, both kinds in the same run, on the same machine, wi
 The first AWS call after init, over TLS and under a cap, is bench/firstcall.py's.
 
 The same for one multi-call binary (functions/multicall), started as each function in turn
-(`AMIFLOW_FUNCTION`), beside the eleven.
+(`AMIFLOW_FUNCTION`), beside the functions' own binaries.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def measure(binaries: Path) -> list[dict]:
 
 
 def measure_multicall(binaries: Path, singles: list[dict]) -> list[dict]:
-    """The eleven binaries (from `measure`) beside one multi-call binary started as each function."""
+    """The functions' binaries (from `measure`) beside one multi-call binary started as each function."""
     binary = binaries / MULTICALL
     inits, peaks = [], []
     for function in template_functions():
