@@ -55,6 +55,22 @@ pub enum TargetGroups {
 pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u64 = 24 * 3600;
 pub const APPROVAL_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 10..=7 * 24 * 3600;
 
+/// `approvalTimeoutSeconds` goes with `"cutover": "approve"` only, and within its range: checked
+/// for a run's input and for a fleet's, which passes both to every child. Pure.
+pub fn check_cutover(cutover: Cutover, approval_timeout_seconds: Option<u64>) -> Result<()> {
+    match (cutover, approval_timeout_seconds) {
+        (Cutover::Auto, Some(_)) => Err(Error::invalid(
+            "approvalTimeoutSeconds",
+            "only with \"cutover\": \"approve\"",
+        )),
+        (_, Some(s)) if !APPROVAL_TIMEOUT_RANGE.contains(&s) => Err(Error::invalid(
+            "approvalTimeoutSeconds",
+            format!("{s} is not from 10 to 604800 (7 days, while the run holds the source's lock)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The input of MigrateInstance, exactly as operators, triggers and tests send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -142,23 +158,7 @@ impl MigrateInput {
             }
             _ => {}
         }
-        match (self.cutover, self.approval_timeout_seconds) {
-            (Cutover::Auto, Some(_)) => {
-                return Err(Error::invalid(
-                    "approvalTimeoutSeconds",
-                    "only with \"cutover\": \"approve\"",
-                ))
-            }
-            (_, Some(s)) if !APPROVAL_TIMEOUT_RANGE.contains(&s) => {
-                return Err(Error::invalid(
-                    "approvalTimeoutSeconds",
-                    format!(
-                    "{s} is not from 10 to 604800 (7 days, while the run holds the source's lock)"
-                ),
-                ))
-            }
-            _ => {}
-        }
+        check_cutover(self.cutover, self.approval_timeout_seconds)?;
         if let Some(t) = &self.instance_type {
             if !is_instance_type(t) {
                 return Err(Error::invalid(

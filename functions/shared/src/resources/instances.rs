@@ -156,3 +156,21 @@ pub async fn read_source(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result
         cpu_credits,
     )
 }
+
+/// Puts an Elastic IP on `instance_id`, taking it from wherever it is: to the new instance at the
+/// cutover, back to the source on rollback.
+pub async fn move_address(
+    ec2: &aws_sdk_ec2::Client,
+    eip: &crate::capture::ElasticIp,
+    instance_id: &str,
+) -> Result<()> {
+    ec2.associate_address()
+        .allocation_id(&eip.allocation_id)
+        .instance_id(instance_id)
+        .allow_reassociation(true)
+        .send()
+        .await
+        .map_err(aws("AssociateAddress"))?;
+    tracing::info!(instance_id, public_ip = %eip.public_ip, "elastic IP moved");
+    Ok(())
+}

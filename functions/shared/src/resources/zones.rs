@@ -38,6 +38,17 @@ pub async fn zone_name(ec2: &aws_sdk_ec2::Client, field: &str, zone: &Zone) -> R
         })
 }
 
+/// `value` (a name or an AZ ID) as this account's zone name, both asked of
+/// DescribeAvailabilityZones, so that a name that is no zone here is refused too.
+pub async fn checked_name(
+    ec2: &aws_sdk_ec2::Client,
+    field: &str,
+    value: &str,
+    region: &str,
+) -> Result<String> {
+    zone_name(ec2, field, &zone(field, value, region)?).await
+}
+
 /// `value` (a name or an AZ ID) as this account's zone name: a name is used as it is, an ID is
 /// asked of DescribeAvailabilityZones.
 pub async fn name_of(

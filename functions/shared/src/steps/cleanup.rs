@@ -289,14 +289,7 @@ pub async fn complete(
     let mut elastic_ip = request.instance.elastic_ip.clone();
     if request.input.cutover == Cutover::Approve {
         if let Some(eip) = &capture.elastic_ip {
-            ec2.associate_address()
-                .allocation_id(&eip.allocation_id)
-                .instance_id(new_id)
-                .allow_reassociation(true)
-                .send()
-                .await
-                .map_err(aws("AssociateAddress"))?;
-            tracing::info!(new_id, public_ip = %eip.public_ip, "approved: elastic IP moved to the new instance");
+            instances::move_address(ec2, eip, new_id).await?;
             elastic_ip = Some(eip.public_ip.clone());
         }
     }
@@ -417,14 +410,7 @@ async fn restore_address(
     if !on_new {
         return Ok(None);
     }
-    ec2.associate_address()
-        .allocation_id(&eip.allocation_id)
-        .instance_id(&capture.instance_id)
-        .allow_reassociation(true)
-        .send()
-        .await
-        .map_err(aws("AssociateAddress"))?;
-    tracing::info!(public_ip = %eip.public_ip, source = %capture.instance_id, "elastic IP restored to the source");
+    instances::move_address(ec2, eip, &capture.instance_id).await?;
     Ok(Some(capture.instance_id.clone()))
 }
 

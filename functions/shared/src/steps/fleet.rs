@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 use crate::carry;
 use crate::error::{aws, Error, Result};
 use crate::input::{
-    is_resource_id, zone, Capacity, Cutover, MigrateInput, SourceAction, TargetGroups,
+    check_cutover, is_resource_id, zone, Capacity, Cutover, SourceAction, TargetGroups,
 };
 use crate::preflight::{self, DryRuns, Row, Verdict};
 use crate::resources::groups;
-use crate::resources::zones::zone_name;
+use crate::resources::zones::checked_name;
 use crate::Deps;
 
 /// An inline Map state runs at most 40 iterations at once
@@ -129,12 +129,8 @@ impl FleetInput {
                 ));
             }
         }
-        // The children's own checks of cutover and approvalTimeoutSeconds, before any child starts.
-        let mut sample = json!({"instanceId": "i-00000000", "targetAvailabilityZone": "us-east-1b", "cutover": self.cutover});
-        if let Some(seconds) = self.approval_timeout_seconds {
-            sample["approvalTimeoutSeconds"] = json!(seconds);
-        }
-        MigrateInput::parse(&sample, "us-east-1")?;
+        // The children's own check, before any child starts.
+        check_cutover(self.cutover, self.approval_timeout_seconds)?;
         if let Some(tag) = &self.wave_tag {
             if tag.is_empty() || tag.len() > 128 {
                 return Err(Error::invalid(
@@ -570,25 +566,17 @@ pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
     match request {
         FleetRequest::Plan { execution, input } => {
             let input = FleetInput::parse(&input, &deps.region)?;
-            let target = zone_name(
+            let target = checked_name(
                 &deps.ec2,
                 "targetAvailabilityZone",
-                &zone(
-                    "targetAvailabilityZone",
-                    &input.target_availability_zone,
-                    &deps.region,
-                )?,
+                &input.target_availability_zone,
+                &deps.region,
             )
             .await?;
             let source = match &input.source_availability_zone {
-                Some(s) => Some(
-                    zone_name(
-                        &deps.ec2,
-                        "sourceAvailabilityZone",
-                        &zone("sourceAvailabilityZone", s, &deps.region)?,
-                    )
-                    .await?,
-                ),
+                Some(s) => {
+                    Some(checked_name(&deps.ec2, "sourceAvailabilityZone", s, &deps.region).await?)
+                }
                 None => None,
             };
             if source.as_deref() == Some(target.as_str()) {
@@ -692,6 +680,28 @@ pub struct Report {
     pub instances: Vec<Entry>,
 }
 
+impl Entry {
+    /// An instance no child ran for: refused, or not started.
+    fn unrun(
+        instance_id: &str,
+        wave: &str,
+        status: &str,
+        error: &str,
+        cause: Option<String>,
+    ) -> Self {
+        Entry {
+            instance_id: instance_id.to_string(),
+            wave: wave.to_string(),
+            execution: None,
+            status: status.to_string(),
+            new_instance_id: None,
+            error: Some(error.to_string()),
+            cause,
+            preview: None,
+        }
+    }
+}
+
 /// A child's result as the state machine hands it over, read into a report line. Pure.
 fn entry_of(result: &Value, wave: &str) -> Entry {
     let text = |v: &Value| v.as_str().map(str::to_string);
@@ -785,27 +795,25 @@ pub fn report(
         }
         // A wave that never ran (the allowance ran out before it): its instances did not start.
         for wave in plan.waves.iter().skip(results.len()) {
-            instances.extend(wave.instances.iter().map(|c| Entry {
-                instance_id: c.instance_id.clone(),
-                wave: wave.wave.clone(),
-                execution: None,
-                status: "NOT_STARTED".into(),
-                new_instance_id: None,
-                error: Some("ToleratedFailuresExceeded".into()),
-                cause: None,
-                preview: None,
+            instances.extend(wave.instances.iter().map(|c| {
+                Entry::unrun(
+                    &c.instance_id,
+                    &wave.wave,
+                    "NOT_STARTED",
+                    "ToleratedFailuresExceeded",
+                    None,
+                )
             }));
         }
     }
-    instances.extend(plan.refused.iter().map(|r| Entry {
-        instance_id: r.instance_id.clone(),
-        wave: String::new(),
-        execution: None,
-        status: "REFUSED".into(),
-        new_instance_id: None,
-        error: Some(r.error.clone()),
-        cause: Some(r.reason.clone()),
-        preview: None,
+    instances.extend(plan.refused.iter().map(|r| {
+        Entry::unrun(
+            &r.instance_id,
+            "",
+            "REFUSED",
+            &r.error,
+            Some(r.reason.clone()),
+        )
     }));
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for e in &instances {

@@ -125,14 +125,7 @@ async fn finalize(
         // The source keeps its address until the run is approved.
         return Ok(None);
     }
-    ec2.associate_address()
-        .allocation_id(&eip.allocation_id)
-        .instance_id(instance_id)
-        .allow_reassociation(true)
-        .send()
-        .await
-        .map_err(aws("AssociateAddress"))?;
-    tracing::info!(instance_id, public_ip = %eip.public_ip, "elastic IP moved to the new instance");
+    instances::move_address(ec2, eip, instance_id).await?;
     Ok(Some(eip.public_ip.clone()))
 }
 
