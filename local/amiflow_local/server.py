@@ -170,6 +170,21 @@ def bootstrap(endpoint: str, region: str, template) -> None:
         if ttl:
             dynamodb.update_time_to_live(TableName=table.name, TimeToLiveSpecification=ttl)
 
+    s3 = session("s3")
+    for name, props in template.buckets():
+        s3.create_bucket(Bucket=name, **({} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}))
+        # CloudFormation's property names, as the S3 API names them.
+        for rule in props.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", []):
+            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}]})
+        if "PublicAccessBlockConfiguration" in props:
+            s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+        rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
+        if rules:
+            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+                {"ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": r.get("Prefix", "")},
+                 "Expiration": {"Days": int(r["ExpirationInDays"])}} for r in rules]})
+
     # The functions exist in moto too, so that ListFunctions, GetFunction and event targets see
     # them; their code is the binary the router sends invocations to.
     lam = session("lambda")

@@ -159,7 +159,15 @@ class Template:
             return self.state_machine_arn(name)
         if kind == "AWS::Logs::LogGroup":
             return self.resolve(resource["Properties"]["LogGroupName"])
+        if kind == "AWS::S3::Bucket":
+            return self.bucket_name(name)
         raise ValueError(f"Ref to {kind} {name} is not supported locally")
+
+    def bucket_name(self, logical_id: str) -> str:
+        """A bucket without BucketName: CloudFormation names it after the stack and the logical id,
+        in lower case, with a random suffix; locally there is one stack, so no suffix."""
+        given = self.resources[logical_id].get("Properties", {}).get("BucketName")
+        return self.resolve(given) if given else f"{self.ref('AWS::StackName')}-{logical_id.lower()}"
 
     def function_role_name(self, logical_id: str) -> str:
         """The role SAM makes for a function (logical id `<Function>Role`), as the local stack names it."""
@@ -173,6 +181,8 @@ class Template:
         kind = self.resources[logical_id]["Type"]
         if kind == "AWS::Serverless::Function" and attribute == "Arn":
             return self.function_arn(logical_id)
+        if kind == "AWS::S3::Bucket" and attribute == "Arn":
+            return f"arn:{self.partition}:s3:::{self.bucket_name(logical_id)}"
         if kind == "AWS::DynamoDB::Table" and attribute == "Arn":
             return f"arn:{self.partition}:dynamodb:{self.region}:{self.account}:table/{logical_id}"
         raise ValueError(f"GetAtt {logical_id}.{attribute} is not supported locally")
@@ -257,6 +267,10 @@ class Template:
             for lid, r in self.resources.items()
             if r["Type"] == "AWS::DynamoDB::Table"
         ]
+
+    def buckets(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each bucket's name and its resolved properties."""
+        return [(self.bucket_name(lid), self.resolve(r.get("Properties", {}))) for lid, r in self.resources_of("AWS::S3::Bucket")]
 
     def log_groups(self) -> list[tuple[str, int | None]]:
         """Each log group's name and retention in days (None: kept for ever)."""

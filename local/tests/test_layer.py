@@ -901,6 +901,40 @@ def test_a_task_starts_another_state_machine_and_waits_for_its_json_output(stack
     assert (cause["Status"], cause["Error"], cause["Cause"]) == ("FAILED", "Boom", "asked to")
 
 
+def test_a_distributed_map_reads_its_items_from_s3_and_writes_every_result_there(stack, sfn):
+    """ItemReader (s3:getObject, JSON) and ResultWriter (s3:putObject), as
+    input-output-resultwriter.html documents them: the manifest names the result files, whose
+    records hold each child workflow's status and output; the writer's `Bucket.$` is read from the
+    state's input. moto 5.2.5 writes an empty manifest, and reads the path from the results."""
+    s3 = stack.client("s3")
+    suffix = uuid.uuid4().hex[:6]
+    bucket = f"map-results-{suffix}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/items.json", Body=json.dumps([{"n": n} for n in range(7)]).encode())
+    role = "arn:aws:iam::123456789012:role/amiflow-local-states"
+    machine = sfn.create_state_machine(name=f"dmap-{suffix}", roleArn=role, definition=json.dumps({
+        "StartAt": "M", "States": {"M": {
+            "Type": "Map", "MaxConcurrency": 3,
+            "ItemReader": {"Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
+                           "Parameters": {"Bucket.$": "$.bucket", "Key": "in/items.json"}},
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}, "StartAt": "P",
+                              "States": {"P": {"Type": "Pass", "Parameters": {"doubled.$": "States.MathAdd($.n, $.n)"}, "End": True}}},
+            "ResultWriter": {"Resource": "arn:aws:states:::s3:putObject", "Parameters": {"Bucket.$": "$.bucket", "Prefix": "out/run"}},
+            "End": True}}}))["stateMachineArn"]
+    arn = sfn.start_execution(stateMachineArn=machine, input=json.dumps({"bucket": bucket}))["executionArn"]
+    wait_for(lambda: sfn.describe_execution(executionArn=arn)["status"] != "RUNNING", what="the map to end")
+    described = sfn.describe_execution(executionArn=arn)
+    assert described["status"] == "SUCCEEDED", (described.get("error"), described.get("cause"))
+    written = json.loads(described["output"])["ResultWriterDetails"]
+    assert written["Bucket"] == bucket and written["Key"].startswith("out/run/") and written["Key"].endswith("/manifest.json")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=written["Key"])["Body"].read())
+    assert manifest["DestinationBucket"] == bucket and manifest["ResultFiles"]["FAILED"] == []
+    records = [r for f in manifest["ResultFiles"]["SUCCEEDED"]
+               for r in json.loads(s3.get_object(Bucket=bucket, Key=f["Key"])["Body"].read())]
+    assert {r["Status"] for r in records} == {"SUCCEEDED"}
+    assert sorted(json.loads(r["Output"])["doubled"] for r in records) == [2 * n for n in range(7)]
+
+
 def test_an_execution_history_comes_in_pages_and_newest_first_when_asked(stack, sfn):
     role = "arn:aws:iam::123456789012:role/amiflow-local-states"
     machine = sfn.create_state_machine(name=f"paged-{uuid.uuid4().hex[:6]}", roleArn=role, definition=json.dumps({

@@ -2,7 +2,7 @@
 differs from what AWS documents and amiflow depends on it. Each module patches one area and
 says which AWS behaviour it follows; local/README.md lists them with their tests."""
 
-from . import capacity, consistency, control, copies, events, iam, images, instances, kms, kms_calls, partition, publicaccess, stepfunctions, tagging, targets
+from . import capacity, consistency, control, copies, events, iam, images, instances, kms, kms_calls, maps, partition, publicaccess, stepfunctions, tagging, targets
 from .control import FaultInjector
 from .state import config, faults
 
@@ -19,6 +19,7 @@ def install() -> None:
     kms.install()
     kms_calls.install()
     stepfunctions.install()
+    maps.install()
     tagging.install()
     consistency.install()
     publicaccess.install()

@@ -141,7 +141,7 @@ class RequestFacts:
     """What the layer needs to know of a signed API request."""
 
     action: str
-    protocol: str  # "query" (EC2, STS, IAM) or "json"
+    protocol: str  # "query" (EC2, STS, IAM), "json", or "rest" (S3)
     service: str  # the SigV4 signing name: ec2, kms, dynamodb, states, sts, ...
     region: str
     access_key: str
@@ -173,6 +173,39 @@ def _action(environ: dict[str, Any]) -> tuple[str | None, str]:
     return None, ""
 
 
+def s3_request(environ: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The S3 operation of a path-style REST request (the functions reach the stack at an IP
+    address, where the SDKs address buckets by path) and its bucket, key and list prefix: S3's
+    operations are told apart by method, path and subresource
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Storage_Service.html).
+    None for an operation the layer does not name."""
+    from urllib.parse import unquote
+
+    method = environ.get("REQUEST_METHOD", "")
+    path = unquote(environ.get("PATH_INFO", "")).lstrip("/")
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    bucket, _, key = path.partition("/")
+    params: dict[str, Any] = {"Bucket": bucket}
+    if not bucket:
+        return ("ListBuckets" if method == "GET" else None), params
+    if key:
+        params["Key"] = key
+        if set(query) - {"x-id"}:
+            return None, params  # a subresource of an object (tagging, acl, uploads …)
+        if method == "PUT":
+            return ("CopyObject" if environ.get("HTTP_X_AMZ_COPY_SOURCE") else "PutObject"), params
+        return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method), params
+    if method == "GET" and query.get("list-type") == ["2"]:
+        params["Prefix"] = query.get("prefix", [""])[0]
+        return "ListObjectsV2", params
+    if method == "GET" and not query:
+        params["Prefix"] = ""
+        return "ListObjects", params
+    if method == "PUT" and not query:
+        return "CreateBucket", params
+    return None, params
+
+
 def request_facts(environ: dict[str, Any]) -> RequestFacts | None:
     """The facts of a signed API call, or None for anything else (the control endpoint, unsigned
     or REST calls)."""
@@ -182,6 +215,14 @@ def request_facts(environ: dict[str, Any]) -> RequestFacts | None:
     facts = None
     action, protocol = _action(environ)
     header = environ.get("HTTP_AUTHORIZATION", "")
+    if action is None and "Credential=" in header and "/s3/aws4_request" in header:
+        scope = header.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        s3_action, s3_params = s3_request(environ)
+        if len(scope) >= 4:
+            # An operation the layer cannot name is still a signed call: IAM refuses to judge it.
+            facts = RequestFacts(s3_action or "UnnamedOperation", "rest", "s3", scope[2], scope[0], s3_params)
+            environ["amiflow.facts"] = facts
+            return facts
     if action and "Credential=" in header:
         scope = header.split("Credential=", 1)[1].split(",", 1)[0].split("/")
         if len(scope) >= 4:

@@ -307,6 +307,10 @@ class Gate:
                 if denial is not None:
                     denials.append({"principal": principal.arn, "action": denial.check.action,
                                     "resource": denial.check.resource, "decision": denial.decision})
+                    if facts.service == "s3":
+                        # S3 answers a refused call 403 AccessDenied in its REST error document
+                        # (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+                        return _error(start_response, "rest", 403, "AccessDenied", denial_message(denial))
                     if facts.service == "ec2":
                         return _error(start_response, "query", 403, "UnauthorizedOperation",
                                       "You are not authorized to perform this operation. " + denial_message(denial))
@@ -332,6 +336,12 @@ def _error(start_response: Callable, protocol: str, status: int, code: str, mess
             f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
         ).encode()
         content_type = "text/xml"
+    elif protocol == "rest":
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{escape(message)}</Message><RequestId>{uuid.uuid4()}</RequestId></Error>"
+        ).encode()
+        content_type = "application/xml"
     elif protocol == "sts":
         body = (
             f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'

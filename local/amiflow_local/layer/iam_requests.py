@@ -405,6 +405,29 @@ def elbv2_checks(action: str, params: dict[str, Any], principal: Principal) -> l
     raise LayerError(f"the layer does not know which resources elasticloadbalancing:{action} authorizes")
 
 
+def s3_checks(action: str, params: dict[str, Any], principal: Principal) -> list[Check]:
+    """(Service Authorization Reference, Amazon S3: GetObject, HeadObject (as s3:GetObject),
+    PutObject and DeleteObject are on the object, `arn:aws:s3:::bucket/key`; ListObjectsV2 is
+    s3:ListBucket on the bucket, with the `s3:prefix` condition key. S3 ARNs name no Region or
+    account; the bucket's owner is the account that holds it.)"""
+    bucket = params.get("Bucket", "")
+    owner = bucket_owner(bucket) or principal.account
+    if action in ("GetObject", "HeadObject", "PutObject", "DeleteObject"):
+        name = "s3:GetObject" if action == "HeadObject" else f"s3:{action}"
+        return [Check(name, f"arn:{config.partition}:s3:::{bucket}/{params.get('Key', '')}", owner)]
+    if action in ("ListObjectsV2", "ListObjects"):
+        return [Check("s3:ListBucket", f"arn:{config.partition}:s3:::{bucket}", owner, {"s3:prefix": params.get("Prefix", "")})]
+    raise LayerError(f"the layer does not know which resources s3:{action} authorizes")
+
+
+def bucket_owner(bucket: str) -> str | None:
+    """The account whose S3 holds the bucket, if any does."""
+    from moto.s3.models import s3_backends
+
+    held = s3_backends.bucket_accounts.get(bucket)
+    return held[1] if held else None
+
+
 def checks_for(service: str, action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
     """Every (action, resource) pair IAM evaluates for this call."""
     if principal.administrator and service not in ("kms", "sts"):
@@ -421,6 +444,8 @@ def checks_for(service: str, action: str, params: dict[str, Any], principal: Pri
         return states_checks(action, params, principal)
     if service == "organizations":
         return organizations_checks(action, params, principal)
+    if service == "s3":
+        return s3_checks(action, params, principal)
     if service == "elasticloadbalancing":
         return elbv2_checks(action, params, principal)
     if service == "autoscaling" and action.startswith("Describe"):
