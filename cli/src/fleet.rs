@@ -1,5 +1,6 @@
 //! Following an EvacuateZone run: one line per instance (its wave, its child execution's current
-//! state, then its result), and a table of every instance at the end.
+//! state, then its result), and a table of every instance at the end. The plan and, for a fleet
+//! too large for the execution's output, the report are read from S3, where the run keeps them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +33,29 @@ async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<
         }
     }
     Ok(None)
+}
+
+/// A JSON file of the fleet's in S3.
+async fn s3_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Value, Failure> {
+    let got = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(api("GetObject"))?;
+    let bytes = got
+        .body
+        .collect()
+        .await
+        .map_err(|e| Failure::Api(format!("GetObject: s3://{bucket}/{key}: {e}")))?;
+    serde_json::from_slice(&bytes.into_bytes())
+        .map_err(|e| Failure::Api(format!("GetObject: s3://{bucket}/{key} is not JSON: {e}")))
+}
+
+/// The bucket and key of an `s3://bucket/key` location. Pure.
+pub fn bucket_and_key(location: &str) -> Option<(&str, &str)> {
+    location.strip_prefix("s3://")?.split_once('/')
 }
 
 /// What a child is doing now, in a few words: its current state while it runs, its result after.
@@ -94,6 +118,7 @@ struct Line {
 /// Follows the fleet until it ends; answers like `watch::watch`, with the report as the output.
 pub async fn watch(
     sfn: &Client,
+    s3: &aws_sdk_s3::Client,
     fleet_arn: &str,
     migrate_machine_arn: &str,
     output: Output,
@@ -121,7 +146,18 @@ pub async fn watch(
             .map_err(api("DescribeExecution"))?;
         let status = described.status().as_str().to_string();
         if plan.is_none() {
-            plan = state_output(sfn, fleet_arn, &["Plan"]).await?;
+            let state = state_output(sfn, fleet_arn, &["Plan"]).await?;
+            plan = match &state {
+                Some(state) => Some(
+                    s3_json(
+                        s3,
+                        state["bucket"].as_str().unwrap_or_default(),
+                        state["plan"].as_str().unwrap_or_default(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
             if let Some(p) = &plan {
                 for wave in p["waves"].as_array().into_iter().flatten() {
                     let label = wave["wave"]
@@ -185,7 +221,13 @@ pub async fn watch(
             }
         }
         if status != "RUNNING" {
-            let report = state_output(sfn, fleet_arn, &["Report", "PreviewReport"]).await?;
+            let mut report = state_output(sfn, fleet_arn, &["Report"]).await?;
+            // A report too large for the execution's output is only in S3: read it there.
+            if let Some(r) = report.as_ref().filter(|r| r.get("instances").is_none()) {
+                if let Some((bucket, key)) = r["report"].as_str().and_then(bucket_and_key) {
+                    report = Some(s3_json(s3, bucket, key).await?);
+                }
+            }
             for line in lines.values() {
                 line.bar.finish_and_clear();
             }
@@ -257,6 +299,15 @@ pub fn table(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reports_location_is_a_bucket_and_a_key() {
+        assert_eq!(
+            bucket_and_key("s3://amiflow-fleets/fleets/evac/report.json"),
+            Some(("amiflow-fleets", "fleets/evac/report.json"))
+        );
+        assert_eq!(bucket_and_key("fleets/evac/report.json"), None);
+    }
 
     #[test]
     fn the_table_has_a_row_per_instance_and_the_summary() {

@@ -15,6 +15,7 @@ pub const WORKFLOWS: [&str; 5] = [
 
 pub struct Machines {
     pub sfn: Client,
+    pub s3: aws_sdk_s3::Client,
     pub prefix: String,
 }
 

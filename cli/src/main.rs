@@ -137,7 +137,7 @@ async fn follow_fleet(machines: &Machines, arn: &str, output: Output) -> ExitCod
         Err(e) => return refuse(e),
     };
     conclude(
-        fleet::watch(&machines.sfn, arn, &migrate, output).await,
+        fleet::watch(&machines.sfn, &machines.s3, arn, &migrate, output).await,
         output,
         |e| {
             e.report["output"]
@@ -272,6 +272,7 @@ async fn main() -> ExitCode {
     let region = deps.region.clone();
     let machines = Machines {
         sfn: deps.sfn.clone(),
+        s3: aws_sdk_s3::Client::new(&config),
         prefix: cli.global.name_prefix.clone(),
     };
     let output = cli.global.output;

@@ -258,3 +258,20 @@ def test_an_item_call_is_judged_with_its_partition_key_as_leading_keys(stack):
     refused(lambda: stack.as_function("create-image", "dynamodb").put_item(TableName="RunLockTable", Item=key_lock), "AccessDeniedException")
     refused(lambda: stack.as_function("cleanup", "dynamodb").delete_item(TableName="RunLockTable", Key={"resourceId": key_lock["resourceId"]}),
             "AccessDeniedException")
+
+
+def test_an_s3_object_call_is_judged_on_the_object_and_a_listing_on_its_prefix(stack):
+    """(Service Authorization Reference, Amazon S3: GetObject and PutObject on the object,
+    ListObjectsV2 as s3:ListBucket on the bucket with s3:prefix.) The fleet function may use the
+    fleets' files only; a function without S3 in its role may not read them."""
+    bucket = "amiflow-local-fleetreportbucket"
+    key = f"fleets/iam-{uuid.uuid4().hex[:6]}/plan.json"
+    fleet = stack.as_function("fleet", "s3")
+    fleet.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    assert fleet.get_object(Bucket=bucket, Key=key)["Body"].read() == b"{}"
+    assert [o["Key"] for o in fleet.list_objects_v2(Bucket=bucket, Prefix=key.rsplit("/", 1)[0] + "/")["Contents"]] == [key]
+    message = refused(lambda: fleet.put_object(Bucket=bucket, Key="elsewhere/plan.json", Body=b"{}"), "AccessDenied")
+    assert f"arn:aws:s3:::{bucket}/elsewhere/plan.json" in message
+    refused(lambda: fleet.list_objects_v2(Bucket=bucket, Prefix="elsewhere/"), "AccessDenied")
+    refused(lambda: fleet.delete_object(Bucket=bucket, Key=key), "AccessDenied")
+    refused(lambda: stack.as_function("launch", "s3").get_object(Bucket=bucket, Key=key), "AccessDenied")

@@ -1,6 +1,7 @@
 """EvacuateZone end to end: a tier of instances moves wave after wave, one MigrateInstance
 execution per instance, never more at once than the cap; a preview changes nothing; the fleet
-stops at its failure allowance; Auto Scaling members are refused."""
+stops at its failure allowance; Auto Scaling members are refused; the report is written to S3,
+and a fleet whose report does not fit in the execution's output finds it there."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from amiflow_local.seed import seed_fleet
 from workflow import finish, instance, run, start, state_machine_arn, tagged, wait_for
 
 pytestmark = pytest.mark.xdist_group("evacuate")
+
+BUCKET = "amiflow-local-fleetreportbucket"
 
 
 @pytest.fixture
@@ -43,7 +46,13 @@ def by_instance(result) -> dict[str, dict]:
     return {entry["instanceId"]: entry for entry in result.output["instances"]}
 
 
-def test_a_zone_of_twelve_evacuates_in_three_waves_never_more_than_four_at_once(sfn, ec2, fleet):
+def stored_report(stack, location: str) -> dict:
+    """The report the run wrote to S3, read where its output says it is."""
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    return json.loads(stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_a_zone_of_twelve_evacuates_in_three_waves_never_more_than_four_at_once(stack, sfn, ec2, fleet):
     result = run(sfn, "EvacuateZone", {
         "sourceAvailabilityZone": "us-east-1a", "targetAvailabilityZone": "use1-az2",
         "tagFilters": {"fleet": [fleet.tag["fleet"]]}, "waveTag": "amiflow:wave", "maxConcurrency": 4,
@@ -72,13 +81,18 @@ def test_a_zone_of_twelve_evacuates_in_three_waves_never_more_than_four_at_once(
         began = min(r["startDate"] for r in runs if wave_of[r["name"]] == later)
         assert ended <= began, f"wave {later} began before wave {earlier} ended"
     assert result.output["counts"] == {"SUCCEEDED": 12}
+    # The report is in S3 too, where the output says.
+    assert result.output["report"] == f"s3://{BUCKET}/fleets/{result.name}/report.json"
+    assert result.output["summary"].endswith(result.output["report"])
+    stored = stored_report(stack, result.output["report"])
+    assert {e["instanceId"]: e["newInstanceId"] for e in stored["instances"]} == {i: e["newInstanceId"] for i, e in report.items()}
 
 
 def report_of(sfn, execution_arn: str) -> dict:
     """The Report state's output: the fleet's report, also when the fleet failed."""
     events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000, reverseOrder=True)["events"]
     exited = next(e["stateExitedEventDetails"] for e in events
-                  if e.get("stateExitedEventDetails", {}).get("name") in ("Report", "PreviewReport"))
+                  if e.get("stateExitedEventDetails", {}).get("name") == "Report")
     return json.loads(exited["output"])
 
 
@@ -139,6 +153,39 @@ def test_a_preview_lists_the_plan_and_changes_nothing(stack, sfn, ec2, fleet):
     assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
     for instance_id in fleet.instance_ids:
         assert instance(ec2, instance_id)["State"]["Name"] == "running"
+
+
+LARGE = 160
+
+
+@pytest.mark.parametrize("fleet", [[LARGE]], indirect=True)
+def test_a_report_larger_than_the_output_limit_is_in_s3_and_the_output_says_where(stack, sfn, ec2, fleet):
+    """A preview of 160 instances: each entry carries its preflight rows, and the report outgrows
+    what the execution's output takes. The output keeps the counts and the summary and names the
+    report's place; the report there lists every instance."""
+    result = run(sfn, "EvacuateZone", {
+        "tagFilters": {"fleet": [fleet.tag["fleet"]]}, "targetAvailabilityZone": "us-east-1b",
+        "validateOnly": True, "maxConcurrency": 40,
+    }, timeout=600, prefix="evac")
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    location = f"s3://{BUCKET}/fleets/{result.name}/report.json"
+    assert "instances" not in result.output
+    assert (result.output["report"], result.output["instancesOnlyInReport"]) == (location, LARGE)
+    assert result.output["counts"] == {"WOULD_MOVE": LARGE}
+    assert result.output["summary"] == f"preview: {LARGE} would move, 0 would fail, 0 refused; nothing was changed; the report: {location}"
+    stored = stored_report(stack, location)
+    assert sorted(e["instanceId"] for e in stored["instances"]) == sorted(fleet.instance_ids)
+    assert all(e["preview"]["instanceType"] == "t3.micro in us-east-1b" for e in stored["instances"])
+    assert len(json.dumps(stored)) > 256 * 1024
+    assert children(sfn, result.name) == []
+    # The CLI finds the report where the output says, and shows every instance.
+    from test_cli import amiflow
+
+    shown = amiflow(stack, "watch", result.name)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split() for line in shown.stdout.splitlines() if line.startswith("i-")]
+    assert sorted(r[0] for r in rows) == sorted(fleet.instance_ids) and {r[2] for r in rows} == {"WOULD_MOVE"}
+    assert location in shown.stdout
 
 
 def test_an_auto_scaling_member_is_refused_by_migrate_instance_with_its_group(stack, sfn, ec2, world):

@@ -79,7 +79,7 @@ errors! {
     AwsApi: "Any other AWS error, with its code (e.g. `UnauthorizedOperation`)." => "rolled back";
     UnexpectedAnswer: "An AWS answer lacks what the API documents: a create call answered without the new resource's id, a key policy that is not JSON, an execution without its start date." => "rolled back";
     InAutoScalingGroup: "The instance is in an Auto Scaling group (DescribeAutoScalingInstances; the message names the group), which replaces its instances itself: move the group by its subnets instead." => "the instance is refused before any change (EvacuateZone reports it as REFUSED)";
-    ToleratedFailuresExceeded: "More children of an EvacuateZone run failed than `toleratedFailures` (or `toleratedFailurePercent`) allows." => "no further child is started; running ones finish or roll back; the fleet fails with its report in the Report state's output";
+    ToleratedFailuresExceeded: "More children of an EvacuateZone run failed than `toleratedFailures` (or `toleratedFailurePercent`) allows." => "no further child is started; running ones finish or roll back; the fleet fails, its cause naming the report in S3";
     ImageNotOwned: "ShareImage, UnshareImage or CopyImage was given an image of another account." => "fails the run; nothing changed";
     EncryptedImageNotPublic: "`public: true` for an encrypted image." => "fails the run; nothing changed";
     PublicSharingBlocked: "`public: true` while block public access for AMIs (or, with `shareSnapshots`, for snapshots) is on in the account and Region; the cause names the setting, its state and whether a declarative policy manages it." => "fails the run; nothing changed";

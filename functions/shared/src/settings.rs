@@ -49,6 +49,8 @@ pub struct Settings {
     pub task_table: Option<String>,
     /// The DynamoDB table holding one run lock per source instance (create-image and cleanup).
     pub lock_table: Option<String>,
+    /// The S3 bucket of the fleets' plans, results and reports (the fleet function only).
+    pub fleet_bucket: Option<String>,
     /// How long a run waits for the AMI event before it falls back to polling.
     pub event_wait_seconds: u64,
     /// How long CopyImage lets a new grant, launch permission and snapshot permission take
@@ -109,6 +111,7 @@ impl Settings {
         Ok(Settings {
             task_table: var("AMIFLOW_TASK_TABLE").filter(|t| !t.is_empty()),
             lock_table: var("AMIFLOW_LOCK_TABLE").filter(|t| !t.is_empty()),
+            fleet_bucket: var("AMIFLOW_FLEET_BUCKET").filter(|t| !t.is_empty()),
             event_wait_seconds: number("AMIFLOW_EVENT_WAIT_SECONDS", 1800)?,
             access_propagation_seconds: number(
                 "AMIFLOW_ACCESS_PROPAGATION_SECONDS",
@@ -160,6 +163,7 @@ impl Settings {
         Settings {
             task_table: None,
             lock_table: None,
+            fleet_bucket: None,
             event_wait_seconds: 1800,
             access_propagation_seconds: DEFAULT_ACCESS_PROPAGATION_SECONDS,
             image_poll: DEFAULT_IMAGE_POLL,
@@ -181,6 +185,12 @@ impl Settings {
         self.lock_table
             .as_deref()
             .ok_or_else(|| Error::Configuration("AMIFLOW_LOCK_TABLE is not set".into()))
+    }
+
+    pub fn fleet_bucket(&self) -> Result<&str> {
+        self.fleet_bucket
+            .as_deref()
+            .ok_or_else(|| Error::Configuration("AMIFLOW_FLEET_BUCKET is not set".into()))
     }
 }
 

@@ -2,6 +2,7 @@
 //! the pure decisions about it that more than one step needs. No module here imports a step.
 
 pub mod capacity;
+pub mod fleet_files;
 pub mod groups;
 pub mod images;
 pub mod instances;

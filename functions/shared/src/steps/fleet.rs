@@ -1,7 +1,9 @@
 //! EvacuateZone: many MigrateInstance runs under one parent. The `fleet` function plans the
 //! fleet (which instances, in which waves, with which child input), previews each instance for
 //! `validateOnly`, and writes the report at the end. The state machine runs the children itself
-//! (a Map per wave, each item a nested `startExecution.sync:2`); nothing here starts or waits.
+//! (a Distributed Map per wave, each item a nested `startExecution.sync:2`); nothing here starts
+//! or waits. The plan, each wave's items, the results and the report are files in S3
+//! (`resources::fleet_files`), so that a fleet's size is not bounded by the execution's state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,12 +17,15 @@ use crate::input::{
     check_cutover, is_resource_id, zone, Capacity, Cutover, SourceAction, TargetGroups,
 };
 use crate::preflight::{self, DryRuns, Row, Verdict};
+use crate::resources::fleet_files::{self, FleetFiles};
 use crate::resources::groups;
 use crate::resources::zones::checked_name;
 use crate::Deps;
 
-/// An inline Map state runs at most 40 iterations at once
-/// (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-inline.html).
+/// The most children at once. A Distributed Map would run 10,000
+/// (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html), but every
+/// child calls RunInstances once, whose bucket holds a burst of 5 and refills at 2 a second: at 40
+/// children starting together, most already wait on throttling retries.
 pub const MAX_CONCURRENCY: u32 = 40;
 
 /// The default cap on children at once: RunInstances, the one call every child makes exactly once
@@ -31,10 +36,16 @@ pub const MAX_CONCURRENCY: u32 = 40;
 /// bench/throttle.py holds the same table).
 pub const DEFAULT_CONCURRENCY: u32 = 5;
 
-/// The most instances one EvacuateZone run takes: the plan and the results travel in the
-/// execution's state, which Step Functions caps at 256 KiB; an instance costs about 400 bytes of
-/// it, and this leaves room for the rest. A larger zone is evacuated in several runs (by tag).
-pub const MAX_INSTANCES: usize = 300;
+/// The most waves one run takes: each wave's file names travel in the execution's state, and the
+/// waves run one after the other, each a Map Run of its own. More values of the wave tag than this
+/// is a mistake in the tag, not a plan.
+pub const MAX_WAVES: usize = 100;
+
+/// The report is also the Report state's output while it takes at most this much: Step Functions
+/// caps a state's output at 256 KiB (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html),
+/// and this leaves room for the rest of the state. A larger report is in S3 only; the output says
+/// where, and keeps the counts and the summary.
+pub const INLINE_REPORT_BYTES: usize = 200 * 1024;
 
 /// The EvacuateZone input, exactly as operators, the CLI and tests send it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -453,19 +464,6 @@ async fn select(
             }
         }
     }
-    // Too many is refused before any other call: the whole selection is counted, never a page of it.
-    let selected = found
-        .iter()
-        .filter(|i| {
-            !input
-                .exclude
-                .iter()
-                .any(|x| Some(x.as_str()) == i.instance_id())
-        })
-        .count();
-    if selected > MAX_INSTANCES {
-        return Err(too_many(input, selected));
-    }
     let with_eip: BTreeSet<String> = elastic_ip_holders(ec2, &found).await?;
     let ids: Vec<String> = found
         .iter()
@@ -525,19 +523,91 @@ async fn elastic_ip_holders(
     Ok(holders)
 }
 
-/// The refusal of a selection larger than one run takes, naming the selector to narrow. Pure.
-pub fn too_many(input: &FleetInput, selected: usize) -> Error {
-    let field = if !input.instance_ids.is_empty() {
-        "instanceIds"
-    } else if !input.tag_filters.is_empty() {
-        "tagFilters"
-    } else {
-        "sourceAvailabilityZone"
+/// A plan with more waves than one run takes is refused, naming the wave tag. Pure.
+pub fn check_waves(plan: &Plan, input: &FleetInput) -> Result<()> {
+    if plan.waves.len() > MAX_WAVES {
+        return Err(Error::invalid(
+            "waveTag",
+            format!(
+                "{:?} has {} values among the selected instances; one run takes at most {MAX_WAVES} waves",
+                input.wave_tag.as_deref().unwrap_or_default(),
+                plan.waves.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One wave as the state machine carries it: where its items are and where its results go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveFiles {
+    pub wave: String,
+    pub instances: usize,
+    pub items: String,
+    pub results: String,
+}
+
+/// What the Plan state hands on: the plan's settings and where its files are, never the
+/// instances themselves, so that it stays small whatever the fleet's size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanState {
+    pub validate_only: bool,
+    pub target_availability_zone: String,
+    pub max_concurrency: u32,
+    pub tolerated_failures: u32,
+    pub counter_key: String,
+    pub bucket: String,
+    /// The full plan (every wave's instances, the refusals, what will not carry over).
+    pub plan: String,
+    pub moving: usize,
+    pub refused: usize,
+    pub waves: Vec<WaveFiles>,
+    pub wave_count: usize,
+    /// The wave the state machine is at (`{"index": 0}` to start).
+    pub wave: Value,
+}
+
+/// The plan's state and the files to write: the plan itself, then one item file per wave. Pure.
+pub fn plan_files(execution: &str, bucket: &str, plan: &Plan) -> (PlanState, Vec<(String, Value)>) {
+    let mut files = vec![(
+        fleet_files::plan_key(execution),
+        serde_json::to_value(plan).expect("a plan is JSON"),
+    )];
+    let waves = plan
+        .waves
+        .iter()
+        .enumerate()
+        .map(|(index, wave)| {
+            let items = fleet_files::wave_key(execution, index);
+            files.push((
+                items.clone(),
+                serde_json::to_value(&wave.instances).expect("children are JSON"),
+            ));
+            WaveFiles {
+                wave: wave.wave.clone(),
+                instances: wave.instances.len(),
+                items,
+                results: fleet_files::results_prefix(execution, index),
+            }
+        })
+        .collect::<Vec<_>>();
+    let state = PlanState {
+        validate_only: plan.validate_only,
+        target_availability_zone: plan.target_availability_zone.clone(),
+        max_concurrency: plan.max_concurrency,
+        tolerated_failures: plan.tolerated_failures,
+        counter_key: plan.counter_key.clone(),
+        bucket: bucket.to_string(),
+        plan: fleet_files::plan_key(execution),
+        moving: waves.iter().map(|w| w.instances).sum(),
+        refused: plan.refused.len(),
+        wave_count: waves.len(),
+        waves,
+        wave: json!({"index": 0}),
     };
-    Error::invalid(
-        field,
-        format!("{selected} instances match; one run moves at most {MAX_INSTANCES} (the plan and the results travel in the execution's 256 KiB state): narrow the selection with tagFilters or instanceIds and run several"),
-    )
+    (state, files)
 }
 
 /// The fleet function's request.
@@ -553,12 +623,8 @@ pub enum FleetRequest {
     },
     Report {
         execution: String,
-        plan: Plan,
-        /// The preview entries, a list per wave.
-        #[serde(default)]
-        previews: Option<Vec<Vec<Value>>>,
-        #[serde(default)]
-        results: Option<Vec<Vec<Value>>>,
+        /// The Plan state's output (with what the waves added to it).
+        plan: PlanState,
     },
 }
 
@@ -588,36 +654,77 @@ pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
             let (found, missing) =
                 select(&deps.ec2, &deps.autoscaling, &input, source.as_deref()).await?;
             let plan = plan(&execution, &input, &target, found, missing);
-            let moving: usize = plan.waves.iter().map(|w| w.instances.len()).sum();
-            if !plan.validate_only && moving > 0 {
+            check_waves(&plan, &input)?;
+            let s3 = aws_sdk_s3::Client::new(&deps.config);
+            let files = FleetFiles {
+                s3: &s3,
+                bucket: deps.settings.fleet_bucket()?,
+            };
+            let (state, writes) = plan_files(&execution, files.bucket, &plan);
+            for (key, value) in &writes {
+                files.put(key, value).await?;
+            }
+            if !plan.validate_only && state.moving > 0 {
                 deps.run_lock()?.open_counter(&plan.counter_key).await?;
             }
             tracing::info!(
                 execution,
-                moving,
-                refused = plan.refused.len(),
-                waves = plan.waves.len(),
+                moving = state.moving,
+                refused = state.refused,
+                waves = state.wave_count,
+                plan = fleet_files::s3_uri(files.bucket, &state.plan),
                 "fleet planned"
             );
-            Ok(serde_json::to_value(plan).expect("a plan is JSON"))
+            Ok(serde_json::to_value(state).expect("a plan's state is JSON"))
         }
         FleetRequest::Preview { child } => {
             let rows = preflight::migrate(deps, &child.input, DryRuns::Skip).await;
             Ok(preview_entry(&child, rows))
         }
-        FleetRequest::Report {
-            execution,
-            plan,
-            previews,
-            results,
-        } => Ok(serde_json::to_value(report(
-            &execution,
-            &plan,
-            previews.unwrap_or_default().into_iter().flatten().collect(),
-            results.unwrap_or_default(),
-        ))
-        .expect("a report is JSON")),
+        FleetRequest::Report { execution, plan } => {
+            let s3 = aws_sdk_s3::Client::new(&deps.config);
+            let files = FleetFiles {
+                s3: &s3,
+                bucket: &plan.bucket,
+            };
+            let full: Plan = serde_json::from_value(files.get(&plan.plan).await?).map_err(|e| {
+                Error::UnexpectedAnswer(format!("{} is not a fleet plan: {e}", plan.plan).into())
+            })?;
+            let results = files
+                .results(&fleet_files::results_root(&execution))
+                .await?;
+            let key = fleet_files::report_key(&execution);
+            let location = fleet_files::s3_uri(files.bucket, &key);
+            let report = report(&execution, &full, results, &location);
+            files
+                .put(
+                    &key,
+                    &serde_json::to_value(&report).expect("a report is JSON"),
+                )
+                .await?;
+            tracing::info!(
+                execution,
+                report = location,
+                summary = report.summary,
+                "fleet reported"
+            );
+            Ok(output(&report, &location))
+        }
     }
+}
+
+/// The Report state's output: the report with where it is in S3, without its instances when they
+/// would not fit in the state (`INLINE_REPORT_BYTES`). Pure.
+pub fn output(report: &Report, location: &str) -> Value {
+    let mut out = serde_json::to_value(report).expect("a report is JSON");
+    out["report"] = json!(location);
+    if serde_json::to_vec(&out).map_or(0, |b| b.len()) > INLINE_REPORT_BYTES {
+        if let Some(map) = out.as_object_mut() {
+            map.remove("instances");
+        }
+        out["instancesOnlyInReport"] = json!(report.instances.len());
+    }
+    out
 }
 
 /// One instance of a `validateOnly` preview: its target subnet and type and the preflight rows
@@ -750,18 +857,13 @@ fn title(status: &str) -> String {
 
 /// The fleet's report: every instance (refused ones too), its child, its result, and whether the
 /// failures stayed within the allowance. Pure.
-pub fn report(
-    execution: &str,
-    plan: &Plan,
-    previews: Vec<Value>,
-    results: Vec<Vec<Value>>,
-) -> Report {
+pub fn report(execution: &str, plan: &Plan, results: Vec<Value>, location: &str) -> Report {
     let mut instances: Vec<Entry> = Vec::new();
+    let by_id: BTreeMap<String, Value> = results
+        .into_iter()
+        .filter_map(|r| Some((r["instanceId"].as_str()?.to_string(), r)))
+        .collect();
     if plan.validate_only {
-        let by_id: BTreeMap<String, Value> = previews
-            .into_iter()
-            .filter_map(|p| Some((p["instanceId"].as_str()?.to_string(), p)))
-            .collect();
         for wave in &plan.waves {
             for child in &wave.instances {
                 let mut preview = by_id.get(&child.instance_id).cloned();
@@ -777,12 +879,19 @@ pub fn report(
                     instance_id: child.instance_id.clone(),
                     wave: wave.wave.clone(),
                     execution: Some(child.name.clone()),
-                    error: preview
-                        .as_ref()
-                        .and_then(|p| p["error"].as_str().map(str::to_string)),
-                    cause: preview
-                        .as_ref()
-                        .and_then(|p| p["cause"].as_str().map(str::to_string)),
+                    // The preflight's verdict, or the preview's own failure (NotPreviewed).
+                    error: preview.as_ref().and_then(|p| {
+                        p["error"]
+                            .as_str()
+                            .or(p["failure"]["Error"].as_str())
+                            .map(str::to_string)
+                    }),
+                    cause: preview.as_ref().and_then(|p| {
+                        p["cause"]
+                            .as_str()
+                            .or(p["failure"]["Cause"].as_str())
+                            .map(str::to_string)
+                    }),
                     status,
                     new_instance_id: None,
                     preview,
@@ -790,20 +899,22 @@ pub fn report(
             }
         }
     } else {
-        for (wave, results) in plan.waves.iter().zip(results.iter()) {
-            instances.extend(results.iter().map(|r| entry_of(r, &wave.wave)));
-        }
-        // A wave that never ran (the allowance ran out before it): its instances did not start.
-        for wave in plan.waves.iter().skip(results.len()) {
-            instances.extend(wave.instances.iter().map(|c| {
-                Entry::unrun(
-                    &c.instance_id,
-                    &wave.wave,
-                    "NOT_STARTED",
-                    "ToleratedFailuresExceeded",
-                    None,
-                )
-            }));
+        for wave in &plan.waves {
+            instances.extend(
+                wave.instances
+                    .iter()
+                    .map(|c| match by_id.get(&c.instance_id) {
+                        Some(result) => entry_of(result, &wave.wave),
+                        // No result: its wave never ran (the fleet stopped before it).
+                        None => Entry::unrun(
+                            &c.instance_id,
+                            &wave.wave,
+                            "NOT_STARTED",
+                            "ToleratedFailuresExceeded",
+                            None,
+                        ),
+                    }),
+            );
         }
     }
     instances.extend(plan.refused.iter().map(|r| {
@@ -823,7 +934,7 @@ pub fn report(
     let within_allowance = failed as u32 <= plan.tolerated_failures;
     let summary = if plan.validate_only {
         format!(
-            "preview: {} would move, {} would fail, {} refused; nothing was changed",
+            "preview: {} would move, {} would fail, {} refused; nothing was changed; the report: {location}",
             counts.get("WOULD_MOVE").copied().unwrap_or(0),
             counts.get("WOULD_FAIL").copied().unwrap_or(0),
             counts.get("REFUSED").copied().unwrap_or(0)
@@ -835,7 +946,7 @@ pub fn report(
             .map(|e| format!("{} ({})", e.instance_id, e.error.as_deref().unwrap_or("?")))
             .collect();
         format!(
-            "{} moved, {} failed{}, {} not started, {} refused; {} failure(s) tolerated{}",
+            "{} moved, {} failed{}, {} not started, {} refused; {} failure(s) tolerated{}; the report: {location}",
             counts.get("SUCCEEDED").copied().unwrap_or(0),
             failed,
             if failures.is_empty() {
@@ -849,7 +960,7 @@ pub fn report(
             if within_allowance {
                 ""
             } else {
-                "; the fleet stopped: the report is the Report state's output in the execution's history"
+                "; the fleet stopped"
             }
         )
     };
@@ -1056,27 +1167,90 @@ mod tests {
     }
 
     #[test]
-    fn too_large_a_selection_names_the_selector_to_narrow() {
-        let zone = parse(
-            json!({"sourceAvailabilityZone": "use1-az1", "targetAvailabilityZone": "us-east-1b"}),
+    fn too_many_waves_are_refused_naming_the_wave_tag() {
+        let ids: Vec<String> = (1..=101).map(|n| format!("i-{n:08x}")).collect();
+        let input = parse(
+            json!({"instanceIds": ids, "targetAvailabilityZone": "us-east-1b", "waveTag": "w"}),
         )
         .unwrap();
-        let tagged = parse(json!({"sourceAvailabilityZone": "use1-az1", "tagFilters": {"t": ["v"]}, "targetAvailabilityZone": "us-east-1b"})).unwrap();
-        for (input, field) in [(zone, "sourceAvailabilityZone"), (tagged, "tagFilters")] {
-            match too_many(&input, 301) {
-                Error::InvalidInput {
-                    field: named,
-                    reason,
-                } => {
-                    assert_eq!(named, field);
-                    assert!(
-                        reason.starts_with("301 instances match; one run moves at most 300"),
-                        "{reason}"
-                    );
-                }
-                other => panic!("{other:?}"),
+        let found: Vec<Candidate> = (1..=101)
+            .map(|n| {
+                candidate(
+                    &format!("i-{n:08x}"),
+                    "us-east-1a",
+                    &[("w", &n.to_string())],
+                )
+            })
+            .collect();
+        let plan = plan("evac", &input, "us-east-1b", found, vec![]);
+        match check_waves(&plan, &input) {
+            Err(Error::InvalidInput { field, reason }) => {
+                assert_eq!(field, "waveTag");
+                assert!(reason.contains("101 values"), "{reason}");
             }
+            other => panic!("{other:?}"),
         }
+        let fewer = Plan {
+            waves: plan.waves[..100].to_vec(),
+            ..plan
+        };
+        assert!(check_waves(&fewer, &input).is_ok());
+    }
+
+    #[test]
+    fn the_plans_state_names_its_files_and_carries_no_instance() {
+        let input = parse(json!({"instanceIds": ["i-00000001", "i-00000002", "i-00000003"], "targetAvailabilityZone": "us-east-1b", "waveTag": "w"})).unwrap();
+        let found = vec![
+            candidate("i-00000001", "us-east-1a", &[("w", "2")]),
+            candidate("i-00000002", "us-east-1a", &[("w", "1")]),
+            candidate("i-00000003", "us-east-1b", &[]),
+        ];
+        let plan = plan("evac", &input, "us-east-1b", found, vec![]);
+        let (state, files) = plan_files("evac", "bucket", &plan);
+        let keys: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "fleets/evac/plan.json",
+                "fleets/evac/waves/0.json",
+                "fleets/evac/waves/1.json"
+            ]
+        );
+        assert_eq!(files[1].1[0]["instanceId"], "i-00000002");
+        assert_eq!(files[1].1[0]["name"], "evac-i-00000002");
+        assert_eq!(files[2].1[0]["input"]["instanceId"], "i-00000001");
+        assert_eq!((state.moving, state.refused, state.wave_count), (2, 1, 2));
+        assert_eq!(state.waves[0].results, "fleets/evac/results/0");
+        assert_eq!(state.wave, json!({"index": 0}));
+        let carried = serde_json::to_string(&state).unwrap();
+        assert!(!carried.contains("i-00000001"), "{carried}");
+    }
+
+    #[test]
+    fn a_report_too_large_for_the_state_is_left_in_s3_and_the_output_says_where() {
+        let ids: Vec<String> = (1..=3).map(|n| format!("i-{n:08x}")).collect();
+        let input =
+            parse(json!({"instanceIds": ids, "targetAvailabilityZone": "us-east-1b"})).unwrap();
+        let found: Vec<Candidate> = (1..=3)
+            .map(|n| candidate(&format!("i-{n:08x}"), "us-east-1a", &[]))
+            .collect();
+        let plan = plan("evac", &input, "us-east-1b", found, vec![]);
+        let location = "s3://b/fleets/evac/report.json";
+        let small = report("evac", &plan, vec![], location);
+        let out = output(&small, location);
+        assert_eq!(out["instances"].as_array().map(Vec::len), Some(3));
+        assert_eq!(out["report"], location);
+        assert!(small.summary.ends_with(location), "{}", small.summary);
+        let mut large = small.clone();
+        for entry in &mut large.instances {
+            entry.cause = Some("x".repeat(INLINE_REPORT_BYTES / 2));
+        }
+        let out = output(&large, location);
+        assert!(out.get("instances").is_none());
+        assert_eq!(out["instancesOnlyInReport"], 3);
+        assert_eq!(out["report"], location);
+        assert_eq!(out["counts"]["NOT_STARTED"], 3);
+        assert!(serde_json::to_vec(&out).unwrap().len() < INLINE_REPORT_BYTES);
     }
 
     #[test]
@@ -1096,11 +1270,11 @@ mod tests {
             candidate("i-00000003", "us-east-1a", &[("w", "2")]),
         ];
         let plan = plan("evac", &input, "us-east-1b", found, vec![]);
-        let results = vec![vec![
-            json!({"instanceId": "i-00000001", "status": "SUCCEEDED", "execution": "arn:…:evac-i-00000001", "newInstanceId": "i-0000000a"}),
+        let results = vec![
             json!({"instanceId": "i-00000002", "status": "FAILED", "child": {"ExecutionArn": "arn:…:evac-i-00000002", "Status": "FAILED", "Error": "InsufficientCapacity", "Cause": "none in us-east-1b"}}),
-        ]];
-        let report = report("evac", &plan, vec![], results);
+            json!({"instanceId": "i-00000001", "status": "SUCCEEDED", "execution": "arn:…:evac-i-00000001", "newInstanceId": "i-0000000a"}),
+        ];
+        let report = report("evac", &plan, results, "s3://b/k");
         let lines: Vec<(&str, &str, Option<&str>)> = report
             .instances
             .iter()
