@@ -275,3 +275,16 @@ def test_an_s3_object_call_is_judged_on_the_object_and_a_listing_on_its_prefix(s
     refused(lambda: fleet.list_objects_v2(Bucket=bucket, Prefix="elsewhere/"), "AccessDenied")
     refused(lambda: fleet.delete_object(Bucket=bucket, Key=key), "AccessDenied")
     refused(lambda: stack.as_function("launch", "s3").get_object(Bucket=bucket, Key=key), "AccessDenied")
+
+
+def test_put_events_is_judged_on_the_bus_with_the_entrys_source_and_detail_type(stack):
+    """(Service Authorization Reference, EventBridge: PutEvents on the event bus, with
+    events:source and events:detail-type.) The approval function may put events on the default bus
+    only; a function without events:PutEvents may put none."""
+    entry = {"Source": "amiflow", "DetailType": "amiflow Run Awaiting Approval", "Detail": "{}"}
+    approval = stack.as_function("approval", "events")
+    assert approval.put_events(Entries=[entry])["FailedEntryCount"] == 0
+    stack.client("events").create_event_bus(Name="elsewhere")
+    message = refused(lambda: approval.put_events(Entries=[{**entry, "EventBusName": "elsewhere"}]), "AccessDeniedException")
+    assert f"arn:aws:events:us-east-1:{A}:event-bus/elsewhere" in message
+    refused(lambda: stack.as_function("launch", "events").put_events(Entries=[entry]), "AccessDeniedException")

@@ -428,6 +428,21 @@ def bucket_owner(bucket: str) -> str | None:
     return held[1] if held else None
 
 
+def events_checks(action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
+    """(Service Authorization Reference, Amazon EventBridge: PutEvents is on the event bus each
+    entry names, the default bus when it names none, with the entry's `events:source` and
+    `events:detail-type`, both multivalued.)"""
+    if action != "PutEvents":
+        raise LayerError(f"the layer does not know which resources events:{action} authorizes")
+    checks = []
+    for entry in params.get("Entries", []):
+        bus = entry.get("EventBusName") or "default"
+        arn = bus if bus.startswith("arn:") else f"arn:{config.partition}:events:{region}:{principal.account}:event-bus/{bus}"
+        checks.append(Check("events:PutEvents", arn, arn.split(":")[4],
+                            {"events:source": [entry.get("Source", "")], "events:detail-type": [entry.get("DetailType", "")]}))
+    return checks
+
+
 def checks_for(service: str, action: str, params: dict[str, Any], principal: Principal, region: str) -> list[Check]:
     """Every (action, resource) pair IAM evaluates for this call."""
     if principal.administrator and service not in ("kms", "sts"):
@@ -446,6 +461,8 @@ def checks_for(service: str, action: str, params: dict[str, Any], principal: Pri
         return organizations_checks(action, params, principal)
     if service == "s3":
         return s3_checks(action, params, principal)
+    if service == "events":
+        return events_checks(action, params, principal, region)
     if service == "elasticloadbalancing":
         return elbv2_checks(action, params, principal)
     if service == "autoscaling" and action.startswith("Describe"):
