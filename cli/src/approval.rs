@@ -24,7 +24,12 @@ pub fn waiting_token(events: &[HistoryEvent]) -> Result<String, String> {
         ));
     };
     let after = &events[entered..];
-    if after.iter().any(|e| {
+    // The last attempt's task: an earlier attempt that failed (and was retried) says nothing.
+    let scheduled = after
+        .iter()
+        .rposition(|e| e.task_scheduled_event_details().is_some());
+    let since = &after[scheduled.unwrap_or(0)..];
+    if since.iter().any(|e| {
         matches!(
             e.r#type(),
             HistoryEventType::TaskSucceeded
@@ -34,9 +39,8 @@ pub fn waiting_token(events: &[HistoryEvent]) -> Result<String, String> {
     }) {
         return Err(format!("the run's {STATE} has been answered already"));
     }
-    let parameters = after
-        .iter()
-        .find_map(|e| e.task_scheduled_event_details())
+    let parameters = scheduled
+        .and_then(|i| after[i].task_scheduled_event_details())
         .map(|d| d.parameters().to_string())
         .ok_or_else(|| {
             format!("the run's {STATE} has not been scheduled yet; try again in a moment")
@@ -44,19 +48,23 @@ pub fn waiting_token(events: &[HistoryEvent]) -> Result<String, String> {
     token_of(&parameters)
 }
 
-/// The task token in AwaitApproval's parameters (its event's Detail, an object or JSON text). Pure.
+/// The task token in AwaitApproval's parameters: the approval function's Payload, or (a run
+/// started before the approval function, still waiting) its event's Detail, each an object or
+/// JSON text. Pure.
 pub fn token_of(parameters: &str) -> Result<String, String> {
     let parameters: Value = serde_json::from_str(parameters)
         .map_err(|e| format!("{STATE}'s parameters are not JSON: {e}"))?;
-    let detail = &parameters["Entries"][0]["Detail"];
-    let detail: Value = match detail {
+    let object = |v: &Value| match v {
         Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         other => other.clone(),
     };
-    detail["taskToken"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("{STATE}'s parameters carry no task token"))
+    [
+        object(&parameters["Payload"]),
+        object(&parameters["Entries"][0]["Detail"]),
+    ]
+    .iter()
+    .find_map(|v| v["taskToken"].as_str().map(str::to_string))
+    .ok_or_else(|| format!("{STATE}'s parameters carry no task token"))
 }
 
 /// Sends the decision to the run `arn` waits for.
@@ -124,6 +132,40 @@ mod tests {
                 .build()
                 .unwrap(),
         ]
+    }
+
+    fn invoking(payload: Value) -> Vec<HistoryEvent> {
+        let mut events = waiting(json!({}));
+        events[1] = event(2, HistoryEventType::TaskScheduled)
+            .task_scheduled_event_details(
+                TaskScheduledEventDetails::builder()
+                    .resource_type("lambda")
+                    .resource("invoke.waitForTaskToken")
+                    .region("us-east-1")
+                    .parameters(
+                        json!({"FunctionName": "arn:aws:lambda:us-east-1:1:function:approval", "Payload": payload})
+                            .to_string(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        events
+    }
+
+    #[test]
+    fn the_token_is_read_from_the_approval_functions_payload() {
+        assert_eq!(
+            waiting_token(&invoking(json!({"taskToken": "t-3"}))).unwrap(),
+            "t-3"
+        );
+        // A first attempt that failed and was retried: the retry's task waits.
+        let mut retried = invoking(json!({"taskToken": "t-4"}));
+        retried.insert(2, event(3, HistoryEventType::TaskFailed).build().unwrap());
+        let again = retried[1].clone();
+        retried.push(again);
+        assert_eq!(waiting_token(&retried).unwrap(), "t-4");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use amiflow::input::MigrateInput;
 use amiflow::parse_request;
 use amiflow::receivers::{CopyInput, ShareInput, UnshareInput};
 use amiflow::steps::{
-    cleanup, copy_image, create_image, fleet, grant_kms, launch, share_image, targets,
+    approval, cleanup, copy_image, create_image, fleet, grant_kms, launch, share_image, targets,
     verify_instance, wait_image,
 };
 use amiflow_contracts::{error_names, files, json, readme_table, workspace};
@@ -121,6 +121,7 @@ fn every_event_fixture_deserialises_into_the_type_its_function_takes() {
                 .and_then(|r| r.input().map(|_| ())),
             "preflight" => parse_request::<amiflow::preflight::PreflightRequest>(value).map(|_| ()),
             "targets" => parse_request::<targets::TargetsRequest>(value).map(|_| ()),
+            "approval" => parse_request::<approval::ApprovalRequest>(value).map(|_| ()),
             "fleet" => parse_request::<fleet::FleetRequest>(value).map(|request| {
                 if let fleet::FleetRequest::Plan { input, .. } = request {
                     fleet::FleetInput::parse(&input, "us-east-1").unwrap();

@@ -70,6 +70,10 @@ def test_an_approved_run_waits_with_the_comparison_then_commits(stack, sfn, ec2,
     assert rows["instance type"]["status"] == "carried" and rows["user data"]["status"] == "carried"
     assert rows["Elastic IP"]["status"] == "at-cutover" and rows["Elastic IP"]["copy"] == "none"
     assert any(r["status"] == "not-carried" and r["setting"].startswith("private IP address") for r in detail["comparison"])
+    # The approval function's own words: a summary, the time to decide by, and how to answer.
+    assert detail["summary"].startswith(f"{world.instance_id} is copied to {copy} in us-east-1b;")
+    assert "changed: Availability Zone" in detail["summary"] and "at cutover: Elastic IP" in detail["summary"]
+    assert detail["answer"]["approve"] == f"amiflow approve {name}" and detail["decideBy"].endswith("Z")
     # While it waits: the copy runs, the source and its address are untouched.
     assert instance(ec2, copy)["State"]["Name"] == "running"
     assert source_as_it_is(ec2, world) == before

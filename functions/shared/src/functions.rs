@@ -6,16 +6,18 @@ use crate::lambda::{serve, serve_parsed};
 use crate::steps::reap::{self, ReapSettings};
 use crate::steps::wait_image::{self, WaitImageRequest};
 use crate::steps::{
-    cleanup as cleanup_step, copy_image as copy_step, create_image as create_step,
-    fleet as fleet_step, grant_kms as grant_step, launch as launch_step, share_image as share_step,
-    targets as targets_step, verify_instance as verify_step,
+    approval as approval_step, cleanup as cleanup_step, copy_image as copy_step,
+    create_image as create_step, fleet as fleet_step, grant_kms as grant_step,
+    launch as launch_step, share_image as share_step, targets as targets_step,
+    verify_instance as verify_step,
 };
 use crate::trigger::{self as trigger_step, TriggerSettings};
 
 pub type Outcome = Result<(), lambda_runtime::Error>;
 
 /// Every function, by the name of its binary.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
+    "approval",
     "cleanup",
     "copy-image",
     "create-image",
@@ -34,6 +36,7 @@ pub const NAMES: [&str; 13] = [
 /// Runs the function of that name; an unknown name is refused before anything starts.
 pub async fn by_name(name: &str) -> Outcome {
     match name {
+        "approval" => approval().await,
         "cleanup" => cleanup().await,
         "copy-image" => copy_image().await,
         "create-image" => create_image().await,
@@ -49,6 +52,10 @@ pub async fn by_name(name: &str) -> Outcome {
         "wait-image" => wait_image().await,
         other => Err(format!("no function named {other:?}; one of {}", NAMES.join(", ")).into()),
     }
+}
+
+pub async fn approval() -> Outcome {
+    serve(approval_step::run).await
 }
 
 pub async fn cleanup() -> Outcome {

@@ -1,5 +1,6 @@
 //! One module per step of the workflows.
 
+pub mod approval;
 pub mod cleanup;
 pub mod copy_image;
 pub mod create_image;
