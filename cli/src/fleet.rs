@@ -109,6 +109,55 @@ async fn child_line(sfn: &Client, arn: &str) -> Result<(String, bool), Failure> 
     Ok((line, true))
 }
 
+/// How many children that are neither running nor done are looked at per round, besides the
+/// running ones: a fleet of thousands is followed with a few dozen calls a round, not thousands
+/// (Step Functions throttles DescribeExecution and GetExecutionHistory per account).
+const SPARE_LOOKS: usize = 10;
+
+/// The names of the state machine's running executions (one ListExecutions, RUNNING only).
+async fn running_children(
+    sfn: &Client,
+    machine: &str,
+) -> Result<std::collections::BTreeSet<String>, Failure> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut pages = sfn
+        .list_executions()
+        .state_machine_arn(machine)
+        .status_filter(aws_sdk_sfn::types::ExecutionStatus::Running)
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(api("ListExecutions"))?;
+        names.extend(page.executions().iter().map(|e| e.name().to_string()));
+    }
+    Ok(names)
+}
+
+/// Which children to look at this round, given each one's (done, running) and where the last
+/// round's spare looks stopped: every running one (at most the fleet's concurrency), and `spare`
+/// of the others, taken in turn from `rotation`. Answers the indexes, in order, and the next
+/// round's rotation. Pure.
+pub fn to_ask(states: &[(bool, bool)], rotation: usize, spare: usize) -> (Vec<usize>, usize) {
+    let n = states.len();
+    let mut ask: Vec<usize> = (0..n).filter(|&i| !states[i].0 && states[i].1).collect();
+    let mut next = rotation;
+    let mut taken = 0;
+    for step in 0..n {
+        if taken == spare {
+            break;
+        }
+        let i = (rotation + step) % n;
+        next = (i + 1) % n;
+        if !states[i].0 && !states[i].1 {
+            ask.push(i);
+            taken += 1;
+        }
+    }
+    ask.sort_unstable();
+    (ask, next)
+}
+
 struct Line {
     bar: ProgressBar,
     text: String,
@@ -137,6 +186,7 @@ pub async fn watch(
     let mut plan: Option<Value> = None;
     let mut lines: BTreeMap<String, Line> = BTreeMap::new();
     let mut order: Vec<(String, String)> = Vec::new(); // (instance, child name)
+    let mut rotation = 0;
     loop {
         let described = sfn
             .describe_execution()
@@ -199,13 +249,24 @@ pub async fn watch(
             .as_ref()
             .is_some_and(|p| p["validateOnly"] == json!(true));
         if !preview {
-            for (id, name) in &order {
+            let running = running_children(sfn, migrate_machine_arn).await?;
+            let states: Vec<(bool, bool)> = order
+                .iter()
+                .map(|(id, name)| {
+                    let line = &lines[id];
+                    (
+                        line.done,
+                        running.contains(name) || line.text.starts_with("running"),
+                    )
+                })
+                .collect();
+            let (ask, next) = to_ask(&states, rotation, SPARE_LOOKS);
+            rotation = next;
+            for index in ask {
+                let (id, name) = &order[index];
                 let Some(line) = lines.get_mut(id) else {
                     continue;
                 };
-                if line.done {
-                    continue;
-                }
                 let (text, done) = child_line(sfn, &format!("{executions}:{name}")).await?;
                 if text != line.text {
                     if plain && !quiet {
@@ -299,6 +360,28 @@ pub fn table(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_round_asks_every_running_child_and_a_few_others_in_turn() {
+        // (done, running) for six children: 0 done, 1 and 4 running, 2, 3 and 5 waiting.
+        let states = [
+            (true, false),
+            (false, true),
+            (false, false),
+            (false, false),
+            (false, true),
+            (false, false),
+        ];
+        let (ask, next) = to_ask(&states, 0, 2);
+        assert_eq!(ask, [1, 2, 3, 4]);
+        let (ask, next) = to_ask(&states, next, 2);
+        assert_eq!(ask, [1, 2, 4, 5]);
+        let (ask, _) = to_ask(&states, next, 2);
+        assert_eq!(ask, [1, 3, 4, 5]);
+        // A small fleet: everyone not done, every round.
+        assert_eq!(to_ask(&states, 3, 10).0, [1, 2, 3, 4, 5]);
+        assert_eq!(to_ask(&[], 0, 10), (vec![], 0));
+    }
 
     #[test]
     fn a_reports_location_is_a_bucket_and_a_key() {
