@@ -107,5 +107,7 @@ class Stack:
             f"{self.endpoint}/_amiflow/{path}", data=data, method=method or ("POST" if data else "GET"),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        # A deploy restarts the functions' environments before it answers: on a loaded machine
+        # (CI measured one past 10 s) that takes a while.
+        with urllib.request.urlopen(request, timeout=60) as answer:
             return json.loads(answer.read())

@@ -68,9 +68,10 @@ def test_a_snapshot_permission_takes_a_while_to_be_in_force(stack, ec2, world, s
     image_id = shared_with_b(ec2, world, settling)
     time.sleep(settling)
     snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]]
+    # B's client first: nothing but the copy comes between the last grant and the copy.
+    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
     for snapshot in snapshots:
         ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=[B])
-    b_ec2 = stack.account(B).client("ec2", endpoint_url=stack.endpoint)
     copy = dict(SourceImageId=image_id, SourceRegion="us-east-1", Name=f"copy-{uuid.uuid4().hex[:6]}")
     assert code_of(lambda: b_ec2.copy_image(**copy)) == "InvalidRequest"
     time.sleep(settling)
