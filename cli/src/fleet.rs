@@ -9,6 +9,8 @@ use aws_sdk_sfn::Client;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
+use amiflow::resources::fleet_files::{bucket_and_key, FleetFiles};
+
 use crate::args::Output;
 use crate::failure::{api, Failure};
 use crate::watch::Ended;
@@ -35,27 +37,12 @@ async fn state_output(sfn: &Client, arn: &str, names: &[&str]) -> Result<Option<
     Ok(None)
 }
 
-/// A JSON file of the fleet's in S3.
+/// A JSON file of the fleet's in S3, read as the fleet function reads it.
 async fn s3_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Value, Failure> {
-    let got = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
+    FleetFiles { s3, bucket }
+        .get(key)
         .await
-        .map_err(api("GetObject"))?;
-    let bytes = got
-        .body
-        .collect()
-        .await
-        .map_err(|e| Failure::Api(format!("GetObject: s3://{bucket}/{key}: {e}")))?;
-    serde_json::from_slice(&bytes.into_bytes())
-        .map_err(|e| Failure::Api(format!("GetObject: s3://{bucket}/{key} is not JSON: {e}")))
-}
-
-/// The bucket and key of an `s3://bucket/key` location. Pure.
-pub fn bucket_and_key(location: &str) -> Option<(&str, &str)> {
-    location.strip_prefix("s3://")?.split_once('/')
+        .map_err(|e| Failure::Api(e.to_string()))
 }
 
 /// What a child is doing now, in a few words: its current state while it runs, its result after.
@@ -381,15 +368,6 @@ mod tests {
         // A small fleet: everyone not done, every round.
         assert_eq!(to_ask(&states, 3, 10).0, [1, 2, 3, 4, 5]);
         assert_eq!(to_ask(&[], 0, 10), (vec![], 0));
-    }
-
-    #[test]
-    fn a_reports_location_is_a_bucket_and_a_key() {
-        assert_eq!(
-            bucket_and_key("s3://amiflow-fleets/fleets/evac/report.json"),
-            Some(("amiflow-fleets", "fleets/evac/report.json"))
-        );
-        assert_eq!(bucket_and_key("fleets/evac/report.json"), None);
     }
 
     #[test]

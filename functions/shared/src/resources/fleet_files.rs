@@ -46,6 +46,11 @@ pub fn s3_uri(bucket: &str, key: &str) -> String {
     format!("s3://{bucket}/{key}")
 }
 
+/// The bucket and key of an `s3://bucket/key` location (`s3_uri`'s inverse). Pure.
+pub fn bucket_and_key(location: &str) -> Option<(&str, &str)> {
+    location.strip_prefix("s3://")?.split_once('/')
+}
+
 impl FleetFiles<'_> {
     pub async fn put(&self, key: &str, value: &Value) -> Result<()> {
         let body = serde_json::to_vec(value).expect("a value is JSON");
@@ -179,6 +184,11 @@ mod tests {
             s3_uri("b", &report_key("f1")),
             "s3://b/fleets/f1/report.json"
         );
+        assert_eq!(
+            bucket_and_key("s3://amiflow-fleets/fleets/evac/report.json"),
+            Some(("amiflow-fleets", "fleets/evac/report.json"))
+        );
+        assert_eq!(bucket_and_key("fleets/evac/report.json"), None);
     }
 
     #[test]

@@ -90,7 +90,9 @@ pub fn detail(request: &ApprovalRequest, now: SystemTime) -> Value {
 
 /// Puts the event; answers its detail (the task's output is the decision, not this).
 pub async fn run(deps: &Deps, request: ApprovalRequest) -> Result<Value> {
-    let events = aws_sdk_eventbridge::Client::new(&deps.config);
+    // Made once per execution environment: only this function uses EventBridge.
+    static EVENTS: std::sync::OnceLock<aws_sdk_eventbridge::Client> = std::sync::OnceLock::new();
+    let events = EVENTS.get_or_init(|| aws_sdk_eventbridge::Client::new(&deps.config));
     let detail = detail(&request, SystemTime::now());
     let answer = events
         .put_events()

@@ -628,6 +628,13 @@ pub enum FleetRequest {
     },
 }
 
+/// The S3 client, made once per execution environment from the function's SDK configuration
+/// (only the fleet function uses S3, so it is not one of every function's Deps).
+fn s3(deps: &Deps) -> &'static aws_sdk_s3::Client {
+    static CLIENT: std::sync::OnceLock<aws_sdk_s3::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| aws_sdk_s3::Client::new(&deps.config))
+}
+
 pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
     match request {
         FleetRequest::Plan { execution, input } => {
@@ -655,9 +662,8 @@ pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
                 select(&deps.ec2, &deps.autoscaling, &input, source.as_deref()).await?;
             let plan = plan(&execution, &input, &target, found, missing);
             check_waves(&plan, &input)?;
-            let s3 = aws_sdk_s3::Client::new(&deps.config);
             let files = FleetFiles {
-                s3: &s3,
+                s3: s3(deps),
                 bucket: deps.settings.fleet_bucket()?,
             };
             let (state, writes) = plan_files(&execution, files.bucket, &plan);
@@ -682,9 +688,8 @@ pub async fn run(deps: &Deps, request: FleetRequest) -> Result<Value> {
             Ok(preview_entry(&child, rows))
         }
         FleetRequest::Report { execution, plan } => {
-            let s3 = aws_sdk_s3::Client::new(&deps.config);
             let files = FleetFiles {
-                s3: &s3,
+                s3: s3(deps),
                 bucket: &plan.bucket,
             };
             let full: Plan = serde_json::from_value(files.get(&plan.plan).await?).map_err(|e| {
